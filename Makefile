@@ -1,0 +1,36 @@
+# The two commands a user needs: `make demo` and `make test`. Each builds .venv from scratch
+# when it is missing or setup.cfg changed, so both work on a fresh clone.
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip install -q --disable-pip-version-check
+# torch is pinned: a bare `torch` pulls several GB of CUDA wheels; 2.13.0 resolves to the CPU build here.
+TORCH   ?= torch==2.13.0
+CONSTRAINTS = tests/constraints.txt
+
+.PHONY: demo test bench clean
+
+$(VENV)/.base: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) $(TORCH)
+	$(PIP) -c $(CONSTRAINTS) -e .
+	touch $@
+
+$(VENV)/.test: $(VENV)/.base $(CONSTRAINTS)
+	$(PIP) -c $(CONSTRAINTS) -e '.[test]'
+	# DeepSpeed builds no ops at install time; on CPU it JIT-compiles one small op on first use.
+	DS_BUILD_OPS=0 $(PIP) -c $(CONSTRAINTS) --no-build-isolation deepspeed
+	touch $@
+
+demo: $(VENV)/.base
+	$(VENV)/bin/guardrun run recipes/demo_cpu.yaml
+
+# pytest exits 5 when it collects no test: that is a failure here, not a pass.
+test: $(VENV)/.test
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+bench: $(VENV)/.test
+	$(PY) bench/sampling.py
+
+clean:
+	rm -rf $(VENV) build .pytest_cache

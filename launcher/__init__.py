@@ -1,0 +1,1 @@
+"""guardrun.launcher: what to run."""

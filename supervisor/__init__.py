@@ -1,0 +1,1 @@
+"""guardrun.supervisor: how it is watched."""
