@@ -1,0 +1,203 @@
+"""Find checkpoints and tell the complete ones from the half-written ones.
+
+Validation reads headers and sizes only, never tensor data: a directory of 50
+checkpoints of many GB each must validate in well under a second.
+
+What "complete" means (FIELD_NOTES, Hugging Face Trainer and DeepSpeed):
+- HF `checkpoint-N/`: `trainer_state.json` is written last, so it must exist and parse;
+  the model or adapter weights must be present; every safetensors file's size must
+  equal what its header promises; every torch zip (`.pt`, `.pth`, `.bin`) must end in
+  an end-of-central-directory record.
+- DeepSpeed `global_stepN/` (alone or inside an HF checkpoint): `latest` names a tag
+  that exists, and the tag has a model-states file and one optimizer shard per rank.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+HF_PATTERN = re.compile(r"^checkpoint-(\d+)$")
+DS_PATTERN = re.compile(r"^global_step(\d+)$")
+WEIGHT_NAMES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin",
+                "adapter_model.bin", "model.pt", "model.safetensors.index.json",
+                "pytorch_model.bin.index.json")
+_ZIP_EOCD = b"PK\x05\x06"
+_EOCD_SEARCH = 65536 + 22  # the end record sits within the last 64 KiB + its 22 bytes
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    path: Path
+    step: int
+    valid: bool = True
+    reason: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def find(directory: Path, pattern: str | None = None) -> list[Checkpoint]:
+    """Every checkpoint in `directory`, oldest step first, each validated."""
+    regex = re.compile(pattern) if pattern else None
+    found = []
+    try:
+        entries = list(os.scandir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    for entry in entries:
+        step = _step_of(entry.name, regex)
+        if step is None or not (regex or entry.is_dir(follow_symlinks=False)):
+            continue
+        path = Path(entry.path)
+        reason = validate(path)
+        found.append(Checkpoint(path, step, valid=not reason, reason=reason))
+    return sorted(found, key=lambda c: (c.step, c.name))
+
+
+def _step_of(name: str, regex: re.Pattern[str] | None) -> int | None:
+    match = regex.match(name) if regex else HF_PATTERN.match(name) or DS_PATTERN.match(name)
+    return int(match.group(1)) if match else None
+
+
+def newest_valid(directory: Path, pattern: str | None = None) -> Checkpoint | None:
+    valid = [c for c in find(directory, pattern) if c.valid]
+    return valid[-1] if valid else None
+
+
+def validate(path: Path) -> str:
+    """'' when the checkpoint at `path` is complete, else why it is not."""
+    if DS_PATTERN.match(path.name):
+        return _validate_deepspeed_tag(path)
+    if HF_PATTERN.match(path.name) or (path / "trainer_state.json").exists():
+        return _validate_hf(path)
+    return _validate_generic(path)
+
+
+def _validate_generic(path: Path) -> str:
+    """A checkpoint matched by a recipe's `pattern`: a file, or a folder of files."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    if not files:
+        return "empty directory"
+    for file in files:
+        problem = file_problem(file)
+        if problem:
+            return f"{file.relative_to(path) if path.is_dir() else file.name}: {problem}"
+    return ""
+
+
+def _validate_hf(path: Path) -> str:
+    state = path / "trainer_state.json"
+    if not state.is_file():
+        return "no trainer_state.json (the trainer writes it last: the save did not finish)"
+    problem = _json_problem(state)
+    if problem:
+        return f"trainer_state.json {problem}"
+    if not any((path / name).is_file() for name in WEIGHT_NAMES):
+        return "no model or adapter weights"
+    for file in sorted(path.iterdir()):
+        problem = file_problem(file)
+        if problem:
+            return f"{file.name}: {problem}"
+    for inner in sorted(path.glob("global_step*")):
+        problem = _validate_deepspeed_dir(path, inner)
+        if problem:
+            return problem
+    return ""
+
+
+def _validate_deepspeed_tag(tag_dir: Path) -> str:
+    return _validate_deepspeed_dir(tag_dir.parent, tag_dir, need_latest=False)
+
+
+def _validate_deepspeed_dir(parent: Path, tag_dir: Path, need_latest: bool = True) -> str:
+    latest = parent / "latest"
+    if need_latest:
+        if not latest.is_file():
+            return "no DeepSpeed 'latest' file (rank 0 writes it after every shard)"
+        tag = latest.read_text(errors="replace").strip()
+        if not (parent / tag).is_dir():
+            return f"DeepSpeed 'latest' names {tag!r}, which does not exist"
+        if tag != tag_dir.name:
+            return ""  # an older tag beside the one `latest` names: not the one resumed
+    models = list(tag_dir.glob("*model_states.pt"))
+    optims = list(tag_dir.glob("*optim_states.pt"))
+    if not models:
+        return f"{tag_dir.name}: no model_states file"
+    if not optims:
+        return f"{tag_dir.name}: no optimizer shards"
+    for file in sorted(models + optims):
+        problem = file_problem(file)
+        if problem:
+            return f"{tag_dir.name}/{file.name}: {problem}"
+    return ""
+
+
+def saved_world_size(tag_dir: Path) -> int | None:
+    """Data-parallel ranks a DeepSpeed tag was saved with: one optimizer shard per rank."""
+    shards = list(tag_dir.glob("*zero_pp_rank_*_optim_states.pt"))
+    return len(shards) or None
+
+
+def file_problem(file: Path) -> str:
+    """'' when a checkpoint file looks whole from its header and size, else what is wrong."""
+    if not file.is_file():
+        return ""
+    try:
+        size = file.stat().st_size
+        if size == 0:
+            return "empty file"
+        if file.suffix == ".safetensors":
+            return _safetensors_problem(file, size)
+        if file.suffix in (".pt", ".pth", ".bin"):
+            return _torch_zip_problem(file, size)
+        if file.suffix == ".json":
+            return _json_problem(file)
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    return ""
+
+
+def _safetensors_problem(file: Path, size: int) -> str:
+    with open(file, "rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return "truncated before the header length"
+        (length,) = struct.unpack("<Q", head)
+        if length > size - 8 or length > 100 * 2**20:
+            return f"header length {length} does not fit a file of {size} bytes"
+        try:
+            header = json.loads(handle.read(length))
+        except ValueError:
+            return "header is not valid JSON"
+    ends = [v["data_offsets"][1] for k, v in header.items()
+            if k != "__metadata__" and isinstance(v, dict) and "data_offsets" in v]
+    expected = 8 + length + max(ends, default=0)
+    if size != expected:
+        return f"size {size} bytes, header promises {expected} (truncated write)"
+    return ""
+
+
+def _torch_zip_problem(file: Path, size: int) -> str:
+    with open(file, "rb") as handle:
+        if handle.read(2) != b"PK":
+            return ""  # a legacy pickle-format torch file: nothing cheap to check
+        handle.seek(max(0, size - _EOCD_SEARCH))
+        tail = handle.read()
+    if _ZIP_EOCD not in tail:
+        return "no zip end-of-central-directory record (truncated write)"
+    return ""
+
+
+def _json_problem(file: Path) -> str:
+    try:
+        json.loads(file.read_text())
+    except (ValueError, UnicodeDecodeError):
+        return "is not valid JSON (truncated write)"
+    except OSError as err:
+        return f"unreadable ({err.strerror})"
+    return ""

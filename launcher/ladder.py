@@ -1,0 +1,215 @@
+"""The degrade ladder: from a recipe and the history of failures to the next Plan.
+
+Pure: the same recipe and history always give the same Plan (no clock, no /proc), so a
+guardrun on every node of a multi-node job, reading one journal, picks the same rung.
+
+How a history picks rungs: each failure of kind K takes the first rung not taken yet
+whose `on` names K. Taken rungs accumulate, in the order they were taken; rungs that
+answer other kinds stay available for later failures. A failure with no rung left is
+either a reason to give up (kinds in DEGRADING: the same configuration fails the same
+way) or a restart at the current configuration (transient, hang, unknown, ...).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from .failures import DEGRADING, Failure, Kind
+from .recipe import Recipe, Rung
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One launch configuration: the recipe with the taken rungs applied."""
+
+    rungs: tuple[int, ...]          # 1-based numbers of the taken rungs, in the order taken
+    ranks: int
+    gpu_ids: tuple[int, ...] | None  # None: let the launcher see what it sees (CPU ranks)
+    per_device: int | None = None
+    grad_accum: int | None = None
+    global_batch: int | None = None
+    target_global_batch: int | None = None
+    lr: float | None = None
+    gradient_checkpointing: bool | None = None
+    zero_stage: int | None = None
+    zero3_offload: bool | None = None
+    offload_pin_memory: bool | None = None
+    gather_16bit_on_save: bool | None = None
+    save_only_model: bool | None = None
+    dataloader_workers: int | None = None
+    args: tuple[tuple[str, object], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def rung(self) -> int:
+        """The number of the last rung taken; 0 is the recipe as written."""
+        return self.rungs[-1] if self.rungs else 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to launch next, or why nothing more should be launched."""
+
+    plan: Plan | None
+    give_up: str = ""  # non-empty when the ladder has nothing left for the last failure
+
+
+def effective_ladder(recipe: Recipe, ranks: int | None = None) -> tuple[Rung, ...]:
+    """The recipe's own ladder, or the default one when the recipe gives none."""
+    if recipe.ladder_given:
+        return recipe.ladder
+    return default_ladder(ranks if ranks is not None else base_ranks(recipe))
+
+
+def default_ladder(ranks: int) -> tuple[Rung, ...]:
+    """The ladder used when a recipe has no `ladder:` key (the README lists it).
+
+    host_oom: fewer ranks, each rank holds its own copy of what fills host memory
+    (FIELD_NOTES situation 1: 8 -> 6 ranks was the fix users found), then no pinned
+    offload memory and no loader workers. cuda_oom: halve the micro-batch, then
+    gradient checkpointing, ZeRO-3, offload. save_failed: save the model only, without
+    the 16-bit gather. nan_loss: halve the learning rate, twice.
+    """
+    host = [Rung(on=(Kind.HOST_OOM,), gpus=n) for n in _fewer_ranks(ranks)]
+    host.append(Rung(on=(Kind.HOST_OOM,), offload_pin_memory=False, dataloader_workers=0))
+    cuda = [
+        Rung(on=(Kind.CUDA_OOM,), batch="halve"),
+        Rung(on=(Kind.CUDA_OOM,), gradient_checkpointing=True),
+        Rung(on=(Kind.CUDA_OOM,), zero_stage=3),
+        Rung(on=(Kind.CUDA_OOM, Kind.HOST_OOM), zero3_offload=True),
+        Rung(on=(Kind.CUDA_OOM,), batch="halve"),
+    ]
+    save = [Rung(on=(Kind.SAVE_FAILED,), save_only_model=True, gather_16bit_on_save=False)]
+    nan = [Rung(on=(Kind.NAN_LOSS,), lr=0.5), Rung(on=(Kind.NAN_LOSS,), lr=0.5)]
+    return tuple(host + cuda + save + nan)
+
+
+def _fewer_ranks(ranks: int) -> list[int]:
+    """3/4, 1/2, 1/4 of the ranks, then 1: distinct, descending, below `ranks`."""
+    counts = [ranks * 3 // 4, ranks // 2, ranks // 4, 1]
+    out: list[int] = []
+    for n in counts:
+        if 1 <= n < ranks and n not in out:
+            out.append(n)
+    return out
+
+
+def base_ranks(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> int:
+    """Ranks of the recipe as written. `gpus: all` means every visible GPU, else 1 rank."""
+    if isinstance(recipe.gpus, tuple):
+        return len(recipe.gpus)
+    if recipe.gpus == "all":
+        return max(1, len(visible_gpus or ()))
+    return int(recipe.gpus)
+
+
+def base_plan(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> Plan:
+    """The recipe as written, before any rung."""
+    ranks = base_ranks(recipe, visible_gpus)
+    if isinstance(recipe.gpus, tuple):
+        gpu_ids: tuple[int, ...] | None = recipe.gpus
+    elif visible_gpus:
+        gpu_ids = tuple(visible_gpus)[:ranks]
+    else:
+        gpu_ids = None
+    batch = recipe.batch
+    per_device = batch.per_device if batch else None
+    accum = batch.grad_accum if batch else None
+    target = per_device * accum * ranks if batch else None
+    return Plan(rungs=(), ranks=ranks, gpu_ids=gpu_ids, per_device=per_device,
+                grad_accum=accum, global_batch=target, target_global_batch=target,
+                lr=recipe.lr.value if recipe.lr else None)
+
+
+def decide(recipe: Recipe, history: Sequence[Failure],
+           visible_gpus: Sequence[int] | None = None) -> Decision:
+    """The plan for the next attempt after `history` (oldest first)."""
+    ladder = effective_ladder(recipe, base_ranks(recipe, visible_gpus))
+    plan = base_plan(recipe, visible_gpus)
+    taken: list[int] = []
+    for failure in history:
+        index = _next_rung(ladder, taken, failure.kind)
+        if index is None:
+            if failure.kind in DEGRADING and failure is history[-1]:
+                return Decision(None, give_up=f"no rung left in the ladder for {failure.kind}")
+            continue
+        taken.append(index)
+        plan = apply_rung(plan, ladder[index], index + 1)
+    return Decision(plan)
+
+
+def _next_rung(ladder: Sequence[Rung], taken: Iterable[int], kind: Kind) -> int | None:
+    used = set(taken)
+    for index, rung in enumerate(ladder):
+        if index not in used and kind in rung.on:
+            return index
+    return None
+
+
+def walk(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> list[Plan]:
+    """The base plan, then each rung of the ladder applied on top of all before it.
+
+    This is what `guardrun plan` shows: every rung, in order, as if each were taken.
+    """
+    plans = [base_plan(recipe, visible_gpus)]
+    for number, rung in enumerate(effective_ladder(recipe, plans[0].ranks), start=1):
+        plans.append(apply_rung(plans[-1], rung, number))
+    return plans
+
+
+def apply_rung(plan: Plan, rung: Rung, number: int) -> Plan:
+    """`plan` with one rung applied; the global batch is kept through grad_accum."""
+    changes: dict[str, object] = {"rungs": plan.rungs + (number,)}
+    notes = list(plan.notes)
+    if rung.gpus is not None:
+        ranks = min(rung.gpus, plan.ranks)
+        changes["ranks"] = ranks
+        if plan.gpu_ids is not None:
+            changes["gpu_ids"] = plan.gpu_ids[:ranks]
+    if rung.batch is not None and plan.per_device is not None:
+        changes["per_device"] = (max(1, plan.per_device // 2) if rung.batch == "halve"
+                                 else int(rung.batch))
+    if rung.lr is not None and plan.lr is not None:
+        changes["lr"] = plan.lr * rung.lr
+    for field in ("gradient_checkpointing", "zero_stage", "zero3_offload",
+                  "offload_pin_memory", "gather_16bit_on_save", "save_only_model",
+                  "dataloader_workers"):
+        value = getattr(rung, field)
+        if value is not None:
+            changes[field] = value
+    if rung.args:
+        changes["args"] = _merge(plan.args, rung.args)
+    if rung.env:
+        changes["env"] = _merge(plan.env, rung.env)
+    new = dataclasses.replace(plan, **changes)
+    new, note = rebalance(new)
+    if note:
+        notes.append(f"rung {number}: {note}")
+    return dataclasses.replace(new, notes=tuple(notes))
+
+
+def _merge(old: tuple[tuple[str, object], ...], new: tuple[tuple[str, object], ...]):
+    merged = dict(old)
+    merged.update(new)
+    return tuple(merged.items())
+
+
+def rebalance(plan: Plan) -> tuple[Plan, str]:
+    """Pick grad_accum so per_device × grad_accum × ranks equals the target global batch.
+
+    Where no integer accumulation gives it exactly, take the nearest (at least 1) and
+    return a note saying so; the note goes into `guardrun plan` and the journal.
+    """
+    if plan.per_device is None or plan.target_global_batch is None:
+        return plan, ""
+    per_step = plan.per_device * plan.ranks
+    target = plan.target_global_batch
+    accum = max(1, round(target / per_step))
+    actual = per_step * accum
+    plan = dataclasses.replace(plan, grad_accum=accum, global_batch=actual)
+    if actual == target:
+        return plan, ""
+    return plan, (f"global batch {target} cannot be kept with {plan.ranks} ranks × micro-batch "
+                  f"{plan.per_device}: using accumulation {accum}, global batch {actual}")
