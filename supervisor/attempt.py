@@ -1,0 +1,133 @@
+"""One attempt: spawn the launch, watch it every interval, stop it when told, classify its end.
+
+The watch loop measures (memory, output progress) and hands the numbers to the pure
+policy; it acts only on the policy's verdict or on a recorded signal.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from guardrun.launcher.command import LaunchSpec
+from guardrun.launcher.failures import Failure
+from guardrun.launcher.units import format_bytes
+
+from . import proc
+from .clock import Clock
+from .console import Console
+from .memory import ProcfsMemory
+from .output import OutputReader, Progress
+from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory
+from .signals import Requests
+
+#: How long the output pipe may stay open after the tree is gone (a writer we do not
+#: know of); past it the reader is abandoned rather than hang the supervisor.
+READER_JOIN_TIMEOUT = 10.0
+
+
+@dataclass
+class Peaks:
+    tree: int = 0
+    pss: int = 0
+    min_available: int | None = None
+
+    def update(self, reading: MemoryReading) -> None:
+        self.tree = max(self.tree, reading.tree_fast)
+        self.pss = max(self.pss, reading.tree_pss or 0)
+        if self.min_available is None or reading.available < self.min_available:
+            self.min_available = reading.available
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What the attempt needs from the supervisor, bundled so it is passed as one thing."""
+
+    clock: Clock
+    memory: ProcfsMemory
+    console: Console
+    requests: Requests
+    limits: MemoryLimits
+    interval: float
+    grace: float
+    emit: Callable[..., None]
+    status: Callable[[Progress, MemoryReading | None], str]
+
+
+def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
+    """Run one launch to its end; the tree is verified gone when this returns."""
+    env = dict(os.environ)
+    env.update(spec.env)
+    for path, text in spec.files:
+        path.write_text(text)
+    popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
+                       stderr=subprocess.STDOUT)
+    watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv))
+    reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console,
+                          prefix=f"[{number}] ").start()
+    tree = proc.ProcTree(adopter=os.getpid())
+    peaks = Peaks()
+    stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch)
+    _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now)
+    if not reader.join(READER_JOIN_TIMEOUT):
+        watch.emit("output.still_open", attempt=number)
+    progress = reader.progress()
+    end = AttemptEnd(exit_code=popen.returncode, events=reader.evidence(),
+                     stopped_for=stopped_for, interrupted=interrupted,
+                     progressed=progress.step is not None or progress.loss is not None,
+                     attempt=number, last_step=progress.step)
+    return end, peaks
+
+
+def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch) -> tuple[Failure | None, bool]:
+    """Poll until the launcher exits, a stop is requested, or memory crosses a limit."""
+    while True:
+        if popen.poll() is not None:
+            return None, False
+        if watch.requests.stop:
+            return None, True
+        reading = _measure(popen.pid, watch)
+        peaks.update(reading)
+        verdict = judge_memory(reading, watch.limits)
+        watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
+        if verdict.stop:
+            watch.emit("limit.breached", kind=str(verdict.failure.kind),
+                       evidence=verdict.failure.evidence, tree=reading.tree_fast,
+                       pss=reading.tree_pss, available=reading.available)
+            return verdict.failure, False
+        watch.clock.sleep(watch.interval)
+
+
+def _measure(root_pid: int, watch: Watch) -> MemoryReading:
+    sample = watch.memory.sample_tree(root_pid, adopter=os.getpid())
+    host = watch.memory.host()
+    reading = MemoryReading(tree_fast=sample.anon, available=host.available)
+    if judge_memory(reading, watch.limits).confirm:
+        # Re-read just before acting (earlyoom's habit): PSS counts each shared page once.
+        reading = MemoryReading(tree_fast=sample.anon, available=host.available,
+                                tree_pss=watch.memory.pss(sample.pids))
+    return reading
+
+
+def _stop(popen, tree, watch: Watch, number: int, hurry: bool) -> None:
+    """Make sure nothing of the attempt is left: graceful if it is still running."""
+    running = popen.poll() is None
+    if running:
+        watch.console.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
+                          f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
+    report = proc.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
+                            clock=watch.clock, hurry=lambda: watch.requests.kill_now)
+    watch.emit("attempt.stopped", attempt=number, was_running=running,
+               killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
+    if report.left:
+        watch.console.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))
+
+
+def describe_reading(reading: MemoryReading | None, limits: MemoryLimits) -> str:
+    if reading is None:
+        return ""
+    used = reading.tree_pss if reading.tree_pss is not None else reading.tree_fast
+    limit = f"/{format_bytes(limits.tree)}" if limits.tree else ""
+    return f"mem {format_bytes(used)}{limit} · avail {format_bytes(reading.available)}"

@@ -1,0 +1,239 @@
+"""The one loop that wires it all: plan -> launch -> watch -> classify -> record -> next rung.
+
+Everything that decides is pure and lives elsewhere (ladder, command, policy); this
+module owns the clock, the processes, the journal and the terminal.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from guardrun.launcher import checkpoints
+from guardrun.launcher.command import build
+from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.ladder import Plan, decide
+from guardrun.launcher.recipe import Recipe
+
+from . import proc, signals
+from .attempt import Watch, describe_reading, run_attempt
+from .clock import Clock
+from .console import Console
+from .journal import Journal, history
+from .memory import ProcfsMemory
+from .output import Progress
+from .policy import MemoryLimits, MemoryReading, backoff, classify
+from .states import State, check_transition
+
+EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+#: state.json is rewritten at most this often while a job runs (seconds).
+STATE_EVERY = 2.0
+
+
+@dataclass(frozen=True)
+class Options:
+    fresh: bool = False  # ignore the failure history of earlier runs of this recipe
+
+
+def recipe_digest(recipe: Recipe) -> str:
+    return hashlib.sha256(recipe.path.read_bytes()).hexdigest()[:16]
+
+
+def free_port() -> int:
+    """A TCP port free right now, for DeepSpeed's rendezvous (torchrun picks its own)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Supervisor:
+    def __init__(self, recipe: Recipe, journal: Journal, console: Console, clock: Clock,
+                 memory: ProcfsMemory | None = None, options: Options = Options()):
+        self.recipe = recipe
+        self.journal = journal
+        self.console = console
+        self.clock = clock
+        self.memory = memory or ProcfsMemory()
+        self.options = options
+        self.requests = signals.Requests()
+        self.state = State.STARTING
+        self.digest = recipe_digest(recipe)
+        self._snapshot: dict = {"job": recipe.name, "pid": os.getpid(), "recipe": str(recipe.path),
+                                "started": _now_iso()}
+        self._last_state_write: float | None = None
+
+    # -- the loop ------------------------------------------------------------------------
+    def run(self) -> int:
+        restore = signals.install(self.requests, self.console.detach)
+        try:
+            proc.set_child_subreaper()
+            return self._run()
+        finally:
+            restore()
+            self.console.clear_status()
+
+    def _run(self) -> int:
+        limits = self._limits()
+        failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
+        self.journal.emit("run.started", recipe=str(self.recipe.path), digest=self.digest,
+                          pid=os.getpid(), tree_limit=limits.tree,
+                          min_available=limits.min_available, resumed_history=len(failures))
+        restarts, same_rung, last_plan = 0, 0, None
+        while True:
+            decision = decide(self.recipe, failures)
+            if decision.plan is None:
+                return self._give_up(decision.give_up)
+            same_rung = same_rung + 1 if decision.plan == last_plan else 0
+            if not self._wait_backoff(same_rung):
+                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted during backoff")
+            last_plan = decision.plan
+            failure = self._attempt(decision.plan, limits, failures)
+            if failure is None:
+                return self._finish(State.FINISHED, EXIT_FINISHED, "the job finished")
+            if failure.kind is Kind.INTERRUPTED:
+                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+            if failure.kind is Kind.USER_ERROR:
+                return self._give_up(f"user error, not retried: {failure.evidence}")
+            failures.append(failure)
+            restarts += 1
+            if restarts > self.recipe.restarts.max:
+                return self._give_up(f"restarts used up ({self.recipe.restarts.max})")
+            self._move(State.BACKOFF)
+
+    def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure]) -> Failure | None:
+        number = self._next_attempt_number()
+        self._move(State.STARTING)
+        resume = self._resume_point()
+        spec = build(self.recipe, plan, attempt=number, resume_from=resume,
+                     port=free_port() if self.recipe.launcher == "deepspeed" else None)
+        self._announce(number, plan, resume)
+        self._move(State.RUNNING)
+        started = self.clock.monotonic()
+        watch = Watch(clock=self.clock, memory=self.memory, console=self.console,
+                      requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
+                      grace=self.recipe.stop_grace, emit=self.journal.emit,
+                      status=lambda progress, reading: self._status(number, plan, started,
+                                                                    progress, reading, limits))
+        end, peaks = run_attempt(spec, number, self.journal.attempt_dir(number), watch)
+        failure = classify(end, failures)
+        kind = str(failure.kind) if failure else "success"
+        self.journal.emit("attempt.ended", attempt=number, kind=kind,
+                          evidence=failure.evidence if failure else "", exit_code=end.exit_code,
+                          step=end.last_step, rung=plan.rung, peak_tree=peaks.tree,
+                          peak_pss=peaks.pss, min_available=peaks.min_available,
+                          took=round(self.clock.monotonic() - started, 3))
+        self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "")
+        self.console.clear_status()
+        self.console.say(f"attempt {number} ended: {kind}"
+                         + (f" ({failure.evidence})" if failure and failure.evidence else ""))
+        return failure
+
+    # -- pieces --------------------------------------------------------------------------
+    def _limits(self) -> MemoryLimits:
+        total = self.memory.host().total
+        limits = self.recipe.limits
+        return MemoryLimits(
+            tree=limits.host_memory.resolve(total) if limits.host_memory else None,
+            min_available=limits.min_available.resolve(total) if limits.min_available else None)
+
+    def _resume_point(self) -> Path | None:
+        spec = self.recipe.checkpoints
+        if spec is None:
+            return None
+        found = checkpoints.find(spec.dir, spec.pattern)
+        for invalid in (c for c in found if not c.valid):
+            self.journal.emit("checkpoint.invalid", path=str(invalid.path), reason=invalid.reason)
+        valid = [c for c in found if c.valid]
+        return valid[-1].path if valid else None
+
+    def _announce(self, number: int, plan: Plan, resume: Path | None) -> None:
+        batch = (f", micro-batch {plan.per_device} × accumulation {plan.grad_accum} × "
+                 f"{plan.ranks} = global {plan.global_batch}" if plan.per_device else "")
+        self.journal.emit("attempt.started", attempt=number, rung=plan.rung, rungs=list(plan.rungs),
+                          ranks=plan.ranks, gpus=plan.gpu_ids, per_device=plan.per_device,
+                          grad_accum=plan.grad_accum, global_batch=plan.global_batch,
+                          lr=plan.lr, notes=list(plan.notes),
+                          resume_from=str(resume) if resume else None)
+        self.console.say(f"attempt {number}: rung {plan.rung}, {plan.ranks} rank(s){batch}"
+                         + (f", resuming from {resume.name}" if resume else ", from the start"))
+        for note in plan.notes:
+            self.console.say(note)
+        self._snapshot.update(attempt=number, rung=plan.rung, ranks=plan.ranks,
+                              per_device=plan.per_device, grad_accum=plan.grad_accum,
+                              global_batch=plan.global_batch,
+                              resume_from=str(resume) if resume else None)
+
+    def _status(self, number: int, plan: Plan, started: float, progress: Progress,
+                reading: MemoryReading | None, limits: MemoryLimits) -> str:
+        now = self.clock.monotonic()
+        parts = [f"attempt {number}", f"rung {plan.rung}", f"{plan.ranks} rank(s)",
+                 describe_reading(reading, limits)]
+        if progress.step is not None:
+            total = f"/{progress.total}" if progress.total else ""
+            parts.append(f"step {progress.step}{total}")
+        if progress.loss is not None:
+            parts.append(f"loss {progress.loss:.4g}")
+        parts.append(_elapsed(now - started))
+        self._snapshot.update(step=progress.step, loss=progress.loss, memory=describe_reading(reading, limits))
+        if self._last_state_write is None or now - self._last_state_write >= STATE_EVERY:
+            self._write_state(now)
+        return " · ".join(p for p in parts if p)
+
+    def _wait_backoff(self, same_rung: int) -> bool:
+        first, cap = self.recipe.restarts.backoff
+        delay = backoff(same_rung, first, cap)
+        if delay > 0:
+            self.console.say(f"same configuration again: waiting {delay:g}s before the next attempt")
+            self.journal.emit("backoff", seconds=delay)
+        deadline = self.clock.monotonic() + delay
+        while self.clock.monotonic() < deadline:
+            if self.requests.stop:
+                return False
+            self.clock.sleep(min(0.2, deadline - self.clock.monotonic()))
+        return not self.requests.stop
+
+    def _next_attempt_number(self) -> int:
+        attempts = self.journal.dir / "attempts"
+        numbers = [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
+        return max(numbers, default=0) + 1
+
+    def _move(self, target: State) -> None:
+        if target is self.state:
+            return
+        self.state = check_transition(self.state, target)
+        self.journal.emit("state.changed", state=str(target))
+        self._write_state(self.clock.monotonic())
+
+    def _write_state(self, now: float) -> None:
+        self._last_state_write = now
+        self._snapshot.update(state=str(self.state), updated=_now_iso())
+        self.journal.write_state(self._snapshot)
+
+    def _finish(self, state: State, code: int, why: str) -> int:
+        self._move(state)
+        self.journal.emit("run.finished" if state is State.FINISHED else "run.stopped",
+                          state=str(state), exit_code=code, why=why)
+        self.console.say(why)
+        return code
+
+    def _give_up(self, why: str) -> int:
+        self._snapshot.update(gave_up=why)
+        self._move(State.GAVE_UP)
+        self.journal.emit("run.gave_up", exit_code=EXIT_GAVE_UP, why=why)
+        self.console.say(f"giving up: {why}")
+        return EXIT_GAVE_UP
+
+
+def _elapsed(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _now_iso() -> str:
+    """Wall-clock time for people to read (never used for durations)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

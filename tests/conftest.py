@@ -1,0 +1,77 @@
+"""Suite-wide rules: nothing a test starts may outlive it.
+
+Every test runs with a unique GUARDRUN_TEST_TAG in its environment; every process it
+starts inherits it (jobs, ranks, orphans alike). After the test, any live process
+whose environment still carries the tag is a leak: the test fails, and the leftovers
+are killed so they cannot disturb the next test.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+TAG = "GUARDRUN_TEST_TAG"
+
+
+def tagged_pids(tag: str) -> list[int]:
+    needle = f"{TAG}={tag}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                if needle not in handle.read().split(b"\0"):
+                    continue
+            with open(f"/proc/{entry}/stat", "rb") as handle:
+                state = handle.read().rsplit(b")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != b"Z":
+            found.append(int(entry))
+    return found
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
+    """Poll `predicate` until it returns a truthy value; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_processes(monkeypatch):
+    tag = uuid.uuid4().hex
+    monkeypatch.setenv(TAG, tag)
+    yield tag
+    try:
+        wait_until(lambda: not tagged_pids(tag), timeout=10, what="the test's processes to exit")
+    except AssertionError:
+        left = tagged_pids(tag)
+        for pid in left:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        pytest.fail(f"processes left behind by the test: {left}")
+
+
+@pytest.fixture
+def state_dir(tmp_path, monkeypatch) -> Path:
+    """A private guardrun state root for the test."""
+    root = tmp_path / "state"
+    monkeypatch.setenv("GUARDRUN_STATE_DIR", str(root))
+    return root
+
+
+REPO = Path(__file__).resolve().parent.parent
