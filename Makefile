@@ -22,8 +22,10 @@ $(VENV)/.test: $(VENV)/.base $(CONSTRAINTS)
 	DS_BUILD_OPS=0 $(PIP) -c $(CONSTRAINTS) --no-build-isolation deepspeed
 	touch $@
 
+# The demo starts over each time: its checkpoints go to build/demo-cpu.
 demo: $(VENV)/.base
-	$(VENV)/bin/guardrun run recipes/demo_cpu.yaml
+	rm -rf build/demo-cpu
+	$(VENV)/bin/guardrun run --fresh recipes/demo_cpu.yaml
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: $(VENV)/.test
