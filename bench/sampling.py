@@ -1,0 +1,141 @@
+"""What one memory sample of a 64-process job tree costs: guardrun's walk against psutil.
+
+Starts a real tree (a Python parent that forks 63 children, each holding a few MB of
+touched memory and blocking on a pipe), times N samples of ProcfsMemory.sample_tree
+and of the naive psutil walk interleaved (so both see the same machine load), then the
+kill path's walk and the PSS confirmation, and tears the tree down with stop_tree.
+Exits 1 if any process of the tree is left.
+
+    python bench/sampling.py [--samples 500] [--children 63] [--mb 4]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable
+
+import psutil
+
+from guardrun.supervisor import proc
+from guardrun.supervisor.clock import MonotonicClock
+from guardrun.supervisor.memory import ProcfsMemory
+
+# The job: fork, touch memory, block on a pipe nobody writes; print 'ready' once every
+# child has touched its memory (so all samples see the same figures).
+JOB = r"""
+import os, sys
+children, mb = int(sys.argv[1]), int(sys.argv[2])
+block_r, block_w = os.pipe()
+ready_r, ready_w = os.pipe()
+for _ in range(children):
+    if os.fork() == 0:
+        os.close(block_w)
+        held = bytearray(mb << 20)
+        for i in range(0, len(held), 4096):
+            held[i] = 1
+        os.write(ready_w, b"x")
+        os.read(block_r, 1)
+        os._exit(0)
+got = 0
+while got < children:
+    got += len(os.read(ready_r, children - got))
+print("ready", flush=True)
+os.read(block_r, 1)
+"""
+
+
+def naive_psutil(root_pid: int) -> int:
+    """What a supervisor written with psutil does: children(recursive) + memory_info each."""
+    root = psutil.Process(root_pid)
+    total = 0
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            info = process.memory_info()
+        except psutil.NoSuchProcess:
+            continue
+        total += info.rss - info.shared
+    return total
+
+
+def timed(call: Callable[[], object]) -> float:
+    started = time.perf_counter_ns()
+    call()
+    return (time.perf_counter_ns() - started) / 1000
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def start_tree(children: int, mb: int) -> subprocess.Popen:
+    popen = proc.spawn([sys.executable, "-c", JOB, str(children), str(mb)], env=None, cwd=None,
+                       stdout=subprocess.PIPE, stderr=None)
+    ready = popen.stdout.readline().strip() == b"ready"
+    popen.stdout.close()  # the job prints nothing else
+    if not ready:
+        raise SystemExit("the benchmark tree did not start")
+    return popen
+
+
+def measure(root: int, samples: int) -> dict[str, list[float]]:
+    methods = {
+        "sample_tree": ProcfsMemory().sample_tree,
+        "naive psutil": naive_psutil,
+        "sample (scan)": ProcfsMemory(children_files=False).sample_tree,
+        "kill-path walk": proc.ProcTree().walk,
+    }
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    for _ in range(samples):  # interleaved: a load spike hits every method alike
+        for name, method in methods.items():
+            times[name].append(timed(lambda: method(root)))
+    memory = ProcfsMemory()
+    pids = memory.sample_tree(root).pids
+    times["pss confirm"] = [timed(lambda: memory.pss(pids)) for _ in range(max(10, samples // 10))]
+    return times
+
+
+def print_table(times: dict[str, list[float]]) -> None:
+    naive = statistics.median(times["naive psutil"])
+    print(f"{'method':<16} | {'median µs':>10} | {'p90 µs':>10} | {'ratio vs naive':>14} | n")
+    print(f"{'-' * 16}-+-{'-' * 10}-+-{'-' * 10}-+-{'-' * 14}-+----")
+    for name, values in times.items():
+        median = statistics.median(values)
+        print(f"{name:<16} | {median:>10.0f} | {percentile(values, 0.9):>10.0f} | "
+              f"{naive / median:>13.2f}x | {len(values)}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--children", type=int, default=63)
+    parser.add_argument("--mb", type=int, default=4)
+    args = parser.parse_args()
+    memory, tree = ProcfsMemory(), proc.ProcTree()
+    popen = start_tree(args.children, args.mb)
+    try:
+        sample = memory.sample_tree(popen.pid)
+        idents = tree.walk(popen.pid).values
+        mode = "task/TID/children" if tree.has_children_files(popen.pid) else "scan of /proc/*/stat"
+        print(f"kernel {os.uname().release}, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, "
+              f"{len(os.listdir('/proc'))} /proc entries, walk by {mode}")
+        scanned = ProcfsMemory(children_files=False).sample_tree(popen.pid)
+        print(f"tree: {len(sample.pids)} processes, fast anon {sample.anon >> 20} MiB "
+              f"(scan: {len(scanned.pids)}, {scanned.anon >> 20} MiB), naive psutil anon "
+              f"{naive_psutil(popen.pid) >> 20} MiB, pss {memory.pss(sample.pids) >> 20} MiB")
+        times = measure(popen.pid, args.samples)
+    finally:
+        report = proc.stop_tree(popen, tree, grace=2.0, clock=MonotonicClock())
+    print_table(times)
+    alive = [ident.pid for ident in idents if tree.alive(ident)]
+    print(f"teardown: {report.took * 1000:.0f} ms, killed {len(report.killed)}, "
+          f"left {list(report.left)}, alive after {alive}")
+    return 1 if report.left or alive else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
