@@ -88,7 +88,11 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = ()) -> Failure | None
         return failure(end.stopped_for.kind, end.stopped_for.evidence)
     if end.exit_code == 0:
         return None
-    found = first_failure(end.events)
+    events = end.events
+    if end.progressed:
+        # An ImportError printed by a library that then trained fine is not why it died.
+        events = [event for event in events if event.kind != "user_error"]
+    found = first_failure(events)
     if found is not None and found.kind in _EVENT_KINDS:
         kind = _EVENT_KINDS[found.kind]
     elif end.exit_code in (-9, 137):

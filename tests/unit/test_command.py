@@ -1,0 +1,74 @@
+"""The exact command of a plan: what `guardrun plan` prints is what runs."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from guardrun.launcher.command import build, set_arg
+from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.ladder import decide
+
+sys.path.insert(0, os.path.dirname(__file__) + "/..")
+from recipes_util import make_recipe  # noqa: E402
+
+TORCHRUN = """
+launcher: torchrun
+python: /venv/bin/python
+script: train.py
+args: {output_dir: out, lora_enable: true, bf16: true, report_to: none, per_device_train_batch_size: 99}
+gpus: 2
+batch: {per_device: 4, grad_accum: 1}
+lr: {value: 2.0e-4}
+checkpoints: {dir: out}
+env: {NCCL_DEBUG: WARN}
+"""
+
+
+def test_torchrun_command_after_host_oom_resuming(tmp_path):
+    recipe = make_recipe(tmp_path, TORCHRUN)
+    plan = decide(recipe, [Failure(Kind.HOST_OOM)]).plan
+    spec = build(recipe, plan, attempt=2, resume_from=tmp_path / "out" / "checkpoint-10")
+    assert list(spec.argv) == [
+        "/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+        "--nproc-per-node", "1", "--max-restarts", "0", str(tmp_path / "train.py"),
+        "--output_dir", "out", "--lora_enable", "True", "--bf16", "True", "--report_to", "none",
+        "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "2",
+        "--learning_rate", "0.0002", "--resume_from_checkpoint", str(tmp_path / "out" / "checkpoint-10")]
+    env = dict(spec.env)
+    assert env["NCCL_DEBUG"] == "WARN" and env["GUARDRUN_ATTEMPT"] == "2" and env["GUARDRUN_RUNG"] == "1"
+    assert "CUDA_VISIBLE_DEVICES" not in env  # CPU ranks: no GPU list to narrow
+    assert spec.cwd == tmp_path
+
+
+def test_deepspeed_with_gpu_list_uses_include(tmp_path):
+    body = TORCHRUN.replace("launcher: torchrun", "launcher: deepspeed").replace("gpus: 2", "gpus: [2, 3, 5]")
+    recipe = make_recipe(tmp_path, body)
+    spec = build(recipe, decide(recipe, [Failure(Kind.HOST_OOM)]).plan, port=29611)
+    assert spec.argv[:7] == ("/venv/bin/python", "-m", "deepspeed.launcher.runner", "--include",
+                             "localhost:2,3", "--master_port", "29611")
+    assert dict(spec.env)["CUDA_VISIBLE_DEVICES"] == "2,3"
+
+
+def test_list_args_are_kept_and_overridden_in_place(tmp_path):
+    body = TORCHRUN.replace(
+        "args: {output_dir: out, lora_enable: true, bf16: true, report_to: none, per_device_train_batch_size: 99}",
+        "args: [--per_device_train_batch_size=16, --lr_scheduler_type, cosine, --warmup_ratio, '-0.5']")
+    recipe = make_recipe(tmp_path, body)
+    spec = build(recipe, decide(recipe, []).plan)
+    assert list(spec.argv[11:]) == ["--per_device_train_batch_size", "4", "--lr_scheduler_type", "cosine",
+                                    "--warmup_ratio", "-0.5", "--gradient_accumulation_steps", "1",
+                                    "--learning_rate", "0.0002"]
+
+
+def test_set_arg_replaces_multi_value_flags_and_bare_flags():
+    assert set_arg(["--a", "1", "2", "--b"], "--a", [3]) == ["--a", "3", "--b"]
+    assert set_arg(["--b"], "--c", None) == ["--b", "--c"]
+    assert set_arg(["--x=1", "--x", "2"], "--x", 5) == ["--x", "5"]
+
+
+def test_python_module_launcher(tmp_path):
+    body = TORCHRUN.replace("launcher: torchrun", "launcher: python").replace("script: train.py", "module: pkg.train")
+    recipe = make_recipe(tmp_path, body)
+    spec = build(recipe, decide(recipe, []).plan)
+    assert spec.argv[:3] == ("/venv/bin/python", "-m", "pkg.train")

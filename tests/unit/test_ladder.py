@@ -1,0 +1,111 @@
+"""The ladder: which rung after which failures, and the global batch kept on the way."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+from hypothesis import given, settings, strategies as st, HealthCheck
+
+from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.ladder import decide, default_ladder, walk
+
+sys.path.insert(0, __import__("os").path.dirname(__file__) + "/..")
+from recipes_util import make_recipe  # noqa: E402
+
+BASE = """
+launcher: torchrun
+script: train.py
+gpus: 8
+batch: {per_device: 16, grad_accum: 1}
+lr: {value: 2.0e-4}
+"""
+LADDER = BASE + """
+ladder:
+  - {on: [host_oom], gpus: 6}
+  - {on: [cuda_oom], batch: halve}
+  - {on: [cuda_oom, host_oom], zero3_offload: true}
+  - {on: [nan_loss], lr: halve}
+"""
+
+
+def fail(*kinds):
+    return [Failure(Kind(k)) for k in kinds]
+
+
+def test_host_oom_drops_ranks_and_keeps_the_global_batch(tmp_path):
+    recipe = make_recipe(tmp_path, LADDER)
+    plan = decide(recipe, fail("host_oom")).plan
+    assert (plan.rungs, plan.ranks, plan.per_device) == ((1,), 6, 16)
+    # 16 × 1 × 8 = 128 cannot be split over 6 ranks of 16: nearest accumulation is 1 (96)
+    assert (plan.grad_accum, plan.global_batch, plan.target_global_batch) == (1, 96, 128)
+    assert "global batch 128 cannot be kept with 6 ranks" in plan.notes[0]
+
+
+def test_cuda_oom_skips_rungs_for_other_kinds_and_leaves_them_available(tmp_path):
+    recipe = make_recipe(tmp_path, LADDER)
+    plan = decide(recipe, fail("cuda_oom")).plan
+    assert (plan.rungs, plan.ranks, plan.per_device, plan.grad_accum) == ((2,), 8, 8, 2)
+    plan = decide(recipe, fail("cuda_oom", "host_oom")).plan
+    assert plan.rungs == (2, 1)  # host_oom still finds its own first rung
+    assert (plan.ranks, plan.per_device, plan.zero3_offload) == (6, 8, None)
+    plan = decide(recipe, fail("cuda_oom", "host_oom", "cuda_oom")).plan
+    assert plan.rungs == (2, 1, 3) and plan.zero3_offload is True
+
+
+def test_exhausted_ladder_gives_up_for_oom_but_restarts_for_transient(tmp_path):
+    recipe = make_recipe(tmp_path, LADDER)
+    decision = decide(recipe, fail("host_oom", "host_oom", "host_oom"))
+    assert decision.plan is None
+    assert decision.give_up == "no rung left in the ladder for host_oom"
+    decision = decide(recipe, fail("host_oom", "transient", "unknown"))
+    assert decision.plan.rungs == (1,)
+
+
+def test_nan_halves_the_learning_rate(tmp_path):
+    plan = decide(make_recipe(tmp_path, LADDER), fail("nan_loss")).plan
+    assert plan.lr == pytest.approx(1.0e-4)
+
+
+def test_the_same_history_always_gives_the_same_plan(tmp_path):
+    recipe = make_recipe(tmp_path, LADDER)
+    history = fail("cuda_oom", "host_oom", "transient")
+    assert decide(recipe, history) == decide(recipe, list(history))
+
+
+def test_default_ladder_for_eight_and_two_ranks():
+    assert [r.gpus for r in default_ladder(8) if r.gpus] == [6, 4, 2, 1]
+    assert [r.gpus for r in default_ladder(2) if r.gpus] == [1]
+    assert [r.gpus for r in default_ladder(1) if r.gpus] == []
+    cuda = [r for r in default_ladder(4) if Kind.CUDA_OOM in r.on]
+    assert cuda[0].batch == "halve" and cuda[1].gradient_checkpointing and cuda[2].zero_stage == 3
+
+
+def test_walk_shows_each_rung_on_top_of_the_ones_before(tmp_path):
+    plans = walk(make_recipe(tmp_path, LADDER))
+    assert [p.rungs for p in plans] == [(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)]
+    assert plans[-1].ranks == 6 and plans[-1].per_device == 8 and plans[-1].zero3_offload
+
+
+def test_gpu_list_keeps_the_original_order(tmp_path):
+    recipe = make_recipe(tmp_path, BASE.replace("gpus: 8", "gpus: [3, 1, 7, 5]"))
+    plan = decide(recipe, fail("host_oom")).plan
+    assert plan.gpu_ids == (3, 1, 7)
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(ranks=st.integers(1, 8), per_device=st.integers(1, 64), accum=st.integers(1, 16),
+       steps=st.lists(st.one_of(st.integers(1, 8).map(lambda n: ("gpus", n)),
+                                st.just(("batch", "halve")),
+                                st.integers(1, 64).map(lambda n: ("batch", n))), max_size=6))
+def test_any_rung_sequence_keeps_the_global_batch_when_divisible(tmp_path, ranks, per_device, accum, steps):
+    rungs = "\n".join(f"  - {{on: [host_oom], {key}: {value}}}" for key, value in steps)
+    body = BASE.replace("gpus: 8", f"gpus: {ranks}").replace(
+        "per_device: 16, grad_accum: 1", f"per_device: {per_device}, grad_accum: {accum}")
+    recipe = make_recipe(tmp_path, body + ("ladder:\n" + rungs if steps else ""))
+    target = per_device * accum * ranks
+    for plan in walk(recipe):
+        assert plan.per_device * plan.grad_accum * plan.ranks == plan.global_batch
+        if target % (plan.per_device * plan.ranks) == 0:
+            assert plan.global_batch == target
+        else:
+            assert plan.notes, "an inexact global batch must be said"
