@@ -29,7 +29,9 @@ demo: $(VENV)/.base
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
 test: $(VENV)/.test
-	$(PY) -m pytest $(PYTEST_ARGS)
+	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test (exit 5): failing" >&2; fi; \
+	exit $$rc
 
 bench: $(VENV)/.test
 	$(PY) bench/sampling.py

@@ -169,7 +169,7 @@ def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: C
     term_sent_at = None
     if grace > 0 and stop.survivors():
         term_sent_at = _send_term(stop, emit)
-        _wait_for_exit(stop, stop.started + grace, hurry or (lambda: False))
+        _wait_for_exit(stop, stop.started + grace, hurry or (lambda: False), emit)
     killed, left = _kill_all(stop, emit)
     if popen.pid not in left:
         popen.wait()
@@ -211,13 +211,26 @@ def _send_term(stop: _Stop, emit: Emit) -> float | None:
     return stop.clock.monotonic()
 
 
-def _wait_for_exit(stop: _Stop, deadline: float, hurry: Callable[[], bool]) -> None:
-    """Poll until nothing of the tree is alive, the deadline passes, or hurry() is true."""
+def _wait_for_exit(stop: _Stop, deadline: float, hurry: Callable[[], bool], emit: Emit) -> None:
+    """Poll until nothing of the tree is alive, the deadline passes, or hurry() is true.
+
+    A launcher may die of the SIGTERM without forwarding it (the `deepspeed` runner on one
+    node has no handler: its launch.py and ranks live on, adopted by guardrun). Once the
+    launcher is gone, each process left that has not had a SIGTERM gets its own, so the
+    ranks still have the rest of the grace to exit cleanly instead of only a SIGKILL.
+    """
     clock = stop.clock
-    while stop.survivors():
+    termed = {stop.popen.pid}
+    while survivors := stop.survivors():
         now = clock.monotonic()
         if now >= deadline or hurry():
             return
+        if _root(stop.popen) is None:
+            fresh = [ident for ident in survivors if ident.pid not in termed]
+            sent = [ident.pid for ident in fresh if stop.tree.signal(ident, signal.SIGTERM)]
+            termed.update(ident.pid for ident in fresh)
+            if sent:
+                emit("proc.term_forwarded", pids=sent)
         clock.sleep(min(GRACE_POLL, deadline - now))
 
 

@@ -111,6 +111,30 @@ while True:
     time.sleep(60)
 """
 
+# The `deepspeed` runner's shape on one node: SIGTERM's default action kills the launcher
+# and nothing forwards it; its child (launch.py and the ranks in the real thing) exits on
+# SIGTERM, writing "term" to the marker file given. Prints "ready CHILD_PID".
+NO_FORWARD_CHILD = """
+import signal, sys, time
+def on_term(*_):
+    open(sys.argv[1], "w").write("term")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+print("up", flush=True)
+while True:
+    time.sleep(60)
+"""
+
+NO_FORWARD = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {NO_FORWARD_CHILD!r}, sys.argv[1]],
+                         stdout=subprocess.PIPE)
+child.stdout.readline()
+print("ready", child.pid, flush=True)
+while True:
+    time.sleep(60)
+"""
+
 # The main thread exits (pthread_exit) while a second thread forks a child and runs on:
 # /proc/PID/stat then says Z although the process lives. It ignores SIGTERM, so only a
 # SIGKILL by identity stops it. Prints "ready CHILD_PID".

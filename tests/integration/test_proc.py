@@ -14,7 +14,7 @@ import time
 
 from conftest import wait_until
 from fakes import FakeClock
-from helpers_proc import (FORKS_ONE, IGNORES_TERM, LEADERLESS, POLITE, PY, TESTS,
+from helpers_proc import (FORKS_ONE, IGNORES_TERM, LEADERLESS, NO_FORWARD, POLITE, PY, TESTS,
                           TORCHRUN_LIKE, alive, assert_all_gone, start)
 
 from guardrun.supervisor import proc
@@ -119,12 +119,16 @@ def test_spawned_processes_and_their_children_get_oom_score_adj_800_and_their_ow
 
 def test_a_child_orphaned_during_the_grace_is_killed_even_without_a_subreaper():
     """The launcher dies on SIGTERM; its child, re-parented to init, is out of the walk
-    but was seen before: stop_tree kills it by identity."""
+    but was seen before: stop_tree signals it by identity (here the forwarded SIGTERM,
+    which it does not handle, is enough)."""
     popen, (child,) = start(FORKS_ONE)
     idents = identities(popen)
-    report = proc.stop_tree(popen, ProcTree(), grace=0.3, clock=MonotonicClock())
+    seen = []
+    report = proc.stop_tree(popen, ProcTree(), grace=3, clock=MonotonicClock(),
+                            on_event=lambda name, **fields: seen.append((name, fields)))
     assert popen.returncode == -signal.SIGTERM
-    assert report.killed == (int(child),) and report.left == ()
+    assert ("proc.term_forwarded", {"pids": [int(child)]}) in seen
+    assert report.killed == () and report.left == ()
     assert_all_gone(idents)
 
 
@@ -156,6 +160,22 @@ def test_ranks_in_their_own_sessions_are_all_gone_after_stop_tree():
     assert polite not in report.killed  # it exited on the forwarded SIGTERM
     assert stubborn in report.killed and popen.pid in report.killed
     assert len(report.killed) == 3  # launcher, stubborn rank, its worker
+    assert_all_gone(idents)
+
+
+def test_when_the_launcher_dies_without_forwarding_sigterm_its_children_get_their_own(tmp_path):
+    """The deepspeed runner dies of SIGTERM and forwards nothing: the child it leaves gets
+    a SIGTERM of its own at once and exits cleanly, long before the grace is out."""
+    marker = tmp_path / "term"
+    popen, (child,) = start(NO_FORWARD, str(marker))
+    idents = identities(popen)
+    seen = []
+    report = proc.stop_tree(popen, ProcTree(), grace=20, clock=MonotonicClock(),
+                            on_event=lambda name, **fields: seen.append((name, fields)))
+    assert popen.returncode == -signal.SIGTERM
+    assert marker.read_text() == "term"
+    assert report.killed == () and report.took < 10
+    assert ("proc.term_forwarded", {"pids": [int(child)]}) in seen
     assert_all_gone(idents)
 
 

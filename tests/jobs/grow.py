@@ -36,11 +36,15 @@ def main() -> None:
 
     held, marked = [], False
     while True:
-        if len(held) * args.chunk_mb < args.max_mb:
-            held.append(b"\x01" * (args.chunk_mb << 20))  # touched: really resident
-        if not marked and anon_bytes() >= args.mark_mb << 20:
-            marked = True
-            print(f"crossed {args.mark_mb} MiB at {time.monotonic():.6f}", flush=True)
+        # A chunk is touched 1 MiB at a time, the mark checked after each: the job sees
+        # its own crossing within 1 MiB, before any outside sampler can act on it.
+        for _ in range(args.chunk_mb):
+            if len(held) >= args.max_mb:
+                break
+            held.append(b"\x01" * (1 << 20))  # touched: really resident
+            if not marked and anon_bytes() >= args.mark_mb << 20:
+                marked = True
+                print(f"crossed {args.mark_mb} MiB at {time.monotonic():.6f}", flush=True)
         time.sleep(args.every)
 
 
