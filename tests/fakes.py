@@ -59,3 +59,36 @@ class ScriptedMemory:
         reading = self._current()
         self.position += 1
         return ScriptedHost(self.total, reading[2])
+
+
+from guardrun.launcher.gpus import GpuReading  # noqa: E402  (appended with the GPU fakes)
+from guardrun.supervisor.gpu import GpuError  # noqa: E402
+
+
+class FakeGpuSource:
+    """A GPU source (supervisor.gpu.GpuSource) without a GPU: readings come from a
+    function the test controls, so a test can make VRAM rise when its job says so.
+
+    `used(index)` gives GPU `index`'s used bytes at each call of devices();
+    `procs` maps a GPU index to its processes; `fail` makes every call raise GpuError.
+    """
+
+    def __init__(self, count: int = 1, total: int = 80 << 30, used=None, procs=None,
+                 name: str = "Fake H100"):
+        self.count, self.total, self.name = count, total, name
+        self.used = used or (lambda index: 0)
+        self.procs = procs if procs is not None else {}
+        self.fail = ""
+        self.calls = 0
+
+    def devices(self):
+        self.calls += 1
+        if self.fail:
+            raise GpuError(self.fail)
+        return [GpuReading(i, f"GPU-fake-{i}", self.name, used=self.used(i), total=self.total)
+                for i in range(self.count)]
+
+    def processes(self, index: int):
+        if self.fail:
+            raise GpuError(self.fail)
+        return list(self.procs.get(index, ()))
