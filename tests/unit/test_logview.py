@@ -1,0 +1,74 @@
+"""`guardrun logs`: which file and lines, and following across attempts, without real waits."""
+from __future__ import annotations
+
+import io
+
+from guardrun.supervisor.logview import Follower, choose, copy, keep, rank_prefixes
+
+
+def attempt(job, number: int, text: str | None = None):
+    folder = job / "attempts" / str(number)
+    folder.mkdir(parents=True, exist_ok=True)
+    if text is not None:
+        (folder / "output.log").write_text(text)
+    return folder
+
+
+def test_rank_lines_are_picked_by_the_launchers_prefixes():
+    prefixes = rank_prefixes(1)
+    assert keep("[1] loss 0.3", prefixes) and keep("[rank1]: Traceback", prefixes)
+    assert keep("[default1]:step 3", prefixes)
+    assert not keep("[0] loss", prefixes) and not keep("loss 0.3 [1]", prefixes)
+    assert keep("anything", None)
+
+
+def test_a_rank_file_wins_over_filtering(tmp_path):
+    folder = attempt(tmp_path, 3, "[rank0] a\n[rank1] b\n")
+    plain = choose(tmp_path, 3, 1)
+    assert plain.path == folder / "output.log" and plain.prefixes == rank_prefixes(1)
+    assert "no per-rank log (attempts/3/ranks/1.log)" in plain.note
+    (folder / "ranks").mkdir()
+    (folder / "ranks" / "1.log").write_text("own\n")
+    own = choose(tmp_path, 3, 1)
+    assert own.path == folder / "ranks" / "1.log" and own.prefixes is None and own.note == ""
+    out = io.StringIO()
+    assert copy(plain, out) == 1 and out.getvalue() == "[rank1] b\n"
+
+
+def test_follow_switches_to_the_next_attempt_and_ends_with_the_supervisor(tmp_path):
+    attempt(tmp_path, 1, "one\ntwo (no newline yet)")
+    out, said = io.StringIO(), []
+    steps = iter([
+        lambda: (tmp_path / "attempts/1/output.log").open("a").write(" end\n"),
+        lambda: attempt(tmp_path, 2, "second attempt\n"),
+        lambda: (tmp_path / "attempts/2/output.log").open("a").write("last"),
+    ])
+    alive = iter([True] * 8 + [False] * 3)
+
+    def sleep(_seconds):  # each wait, the writer does its next thing
+        next(steps, lambda: None)()
+
+    Follower(tmp_path, choose(tmp_path, 1, None), pinned=False, rank=None,
+             alive=lambda: next(alive), sleep=sleep, out=out, say=said.append).run()
+    assert out.getvalue() == "one\ntwo (no newline yet) end\nsecond attempt\nlast\n"
+    assert said == ["attempt 2 started"]
+
+
+def test_follow_of_a_pinned_attempt_does_not_move_on(tmp_path):
+    attempt(tmp_path, 1, "first\n")
+    attempt(tmp_path, 2, "second\n")
+    out = io.StringIO()
+    alive = iter([True, True, False, False])
+    Follower(tmp_path, choose(tmp_path, 1, None), pinned=True, rank=None,
+             alive=lambda: next(alive), sleep=lambda s: None, out=out, say=print).run()
+    assert out.getvalue() == "first\n"
+
+
+def test_follow_before_the_first_attempt_waits_for_it(tmp_path):
+    out, said = io.StringIO(), []
+    steps = iter([lambda: attempt(tmp_path, 1, "[rank0] hi\n[rank1] ho\n")])
+    alive = iter([True, True, False, False, False])
+    Follower(tmp_path, choose(tmp_path, 0, 1), pinned=False, rank=1, alive=lambda: next(alive),
+             sleep=lambda s: next(steps, lambda: None)(), out=out, say=said.append).run()
+    assert out.getvalue() == "[rank1] ho\n"
+    assert said[0] == "attempt 1 started" and "no per-rank log" in said[1]
