@@ -25,6 +25,11 @@ DS_PATTERN = re.compile(r"^global_step(\d+)$")
 WEIGHT_NAMES = ("model.safetensors", "adapter_model.safetensors", "pytorch_model.bin",
                 "adapter_model.bin", "model.pt", "model.safetensors.index.json",
                 "pytorch_model.bin.index.json")
+#: Checkpoints set aside go into this folder of the checkpoint dir, not beside the
+#: others: transformers' rotate_checkpoints globs `checkpoint-*` and reads the step with
+#: an unanchored regex, so a `checkpoint-40.incomplete-...` left beside the live ones
+#: would count as step 40 and, with save_total_limit, be deleted later.
+QUARANTINE = "guardrun-quarantine"
 _ZIP_EOCD = b"PK\x05\x06"
 _EOCD_SEARCH = 65536 + 22  # the end record sits within the last 64 KiB + its 22 bytes
 
@@ -201,3 +206,70 @@ def _json_problem(file: Path) -> str:
     except OSError as err:
         return f"unreadable ({err.strerror})"
     return ""
+
+
+@dataclass(frozen=True)
+class Saved:
+    """What a checkpoint's own files say about how it was saved."""
+
+    train_batch_size: int | None = None  # trainer_state.json's micro-batch
+    ds_tag: Path | None = None           # the DeepSpeed tag dir `latest` names
+    world_size: int | None = None        # data-parallel ranks that tag was saved with
+    universal: Path | None = None        # its finished universal conversion, if any
+
+
+def universal_dir(tag: Path) -> Path:
+    """Where DeepSpeed's ds_to_universal writes the conversion of `tag`."""
+    return tag.with_name(tag.name + "_universal")
+
+
+def inspect(path: Path) -> Saved:
+    """What a (valid) checkpoint's own small files say about how it was saved.
+
+    A universal conversion counts once `latest_universal` names it: ds_to_universal
+    writes that file last (deepspeed/checkpoint/ds_to_universal.py, main()).
+    """
+    batch = None
+    state = path / "trainer_state.json"
+    if state.is_file():
+        try:
+            value = json.loads(state.read_text()).get("train_batch_size")
+        except (OSError, ValueError, AttributeError):
+            value = None
+        batch = value if isinstance(value, int) and not isinstance(value, bool) else None
+    tag = _deepspeed_tag(path)
+    if tag is None:
+        return Saved(train_batch_size=batch)
+    universal = universal_dir(tag)
+    marker = tag.parent / "latest_universal"
+    done = marker.is_file() and marker.read_text(errors="replace").strip() == universal.name
+    return Saved(train_batch_size=batch, ds_tag=tag, world_size=saved_world_size(tag),
+                 universal=universal if done and universal.is_dir() else None)
+
+
+def _deepspeed_tag(path: Path) -> Path | None:
+    """The DeepSpeed tag a checkpoint resumes: itself, or the one its `latest` names."""
+    if DS_PATTERN.match(path.name):
+        return path
+    latest = path / "latest"
+    if not latest.is_file():
+        return None
+    tag = path / latest.read_text(errors="replace").strip()
+    return tag if tag.is_dir() else None
+
+
+def quarantine(path: Path, label: str, stamp: str) -> Path:
+    """Set a checkpoint aside, never delete it: `<dir>/guardrun-quarantine/checkpoint-40.<label>-<stamp>`.
+
+    A rename within one filesystem: atomic, and no byte of the user's data is copied.
+    Returns where it went.
+    """
+    folder = path.parent / QUARANTINE
+    folder.mkdir(exist_ok=True)
+    target = folder / f"{path.name}.{label}-{stamp}"
+    counter = 1
+    while target.exists():
+        counter += 1
+        target = folder / f"{path.name}.{label}-{stamp}-{counter}"
+    path.rename(target)
+    return target

@@ -1,0 +1,86 @@
+"""Where to resume from, and what the checkpoint needs first: pure decisions.
+
+The supervisor reads the checkpoint folder (launcher.checkpoints) and the facts of the
+chosen checkpoint (`Saved`), asks these functions, and carries out the answer: set
+checkpoints aside, rewrite a stale batch size, convert a ZeRO checkpoint for a new
+world size. Nothing here touches the disk.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from .checkpoints import Checkpoint, Saved
+from .ladder import Plan
+
+WORLD_SIZE_POLICIES = ("universal", "weights_only", "fail")
+
+
+@dataclass(frozen=True)
+class SetAside:
+    checkpoint: Checkpoint
+    label: str  # "incomplete" or "nan": the suffix of the name it is set aside under
+    why: str
+
+
+@dataclass(frozen=True)
+class Choice:
+    checkpoint: Checkpoint | None     # resume from this; None: from scratch
+    set_aside: tuple[SetAside, ...] = ()  # to quarantine first
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What to do to the chosen checkpoint before the launch."""
+
+    fix_batch: int | None = None   # rewrite trainer_state.json's train_batch_size to this
+    convert: Path | None = None    # run the universal conversion on this DeepSpeed tag
+    load_universal: bool = False   # the derived DeepSpeed config loads a universal checkpoint
+    weights_only: bool = False     # resume the weights only (optimizer state cannot follow)
+    refuse: str = ""               # non-empty: this checkpoint cannot be resumed as configured
+    notes: tuple[str, ...] = ()
+
+
+def choose(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:
+    """The newest valid checkpoint (older than `before_step` when given: a NaN rollback),
+    and every checkpoint newer than it that must be set aside so the trainer's own
+    "last checkpoint" logic cannot pick it."""
+    usable = [c for c in found if c.valid and (before_step is None or c.step < before_step)]
+    pick = usable[-1] if usable else None
+    floor = pick.step if pick else -1
+    aside = []
+    for each in found:
+        if each is pick or each.step < floor or (each.step == floor and each.valid):
+            continue
+        if not each.valid:
+            aside.append(SetAside(each, "incomplete", each.reason))
+        elif before_step is not None and each.step >= before_step:
+            aside.append(SetAside(each, "nan", f"saved at step {each.step}, at or after the "
+                                               f"first NaN (step {before_step})"))
+    return Choice(pick, tuple(aside))
+
+
+def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal") -> Adaptation:
+    """How `plan` can resume a checkpoint saved as `saved` says."""
+    notes: list[str] = []
+    fix = None
+    if plan.per_device is not None and saved.train_batch_size not in (None, plan.per_device):
+        # transformers before PR #43770 (Feb 2026) takes train_batch_size from
+        # trainer_state.json on resume, silently undoing a halved micro-batch.
+        fix = plan.per_device
+        notes.append(f"trainer_state.json says train_batch_size {saved.train_batch_size}: "
+                     f"set to {plan.per_device} (original kept beside it)")
+    if saved.ds_tag is None or saved.world_size in (None, plan.ranks):
+        return Adaptation(fix_batch=fix, notes=tuple(notes))
+    change = f"{saved.ds_tag.name} was saved by {saved.world_size} rank(s), this rung runs {plan.ranks}"
+    if on_world_size_change == "fail":
+        return Adaptation(refuse=f"{change}; checkpoints.on_world_size_change is 'fail'")
+    if on_world_size_change == "weights_only":
+        notes.append(f"{change}: resuming the weights only (on_world_size_change: weights_only)")
+        return Adaptation(fix_batch=fix, weights_only=True, notes=tuple(notes))
+    if saved.universal is not None:
+        notes.append(f"{change}: loading the universal checkpoint {saved.universal.name}")
+        return Adaptation(fix_batch=fix, load_universal=True, notes=tuple(notes))
+    notes.append(f"{change}: converting it to a universal checkpoint first")
+    return Adaptation(fix_batch=fix, convert=saved.ds_tag, load_universal=True, notes=tuple(notes))

@@ -1,0 +1,126 @@
+"""Get the checkpoint folder ready for the next attempt, as launcher.resume decides.
+
+Between attempts, with the old tree gone: set aside the checkpoints the trainer must not
+pick (renamed into `guardrun-quarantine/`, never deleted), rewrite a stale batch size in
+trainer_state.json (the original kept beside it), and convert a ZeRO checkpoint for a
+new world size with DeepSpeed's own tool, in the job's interpreter.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from guardrun.launcher import checkpoints
+from guardrun.launcher.checkpoints import Checkpoint, universal_dir
+from guardrun.launcher.command import Resume
+from guardrun.launcher.ladder import Plan
+from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.resume import adapt, choose
+
+from . import proc
+from .clock import Clock
+
+#: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
+STATE_BACKUP = "trainer_state.json.guardrun-orig"
+#: How long DeepSpeed's universal conversion may run. Measured here: seconds for the
+#: tiny test model; a 13B ZeRO-3 checkpoint takes minutes. Past it the attempt fails.
+CONVERT_TIMEOUT = 3600.0
+
+
+class ResumeError(Exception):
+    """The checkpoint cannot be made ready: the attempt must not start on it."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What preparing needs from the supervisor."""
+
+    clock: Clock
+    emit: Callable[..., None]
+    say: Callable[[str], None]
+    attempt_dir: Path
+    should_stop: Callable[[], bool] = lambda: False
+
+
+def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = None) -> Resume:
+    """Resume for the next attempt: the checkpoint and how to load it (none: from scratch)."""
+    spec = recipe.checkpoints
+    if spec is None:
+        return Resume()
+    found = checkpoints.find(spec.dir, spec.pattern)
+    choice = choose(found, before_step)
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    for aside in choice.set_aside:
+        moved = checkpoints.quarantine(aside.checkpoint.path, aside.label, stamp)
+        ctx.emit("checkpoint.quarantined", path=str(aside.checkpoint.path), to=str(moved),
+                 step=aside.checkpoint.step, why=aside.why)
+        ctx.say(f"set aside {aside.checkpoint.name} ({aside.why}) as {moved}")
+    if choice.checkpoint is None:
+        return Resume()
+    return _adapt(choice.checkpoint, recipe, plan, ctx)
+
+
+def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resume:
+    decided = adapt(checkpoints.inspect(chosen.path), plan, recipe.checkpoints.on_world_size_change)
+    if decided.refuse:
+        raise ResumeError(decided.refuse)
+    for note in decided.notes:
+        ctx.say(note)
+    if decided.fix_batch is not None:
+        fix_batch(chosen.path, decided.fix_batch)
+        ctx.emit("checkpoint.batch_fixed", path=str(chosen.path), train_batch_size=decided.fix_batch)
+    if decided.convert is not None:
+        convert(recipe, decided.convert, ctx)
+    return Resume(chosen.path, load_universal=decided.load_universal, weights_only=decided.weights_only)
+
+
+def fix_batch(path: Path, batch: int) -> None:
+    """Set trainer_state.json's train_batch_size, keeping the first original beside it."""
+    state = path / "trainer_state.json"
+    text = state.read_text()
+    backup = path / STATE_BACKUP
+    if not backup.exists():
+        backup.write_text(text)
+    data = json.loads(text)
+    data["train_batch_size"] = batch
+    temp = state.with_name(state.name + ".guardrun-tmp")
+    temp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(temp, state)
+
+
+def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
+    """Run DeepSpeed's ds_to_universal on `tag`; its output goes beside the tag, its log
+    into the attempt's folder. A conversion cut off earlier is set aside first."""
+    out = universal_dir(tag)
+    if out.exists():
+        checkpoints.quarantine(out, "incomplete", time.strftime("%Y%m%dT%H%M%S"))
+    argv = [recipe.python, "-m", "deepspeed.checkpoint.ds_to_universal",
+            "--input_folder", str(tag), "--output_folder", str(out)]
+    log = ctx.attempt_dir / "universal-conversion.log"
+    ctx.say(f"converting {tag} to a universal checkpoint (log: {log})")
+    started = ctx.clock.monotonic()
+    with open(log, "wb") as sink:
+        popen = proc.spawn(argv, env=dict(os.environ), cwd=str(recipe.workdir), stdout=sink,
+                           stderr=subprocess.STDOUT)
+        code = _wait(popen, ctx, started)
+    took = round(ctx.clock.monotonic() - started, 3)
+    ctx.emit("checkpoint.converted", tag=str(tag), to=str(out), exit_code=code, took=took)
+    if code != 0:
+        raise ResumeError(f"the universal conversion of {tag} failed (exit {code}); see {log}")
+    return out
+
+
+def _wait(popen: subprocess.Popen, ctx: Context, started: float) -> int | None:
+    tree = proc.ProcTree(adopter=os.getpid())
+    while popen.poll() is None:
+        if ctx.should_stop() or ctx.clock.monotonic() - started > CONVERT_TIMEOUT:
+            proc.stop_tree(popen, tree, grace=10.0, clock=ctx.clock)
+            return popen.returncode
+        ctx.clock.sleep(0.2)
+    proc.stop_tree(popen, tree, grace=0.0, clock=ctx.clock)  # nothing of it may linger
+    return popen.returncode
