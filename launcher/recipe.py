@@ -15,16 +15,18 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
+from . import dsconfig, modelspec
+from .modelspec import Model
 from .rungs import Rung, read_ladder
 from .units import Size
 from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, duration, env_pairs,
                         integer, items, kind_of, mapping_args, number, optional, pairs, read_fields,
                         scalar, size, text)
 
-__all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Monitor", "Recipe",
-           "RecipeError", "Restarts", "Rung", "load_recipe"]
+__all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Monitor", "ProgressPatterns", "Recipe",
+           "RecipeError", "Restarts", "Rung", "SuccessEvidence", "load_recipe"]
 
-LAUNCHERS = ("torchrun", "deepspeed", "python")
+LAUNCHERS = ("torchrun", "deepspeed", "python", "command")  # command: `command:` as given
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -54,6 +56,10 @@ class Checkpoints:
     dir: Path  # absolute; need not exist yet
     resume_arg: str | None = "--resume_from_checkpoint"  # None: the script resumes by itself
     pattern: str | None = None  # a regex whose one group is the step
+    # A ZeRO checkpoint resumed on another number of ranks: convert it to a universal
+    # checkpoint, pass only its weights (through weights_arg), or give up.
+    on_world_size_change: str = "universal"
+    weights_arg: str | None = None  # with weights_only: the argument that takes the checkpoint path
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,22 @@ class Restarts:
 @dataclass(frozen=True)
 class Monitor:
     interval: float = 0.5  # seconds between samples
+
+
+@dataclass(frozen=True)
+class ProgressPatterns:
+    """Regexes for jobs whose progress no built-in parser reads (supervisor/logs.py)."""
+
+    step_regex: str | None = None  # group 1: the step; an optional group 2: the total
+    loss_regex: str | None = None  # group 1: the loss ('nan' and 'inf' count as NaN)
+
+
+@dataclass(frozen=True)
+class SuccessEvidence:
+    """What must be seen before an exit 0 counts as finished (XTuner exits 0 after a failure)."""
+
+    regex: str | None = None  # a line of the output must match
+    file: Path | None = None  # absolute; must exist when the job exits
 
 
 @dataclass(frozen=True)
@@ -98,19 +120,37 @@ class Recipe:
     monitor: Monitor
     stop_grace: float = 30.0
     python: str = sys.executable
+    wait_for_gpus: float | None = None  # seconds to wait for enough free GPUs; None: fail at once
+    progress: ProgressPatterns | None = None
+    success: SuccessEvidence | None = None
+    nan_patience: int = 1            # logged nan/inf steps in a row before guardrun acts
+    startup_window: float = 600.0    # the same error twice this soon after the start: user_error
+    # issue 7 (modelspec.py): a tool's own command line, and what the memory preflight needs
+    command: tuple[str, ...] = ()    # launcher: command, e.g. (llamafactory-cli, train, cfg.yaml)
+    args_style: str = "flags"        # flags: --key value; key=value: LLaMA-Factory, --cfg-options
+    args_group: str | None = None    # key=value tokens go after this flag (XTuner's --cfg-options)
+    ranks_env: str | None = None     # set to the rung's rank count (NPROC_PER_NODE)
+    model: Model | None = None
+    preflight: bool = True           # skip rungs predicted not to fit
+    warnings: tuple[str, ...] = ()   # missing paths, when loaded with missing_ok (guardrun plan)
 
 
-def load_recipe(path: str | Path) -> Recipe:
-    """Read and check a recipe file. Raises RecipeError on the first problem."""
+def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
+    """Read and check a recipe file. Raises RecipeError on the first problem.
+
+    `missing_ok` (used by `guardrun plan` only, which runs nothing): a missing workdir,
+    script or DeepSpeed config becomes a line in `warnings` instead of an error, so a
+    recipe written for another machine can still be planned.
+    """
     file = Path(path)
     root, loader = compose(file)
-    ctx = Ctx(file=file, loader=loader, workdir=file.absolute().parent)
+    ctx = Ctx(file=file, loader=loader, workdir=file.absolute().parent, missing=[] if missing_ok else None)
     for name, _key_node, value_node in pairs(root, "", ctx):
         if name == "workdir":
             ctx = replace(ctx, workdir=_workdir(value_node, "workdir", ctx))
     values = read_fields(root, "", ctx, TOP)
     _check_target(root, ctx, values)
-    recipe = Recipe(path=file.absolute(), **values)
+    recipe = Recipe(path=file.absolute(), **values, warnings=tuple(dict.fromkeys(ctx.missing or ())))
     _check_rungs_apply(root, ctx, recipe)
     return recipe
 
@@ -126,7 +166,7 @@ def _workdir(node: Node, key: str, ctx: Ctx) -> Path:
     recipe_dir = ctx.file.absolute().parent
     path = _resolve(recipe_dir, text(node, key, ctx))
     if not path.is_dir():
-        ctx.fail(node, key, f"directory not found: {path} (relative to the recipe's folder {recipe_dir})")
+        ctx.fail_or_warn(node, key, f"directory not found: {path} (relative to the recipe's folder {recipe_dir})")
     return path
 
 
@@ -134,7 +174,7 @@ def _existing_file(what: str) -> Converter:
     def convert(node: Node, key: str, ctx: Ctx) -> Path:
         path = _resolve(ctx.workdir, text(node, key, ctx))
         if not path.is_file():
-            ctx.fail(node, key, f"{what} not found: {path} (relative paths start at workdir {ctx.workdir})")
+            ctx.fail_or_warn(node, key, f"{what} not found: {path} (relative paths start at workdir {ctx.workdir})")
         return path
     return convert
 
@@ -223,6 +263,31 @@ def _pattern(node: Node, key: str, ctx: Ctx) -> str:
     return value
 
 
+def _regex(least: int, most: int, groups: str) -> Converter:
+    """A regular expression with `least` to `most` groups (`groups` says what they capture)."""
+    def convert(node: Node, key: str, ctx: Ctx) -> str:
+        value = text(node, key, ctx)
+        try:
+            count = re.compile(value).groups
+        except re.error as err:
+            ctx.fail(node, key, f"not a valid regular expression: {err}")
+        if not least <= count <= most:
+            wanted = f"exactly {least}" if least == most else f"{least} or {most}"
+            ctx.fail(node, key, f"expected a regex with {wanted} group(s) ({groups}); '{value}' has {count}")
+        return value
+    return convert
+
+
+def _nonempty(cls: type, fields: tuple[Field, ...]) -> Converter:
+    """A section of optional keys of which at least one must be given."""
+    def convert(node: Node, key: str, ctx: Ctx):
+        value = section(cls, fields)(node, key, ctx)
+        if value == cls():
+            ctx.fail(node, key, "give at least one of " + ", ".join(f.key for f in fields))
+        return value
+    return convert
+
+
 def _backoff(node: Node, key: str, ctx: Ctx) -> tuple[float, float]:
     nodes = items(node, key, ctx, "a list of two durations [first, cap], like [10s, 5m]")
     if len(nodes) != 2:
@@ -244,6 +309,25 @@ def section(cls: type, fields: tuple[Field, ...]) -> Converter:
     return convert
 
 
+def _deepspeed_config(node: Node, key: str, ctx: Ctx) -> Path:
+    path = _existing_file("DeepSpeed config")(node, key, ctx)
+    if not path.is_file():  # missing_ok: already a warning
+        return path
+    try:
+        dsconfig.load(path)
+    except dsconfig.DeepSpeedConfigError as err:
+        ctx.fail(node, key, str(err))
+    return path
+
+
+def _checkpoints(node: Node, key: str, ctx: Ctx) -> Checkpoints:
+    value = section(Checkpoints, CHECKPOINTS)(node, key, ctx)
+    if value.on_world_size_change == "weights_only" and not value.weights_arg:
+        ctx.fail(node, f"{key}.weights_arg", "on_world_size_change: weights_only needs `weights_arg:`, "
+                 "the argument your script loads weights from (like --model_name_or_path)")
+    return value
+
+
 BATCH = (
     Field("per_device", integer(1), hint="the micro-batch per GPU, an integer >= 1"),
     Field("grad_accum", integer(1), default=1),
@@ -255,13 +339,16 @@ LR = (
     Field("arg", text, default=LearningRate.arg),
 )
 DEEPSPEED = (
-    Field("config", _existing_file("DeepSpeed config"), hint="the DeepSpeed JSON file, relative to workdir"),
+    Field("config", _deepspeed_config, hint="the DeepSpeed JSON file, relative to workdir"),
     Field("arg", text, default=DeepSpeedCfg.arg),
 )
 CHECKPOINTS = (
     Field("dir", _dir_in_workdir, hint="the folder the job saves checkpoints in, relative to workdir"),
     Field("resume_arg", optional(text), default=Checkpoints.resume_arg),
     Field("pattern", _pattern, default=None),
+    Field("on_world_size_change", choice(("universal", "weights_only", "fail")),
+          default=Checkpoints.on_world_size_change),
+    Field("weights_arg", optional(text), default=None),
 )
 LIMITS = (
     Field("host_memory", size(), default=None),
@@ -274,32 +361,48 @@ RESTARTS = (
     Field("backoff", _backoff, default=Restarts.backoff),
 )
 MONITOR = (Field("interval", duration(0.05, 60.0), default=Monitor.interval),)
+PROGRESS = (
+    Field("step_regex", _regex(1, 2, "the step, then optionally the total"), default=None),
+    Field("loss_regex", _regex(1, 1, "the loss"), default=None),
+)
+SUCCESS = (
+    Field("regex", _regex(0, 99, ""), default=None),
+    Field("file", _dir_in_workdir, default=None),
+)
 
 #: Every top-level key. A new key: one entry here and one field of Recipe.
 TOP = (
     Field("name", _name, default_from=_default_name),
     Field("workdir", _workdir, default_from=lambda ctx: ctx.workdir),
-    Field("launcher", choice(LAUNCHERS), hint="how to start the job: torchrun, deepspeed or python"),
+    Field("launcher", choice(LAUNCHERS), hint="how to start the job: torchrun, deepspeed, python or command"),
     Field("python", text, default=sys.executable),
     Field("script", _existing_file("script"), default=None),
     Field("module", _module, default=None),
     Field("args", _args, default=((), False), into=("args", "args_is_list")),
     Field("env", env_pairs, default=()),
     Field("gpus", _gpus, default=1),
+    Field("wait_for_gpus", duration(positive=True), default=None),
     Field("batch", section(Batch, BATCH), default=None),
     Field("lr", section(LearningRate, LR), default=None),
     Field("deepspeed", section(DeepSpeedCfg, DEEPSPEED), default=None),
-    Field("checkpoints", section(Checkpoints, CHECKPOINTS), default=None),
+    Field("checkpoints", _checkpoints, default=None),
     Field("limits", section(Limits, LIMITS), default=Limits()),
     Field("monitor", section(Monitor, MONITOR), default=Monitor()),
     Field("stop_grace", duration(), default=30.0),
     Field("ladder", _ladder, default=((), False), into=("ladder", "ladder_given")),
     Field("restarts", section(Restarts, RESTARTS), default=Restarts()),
+    Field("progress", _nonempty(ProgressPatterns, PROGRESS), default=None),
+    Field("success", _nonempty(SuccessEvidence, SUCCESS), default=None),
+    Field("nan_patience", integer(1), default=1),
+    Field("startup_window", duration(), default=600.0),
+    *modelspec.FIELDS,
 )
 
 
 def _check_target(root: Node, ctx: Ctx, values: dict) -> None:
-    """Exactly one of `script:` and `module:`."""
+    """Exactly one of `script:` and `module:`; `command:` instead with `launcher: command`."""
+    if modelspec.check_command(root, ctx, values):
+        return
     if values["script"] is not None and values["module"] is not None:
         module_node = next(key_node for name, key_node, _ in pairs(root, "", ctx) if name == "module")
         ctx.fail(module_node, "module", "give either `script:` or `module:`, not both")

@@ -47,9 +47,16 @@ class Ctx:
     file: Path                 # the recipe as the user named it
     loader: yaml.SafeLoader    # constructs scalars the way safe_load would
     workdir: Path              # absolute; relative paths in the recipe resolve against it
+    missing: list[str] | None = None  # a list: missing paths are collected here, not raised
 
     def fail(self, node: Node, key: str, message: str) -> NoReturn:
         raise RecipeError(self.file, line_of(node), key, message)
+
+    def fail_or_warn(self, node: Node, key: str, message: str) -> None:
+        """A missing path: an error, or a warning when loading for `guardrun plan`."""
+        if self.missing is None:
+            self.fail(node, key, message)
+        self.missing.append(str(RecipeError(self.file, line_of(node), key, message)))
 
     def value(self, node: Node, key: str) -> object:
         """The Python value of a node, as yaml.safe_load would give it."""

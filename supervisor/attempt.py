@@ -18,8 +18,12 @@ from guardrun.launcher.units import format_bytes
 from . import proc
 from .clock import Clock
 from .console import Console
+from .diagnosis import Diagnosis
+from .follow import CheckpointFollower, Seen
+from .gpuwatch import GpuMonitor
 from .memory import ProcfsMemory
 from .output import OutputReader, Progress
+from .patterns import Patterns
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory
 from .signals import Requests
 
@@ -54,6 +58,9 @@ class Watch:
     grace: float
     emit: Callable[..., None]
     status: Callable[[Progress, MemoryReading | None], str]
+    checkpoints: CheckpointFollower | None = None  # follows the checkpoint folder, if the recipe has one
+    gpu: GpuMonitor | None = None  # samples VRAM each interval, where there are GPUs
+    diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
 
 
 def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
@@ -65,8 +72,11 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT)
     watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv))
-    reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console,
-                          prefix=f"[{number}] ").start()
+    started = watch.clock.monotonic()
+    diagnosis = watch.diagnosis
+    reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",
+                          patterns=diagnosis.patterns if diagnosis else Patterns(),
+                          rank_logs=diagnosis.rank_logs if diagnosis else None).start()
     tree = proc.ProcTree(adopter=os.getpid())
     peaks = Peaks()
     stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch)
@@ -74,10 +84,13 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     if not reader.join(READER_JOIN_TIMEOUT):
         watch.emit("output.still_open", attempt=number)
     progress = reader.progress()
+    seen = watch.checkpoints.stop() if watch.checkpoints else None
     end = AttemptEnd(exit_code=popen.returncode, events=reader.evidence(),
                      stopped_for=stopped_for, interrupted=interrupted,
                      progressed=progress.step is not None or progress.loss is not None,
-                     attempt=number, last_step=progress.step)
+                     attempt=number, last_step=progress.step,
+                     incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
+                     **(diagnosis.end_facts(reader) if diagnosis else {}))
     return end, peaks
 
 
@@ -88,9 +101,19 @@ def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch) -> tup
             return None, False
         if watch.requests.stop:
             return None, True
+        if watch.checkpoints is not None:
+            watch.checkpoints.poll()
+        if watch.diagnosis is not None:
+            found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
+            if found is not None:
+                watch.emit("diagnosis.stop", kind=str(found.kind), evidence=found.evidence, step=found.step)
+                return found, False
         reading = _measure(popen.pid, watch)
         peaks.update(reading)
         verdict = judge_memory(reading, watch.limits)
+        if watch.gpu is not None:
+            vram = watch.gpu.sample()
+            verdict = verdict if verdict.stop else vram
         watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
         if verdict.stop:
             watch.emit("limit.breached", kind=str(verdict.failure.kind),
@@ -98,6 +121,14 @@ def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch) -> tup
                        pss=reading.tree_pss, available=reading.available)
             return verdict.failure, False
         watch.clock.sleep(watch.interval)
+
+
+def _incomplete(seen: Seen | None) -> str | None:
+    """The checkpoint this attempt began and never finished, as evidence for save_failed."""
+    if seen is None or not seen.incomplete:
+        return None
+    last = seen.incomplete[-1]
+    return f"{last.name} is incomplete ({last.reason})"
 
 
 def _measure(root_pid: int, watch: Watch) -> MemoryReading:

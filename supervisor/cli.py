@@ -6,21 +6,22 @@ user error); 2 bad recipe or usage; 130 interrupted.
 from __future__ import annotations
 
 import os
-import shlex
 import sys
 from pathlib import Path
 
 import click
 
 from guardrun.launcher import checkpoints as ckpts
-from guardrun.launcher.command import build
-from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
+from guardrun.launcher.units import parse_size
 
-from .clock import MonotonicClock
-from .console import Console
-from .journal import Journal, StateDirError, job_dir, read_state, state_root
+from . import doctor as doctor_checks
+from . import planview
+from .journal import Journal, StateDirError
+from . import unattended
+from .jobrun import JobRun
 from .loop import EXIT_USAGE, Options, Supervisor
+from .rootcause import RootCause
 
 
 class DefaultRunGroup(click.Group):
@@ -61,77 +62,58 @@ def run(recipe: str, quiet: bool, fresh: bool) -> None:
     except (StateDirError, OSError) as err:
         click.echo(f"guardrun: error: state directory: {err}", err=True)
         sys.exit(EXIT_USAGE)
-    console = Console(quiet=quiet)
-    console.say(f"job {loaded.name}: journal in {journal.dir}")
     try:
-        code = Supervisor(loaded, journal, console, MonotonicClock(), options=Options(fresh=fresh)).run()
+        # JobRun: the job's lock, a dead predecessor's leftovers, control socket, sd_notify.
+        with JobRun(loaded, journal, quiet=quiet) as job:
+            job.console.say(f"job {loaded.name}: journal in {journal.dir}")
+            code = job.run(Supervisor(loaded, journal, job.console, job.clock,
+                                      options=Options(fresh=fresh)))
     finally:
         journal.close()
     sys.exit(code)
 
 
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_size(value, allow_percent=False).bytes
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @main.command()
 @click.argument("recipe", type=click.Path(dir_okay=False))
-def plan(recipe: str) -> None:
-    """Print every rung's configuration and exact command; run nothing."""
-    loaded = _load(recipe)
-    plans = walk(loaded)
-    ladder = effective_ladder(loaded, plans[0].ranks)
-    source = "the recipe's ladder" if loaded.ladder_given else "the default ladder (no `ladder:` in the recipe)"
-    click.echo(f"job {loaded.name}: {len(plans) - 1} rung(s) from {source}")
-    resume = None
-    if loaded.checkpoints:
-        newest = ckpts.newest_valid(loaded.checkpoints.dir, loaded.checkpoints.pattern)
-        resume = newest.path if newest else None
-        click.echo(f"resume: {resume if resume else 'no valid checkpoint yet: starts from scratch'}")
-    for index, each in enumerate(plans):
-        on = "" if index == 0 else " (on " + ", ".join(map(str, ladder[index - 1].on)) + ")"
-        click.echo(f"\n== rung {index}{on}" + (": the recipe as written" if index == 0 else ""))
-        click.echo("   " + _summary(each))
-        for note in each.notes[-1:] if index else ():
-            click.echo(f"   note: {note}")
-        spec = build(loaded, each, resume_from=resume)
-        click.echo("   command: " + shlex.join(spec.argv))
-        click.echo("   cwd: " + str(spec.cwd))
-        click.echo("   env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in spec.env))
-        for path, _text in spec.files:
-            click.echo(f"   file: {path}")
+@click.option("--rung", type=int, default=None, help="Show rung N in full (default: the first that fits).")
+@click.option("--all", "show_all", is_flag=True, help="Show every rung in full.")
+@click.option("--gpu-free", callback=_size, help="Plan as if every GPU had SIZE free (e.g. 24GiB).")
+@click.option("--host-available", callback=_size, help="Plan as if the host had SIZE available.")
+def plan(recipe: str, rung: int | None, show_all: bool, gpu_free: int | None,
+         host_available: int | None) -> None:
+    """Every rung: configuration, predicted memory, fits or not; then the exact command. Runs nothing."""
+    try:
+        lines = planview.plan_command(recipe, rung, show_all, gpu_free, host_available)
+    except (RecipeError, ValueError) as err:
+        click.echo(f"guardrun: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo("\n".join(lines))
 
 
-def _summary(plan) -> str:
-    parts = [f"ranks {plan.ranks}"]
-    if plan.gpu_ids is not None:
-        parts.append("gpus " + ",".join(map(str, plan.gpu_ids)))
-    if plan.per_device is not None:
-        parts.append(f"micro-batch {plan.per_device} × accumulation {plan.grad_accum} × ranks "
-                     f"{plan.ranks} = global {plan.global_batch}")
-    if plan.lr is not None:
-        parts.append(f"lr {plan.lr:g}")
-    for field in ("gradient_checkpointing", "zero_stage", "zero3_offload", "offload_pin_memory",
-                  "gather_16bit_on_save", "save_only_model", "dataloader_workers"):
-        value = getattr(plan, field)
-        if value is not None:
-            parts.append(f"{field} {value}")
-    return ", ".join(parts)
+@main.command()
+def doctor() -> None:
+    """Check this machine: GPUs, memory, cgroups, systemd, tmux, py-spy, ptrace. Exit 1 on a FAIL."""
+    checks = doctor_checks.run()
+    click.echo("\n".join(check.line() for check in checks))
+    sys.exit(doctor_checks.exit_code(checks))
 
 
 @main.command()
 @click.argument("job", required=False)
-def status(job: str | None) -> None:
+@click.option("--json", "as_json", is_flag=True, help="JSON: one object for JOB, else a list.")
+def status(job: str | None, as_json: bool) -> None:
     """Show the state of JOB, or of every job guardrun knows."""
-    root = state_root()
-    names = [job] if job else sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if not names:
-        click.echo(f"no jobs in {root}")
-        return
-    for name in names:
-        state = read_state(job_dir(name, root))
-        if state is None:
-            click.echo(f"{name}: no state recorded in {job_dir(name, root)}")
-            if job:
-                sys.exit(EXIT_USAGE)
-            continue
-        click.echo(_describe_state(name, state))
+    # Liveness from the job's lock, uptime, memory source, live figures: supervisor.unattended.
+    unattended.show_status(job, as_json, describe=_describe_state)
 
 
 def _describe_state(name: str, state: dict) -> str:
@@ -141,8 +123,10 @@ def _describe_state(name: str, state: dict) -> str:
         current = f"dead (its supervisor, pid {pid}, is gone; it was {current})"
     lines = [f"{name}: {current}"]
     keys = ("attempt", "rung", "ranks", "per_device", "grad_accum", "global_batch", "step",
-            "loss", "memory", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
+            "loss", "memory", "vram", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
     lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
+    if isinstance(state.get("root_cause"), dict):
+        lines += ["  " + line for line in RootCause.from_dict(state["root_cause"]).lines()]
     return "\n".join(lines)
 
 
@@ -168,3 +152,7 @@ def checkpoints_cmd(directory: str, pattern: str | None) -> None:
     for each in found:
         verdict = "valid" if each.valid else f"INVALID: {each.reason}"
         click.echo(f"{each.name:<28} step {each.step:>8}  {verdict}")
+
+
+for _command in unattended.COMMANDS:  # start, list, logs, stop, tmux
+    main.add_command(_command)

@@ -54,6 +54,7 @@ class Event:
 # anywhere: tqdm leaves no newline, so a rank's traceback often starts mid-line after a bar.
 # '3: ' only at the start.
 _RANK_TAG = re.compile(r"\[rank(\d{1,5})\]: ?|\[default(\d{1,5})\]:|^(\d{1,5}): ")
+_LEADING_TAG = re.compile(r"\[(?:rank|default)\d{1,5}\]: ?")
 _LOCAL_RANK = re.compile(r"local_rank[:=]\s*(\d{1,5})")
 
 # A Python exception line: 'torch.OutOfMemoryError: ...', 'KeyboardInterrupt', 'AssertionError'.
@@ -93,6 +94,10 @@ _FAILURE_RULES = (
           r"|invalid choice)", "argparse"),
     _rule("user_error", "can't open", r"can't open file '.{0,500}': \[Errno 2\]", "missing script"),
     _rule("user_error", "kernel image", r"no kernel image is available", "no kernel image"),
+    # NCCL refusing the setup (two ranks on one GPU, a bad CUDA_VISIBLE_DEVICES): a retry
+    # fails the same way (real_gpu_nccl_duplicate_gpu.txt, NCCL 2.28).
+    _rule("user_error", "ncclInvalidUsage|Duplicate GPU", r"ncclInvalidUsage|Duplicate GPU detected",
+          "nccl invalid usage"),
     _rule("user_error", "HfArgumentParser|valid checkpoint",
           r"not used by the HfArgumentParser|Can't find a valid checkpoint at"),
     _rule("transient", "NCCL|peer|ECC|Xid",
@@ -139,7 +144,7 @@ def parse_line(line: str) -> tuple[Event, ...]:
         line = strip_ansi(line)
     if not _has_any(line, _KEYS):
         return ()
-    rank, body = _split_rank(line)
+    rank, body = split_rank(line)
     events = [*_progress(body, rank), *_metrics(line, rank), *_saves(line, rank)]
     failure = _failure(line, body, rank)
     if failure is not None:
@@ -154,15 +159,15 @@ def first_failure(events: Iterable[Event]) -> Event | None:
     often only the echo of another rank's death (an NCCL timeout after a rank OOMed), so it
     ranks below them; a bare exception or traceback is the last resort.
     """
-    best, best_rank = None, len(_SPECIFICITY)
+    best, best_rank = None, len(SPECIFICITY)
     for event in events:
-        rank = _SPECIFICITY.get(event.kind)
+        rank = SPECIFICITY.get(event.kind)
         if rank is not None and rank < best_rank:
             best, best_rank = event, rank
     return best
 
 
-_SPECIFICITY = {"cuda_oom": 0, "host_oom": 0, "user_error": 0, "nan": 1, "transient": 2,
+SPECIFICITY = {"cuda_oom": 0, "host_oom": 0, "user_error": 0, "nan": 1, "transient": 2,
                 "error": 3, "traceback": 4}
 
 
@@ -173,12 +178,16 @@ def _has_any(line: str, keys: tuple[str, ...]) -> bool:
     return False
 
 
-def _split_rank(line: str) -> tuple[int | None, str]:
+def split_rank(line: str) -> tuple[int | None, str]:
     """The rank tag's number and the text after it (the whole line when untagged)."""
     found = _RANK_TAG.search(line)
     if found is None:
         return None, line
-    return int(found.group(1) or found.group(2) or found.group(3)), line[found.end():]
+    body = line[found.end():]
+    # torchrun --tee over torch's own tag: '[default1]:[rank1]:   File ...' (torch 2.11, GPU)
+    while (more := _LEADING_TAG.match(body)) is not None:
+        body = body[more.end():]
+    return int(found.group(1) or found.group(2) or found.group(3)), body
 
 
 def _event(kind: str, line: str, start: int = 0, rank: int | None = None, **fields) -> Event:

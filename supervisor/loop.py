@@ -12,8 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardrun.launcher import checkpoints
-from guardrun.launcher.command import build
+from guardrun.launcher.command import Resume, build
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import Plan, decide
 from guardrun.launcher.recipe import Recipe
@@ -22,10 +21,20 @@ from . import proc, signals
 from .attempt import Watch, describe_reading, run_attempt
 from .clock import Clock
 from .console import Console
+from .diagnosis import Diagnosis, root_cause
+from .fitcheck import preflight_plan
+from .follow import CheckpointFollower
+from .follow import describe as describe_checkpoint
+from .gpu import GpuSource, open_gpu_source
+from .gpuwatch import GpuGuard, GpuMonitor, Pick
 from .journal import Journal, history
+from .leftovers import start_time as process_start_time
 from .memory import ProcfsMemory
 from .output import Progress
 from .policy import MemoryLimits, MemoryReading, backoff, classify
+from .resume import Context as ResumeContext
+from .resume import ResumeError
+from .resume import prepare as prepare_resume
 from .states import State, check_transition
 
 EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -52,7 +61,8 @@ def free_port() -> int:
 
 class Supervisor:
     def __init__(self, recipe: Recipe, journal: Journal, console: Console, clock: Clock,
-                 memory: ProcfsMemory | None = None, options: Options = Options()):
+                 memory: ProcfsMemory | None = None, options: Options = Options(),
+                 gpus: GpuSource | None | str = "detect"):
         self.recipe = recipe
         self.journal = journal
         self.console = console
@@ -65,6 +75,9 @@ class Supervisor:
         self._snapshot: dict = {"job": recipe.name, "pid": os.getpid(), "recipe": str(recipe.path),
                                 "started": _now_iso()}
         self._last_state_write: float | None = None
+        self._gpus_given = gpus  # "detect": ask NVML when the run starts
+        self.gpu: GpuGuard | None = None
+        self._vram: GpuMonitor | None = None
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -76,22 +89,58 @@ class Supervisor:
             restore()
             self.console.clear_status()
 
+    def snapshot(self) -> dict:
+        """A copy of what state.json says, live (for the control socket's `status`)."""
+        return dict(self._snapshot, state=str(self.state))
+
+    def note(self, **fields) -> None:
+        """Add facts from around the loop to state.json (memory source, control socket)."""
+        self._snapshot.update(fields)
+
+    def _attempt_event(self, event: str, **fields) -> None:
+        """Journal an attempt's fact; a spawn also goes to state.json as (pid, start time),
+        so the next run can find a launcher a SIGKILLed supervisor left (supervisor.leftovers)."""
+        self.journal.emit(event, **fields)
+        if event == "attempt.spawned":
+            self._snapshot.update(launcher_pid=fields["pid"],
+                                  launcher_start=process_start_time(fields["pid"]))
+            self._write_state(self.clock.monotonic())
+
     def _run(self) -> int:
         limits = self._limits()
         failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
         self.journal.emit("run.started", recipe=str(self.recipe.path), digest=self.digest,
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
+        pick = self._choose_gpus()
+        if pick.interrupted:
+            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
+        if pick.give_up:
+            return self._give_up(pick.give_up)
         restarts, same_rung, last_plan = 0, 0, None
         while True:
-            decision = decide(self.recipe, failures)
+            decision = decide(self.recipe, failures, pick.ids)
             if decision.plan is None:
                 return self._give_up(decision.give_up)
             same_rung = same_rung + 1 if decision.plan == last_plan else 0
             if not self._wait_backoff(same_rung):
                 return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted during backoff")
             last_plan = decision.plan
-            failure = self._attempt(decision.plan, limits, failures)
+            held = self.gpu.await_release() if self.gpu else ""
+            if self.requests.stop:
+                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+            if held:
+                return self._give_up(held)
+            try:
+                # issue 7: skip rungs predicted not to fit the free GPU and host memory
+                plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
+                                      self.gpu.source if self.gpu else None, self.memory,
+                                      self.console.say, self.journal.emit)
+                failure = self._attempt(plan, limits, failures)
+            except ResumeError as err:
+                if self.requests.stop:
+                    return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+                return self._give_up(f"cannot resume: {err}")
             if failure is None:
                 return self._finish(State.FINISHED, EXIT_FINISHED, "the job finished")
             if failure.kind is Kind.INTERRUPTED:
@@ -107,29 +156,45 @@ class Supervisor:
     def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure]) -> Failure | None:
         number = self._next_attempt_number()
         self._move(State.STARTING)
-        resume = self._resume_point()
-        spec = build(self.recipe, plan, attempt=number, resume_from=resume,
-                     port=free_port() if self.recipe.launcher == "deepspeed" else None)
+        attempt_dir = self.journal.attempt_dir(number)
+        resume = self._prepare_resume(plan, failures, attempt_dir)
+        spec = build(self.recipe, plan, attempt=number, resume=resume, files_dir=attempt_dir,
+                     port=free_port() if self.recipe.launcher == "deepspeed" else None,
+                     log_dir=attempt_dir)
         self._announce(number, plan, resume)
         self._move(State.RUNNING)
         started = self.clock.monotonic()
+        follower = self._follower()
+        self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
         watch = Watch(clock=self.clock, memory=self.memory, console=self.console,
                       requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
-                      grace=self.recipe.stop_grace, emit=self.journal.emit,
+                      grace=self.recipe.stop_grace, emit=self._attempt_event,
                       status=lambda progress, reading: self._status(number, plan, started,
-                                                                    progress, reading, limits))
-        end, peaks = run_attempt(spec, number, self.journal.attempt_dir(number), watch)
-        failure = classify(end, failures)
+                                                                    progress, reading, limits, follower),
+                      checkpoints=follower, gpu=self._vram,
+                      diagnosis=Diagnosis.for_attempt(
+                          self.recipe, attempt_dir, clock=self.clock, emit=self._attempt_event,
+                          say=self.console.say,
+                          checkpoint_activity=lambda: follower.last_activity if follower else None))
+        end, peaks = run_attempt(spec, number, attempt_dir, watch)
+        if self.gpu is not None:
+            self.gpu.attempt_ended()
+        failure = classify(end, failures, startup_window=self.recipe.startup_window)
+        cause = root_cause(end, failure, attempt_dir)
         kind = str(failure.kind) if failure else "success"
         self.journal.emit("attempt.ended", attempt=number, kind=kind,
                           evidence=failure.evidence if failure else "", exit_code=end.exit_code,
-                          step=end.last_step, rung=plan.rung, peak_tree=peaks.tree,
+                          step=failure.step if failure else end.last_step, rung=plan.rung,
+                          root_cause=cause.as_dict() if cause else None, peak_tree=peaks.tree,
                           peak_pss=peaks.pss, min_available=peaks.min_available,
                           took=round(self.clock.monotonic() - started, 3))
-        self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "")
+        self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "",
+                              root_cause=cause.as_dict() if cause else None)
         self.console.clear_status()
         self.console.say(f"attempt {number} ended: {kind}"
                          + (f" ({failure.evidence})" if failure and failure.evidence else ""))
+        for line in cause.lines() if cause else ():
+            self.console.say(line)
         return failure
 
     # -- pieces --------------------------------------------------------------------------
@@ -140,24 +205,26 @@ class Supervisor:
             tree=limits.host_memory.resolve(total) if limits.host_memory else None,
             min_available=limits.min_available.resolve(total) if limits.min_available else None)
 
-    def _resume_point(self) -> Path | None:
-        spec = self.recipe.checkpoints
-        if spec is None:
-            return None
-        found = checkpoints.find(spec.dir, spec.pattern)
-        for invalid in (c for c in found if not c.valid):
-            self.journal.emit("checkpoint.invalid", path=str(invalid.path), reason=invalid.reason)
-        valid = [c for c in found if c.valid]
-        return valid[-1].path if valid else None
+    def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path) -> Resume:
+        """The checkpoint to resume, set aside what must not be picked, convert if needed."""
+        last = failures[-1] if failures else None
+        # After a NaN, resume from before it: later checkpoints may hold NaN weights.
+        before = last.step if last and last.kind is Kind.NAN_LOSS and last.step is not None else None
+        ctx = ResumeContext(clock=self.clock, emit=self.journal.emit, say=self.console.say,
+                            attempt_dir=attempt_dir, should_stop=lambda: self.requests.stop)
+        return prepare_resume(self.recipe, plan, ctx, before_step=before)
 
-    def _announce(self, number: int, plan: Plan, resume: Path | None) -> None:
+    def _announce(self, number: int, plan: Plan, resume_spec: Resume) -> None:
+        resume = resume_spec.path
         batch = (f", micro-batch {plan.per_device} × accumulation {plan.grad_accum} × "
                  f"{plan.ranks} = global {plan.global_batch}" if plan.per_device else "")
         self.journal.emit("attempt.started", attempt=number, rung=plan.rung, rungs=list(plan.rungs),
                           ranks=plan.ranks, gpus=plan.gpu_ids, per_device=plan.per_device,
                           grad_accum=plan.grad_accum, global_batch=plan.global_batch,
                           lr=plan.lr, notes=list(plan.notes),
-                          resume_from=str(resume) if resume else None)
+                          resume_from=str(resume) if resume else None,
+                          load_universal=resume_spec.load_universal,
+                          weights_only=resume_spec.weights_only)
         self.console.say(f"attempt {number}: rung {plan.rung}, {plan.ranks} rank(s){batch}"
                          + (f", resuming from {resume.name}" if resume else ", from the start"))
         for note in plan.notes:
@@ -167,18 +234,40 @@ class Supervisor:
                               global_batch=plan.global_batch,
                               resume_from=str(resume) if resume else None)
 
+    def _choose_gpus(self) -> Pick:
+        """Open NVML (unless given a source) and pick the run's GPUs. With no GPU there is
+        no guard, and `gpus:` counts CPU ranks as it always did."""
+        source, why = open_gpu_source() if self._gpus_given == "detect" else (self._gpus_given, "given")
+        self.journal.emit("gpu.source", found=source is not None, detail=why)
+        if source is None:
+            return Pick(None)
+        self.gpu = GpuGuard(source, self.recipe, self.clock, self.console, self.journal.emit, self.requests)
+        return self.gpu.choose()
+
+    def _follower(self) -> CheckpointFollower | None:
+        spec = self.recipe.checkpoints
+        if spec is None:
+            return None
+        return CheckpointFollower(spec.dir, spec.pattern, self.clock, self.journal.emit)
+
     def _status(self, number: int, plan: Plan, started: float, progress: Progress,
-                reading: MemoryReading | None, limits: MemoryLimits) -> str:
+                reading: MemoryReading | None, limits: MemoryLimits,
+                follower: CheckpointFollower | None) -> str:
         now = self.clock.monotonic()
         parts = [f"attempt {number}", f"rung {plan.rung}", f"{plan.ranks} rank(s)",
-                 describe_reading(reading, limits)]
+                 describe_reading(reading, limits), self._vram.describe() if self._vram else ""]
         if progress.step is not None:
             total = f"/{progress.total}" if progress.total else ""
             parts.append(f"step {progress.step}{total}")
         if progress.loss is not None:
             parts.append(f"loss {progress.loss:.4g}")
+        if follower is not None:
+            parts.append(describe_checkpoint(follower.seen, now))
+            self._snapshot.update(newest_checkpoint=str(follower.seen.newest.path)
+                                  if follower.seen.newest else None)
         parts.append(_elapsed(now - started))
         self._snapshot.update(step=progress.step, loss=progress.loss, memory=describe_reading(reading, limits))
+        self._snapshot.update(vram=self._vram.describe() if self._vram else None)
         if self._last_state_write is None or now - self._last_state_write >= STATE_EVERY:
             self._write_state(now)
         return " · ".join(p for p in parts if p)

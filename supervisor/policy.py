@@ -5,11 +5,13 @@ every rule is tested with plain values.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Collection, Mapping, Sequence
 
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.units import format_bytes
+from guardrun.launcher.gpus import GpuProcess, GpuReading
+from guardrun.launcher.units import Size, format_bytes
 
 from .logs import Event, first_failure
 
@@ -17,6 +19,10 @@ from .logs import Event, first_failure
 #: (FIELD_NOTES: 65 forked processes summed to 322 MB RSS). Above this share of the limit
 #: the loop measures PSS before it acts, so a job is never stopped on a double count.
 CONFIRM_AT = 0.9
+#: Default for the recipe's `startup_window`: long enough for 8 ranks to load a 13B model
+#: from a network disk before their first step, short enough that a job which trained for
+#: hours and then hit an error is never taken for a crash loop.
+STARTUP_WINDOW = 600.0
 
 
 @dataclass(frozen=True)
@@ -64,6 +70,38 @@ def judge_memory(reading: MemoryReading, limits: MemoryLimits) -> Verdict:
     return KEEP_GOING
 
 
+def job_gpus(readings: Sequence[GpuReading], processes_by_gpu: Mapping[int, Sequence[GpuProcess]],
+             job_pids: Collection[int], assigned: Collection[int] = ()) -> list[GpuReading]:
+    """The GPUs the job is on: those NVML lists one of its processes on, and those the
+    plan gave it (its memory there counts even before NVML shows its pid, or where NVML's
+    pids cannot be mapped to ours: an old driver in a container)."""
+    return [r for r in readings if r.index in assigned
+            or any(p.pid in job_pids for p in processes_by_gpu.get(r.index, ()))]
+
+
+def judge_vram(readings: Sequence[GpuReading], processes_by_gpu: Mapping[int, Sequence[GpuProcess]],
+               job_pids: Collection[int], limit: Size | None, assigned: Collection[int] = ()) -> Verdict:
+    """Stop for cuda_oom when a GPU the job is on crosses `limits.vram`.
+
+    The GPU's whole use counts (total - free), not only the job's processes: a CUDA OOM
+    happens when the device is full, whoever filled it, and stopping first lets guardrun
+    lower the batch instead of losing the step to a crash.
+    """
+    if limit is None:
+        return KEEP_GOING
+    for reading in job_gpus(readings, processes_by_gpu, job_pids, assigned):
+        allowed = limit.resolve(reading.total)
+        if reading.used < allowed:
+            continue
+        held = [p.used for p in processes_by_gpu.get(reading.index, ()) if p.pid in job_pids]
+        mine = (f"; the job's processes hold {format_bytes(sum(u for u in held if u))}"
+                if any(u is not None for u in held) else "")
+        return Verdict(Failure(Kind.CUDA_OOM, (
+            f"gpu{reading.index} VRAM {format_bytes(reading.used)} of {format_bytes(reading.total)} "
+            f"reached the limit {format_bytes(allowed)} ({limit.text}){mine}")))
+    return KEEP_GOING
+
+
 @dataclass(frozen=True)
 class AttemptEnd:
     """Everything known when an attempt is over, for `classify`."""
@@ -75,18 +113,33 @@ class AttemptEnd:
     progressed: bool = False        # any training step was seen
     attempt: int = 0
     last_step: int | None = None
+    incomplete_save: str | None = None  # a checkpoint begun in this attempt and never finished
+    took: float = 0.0               # seconds from spawn to exit: the crash-loop guard's clock
+    nan_from: int | None = None     # first step whose weights may be NaN (NaN rollback bound)
+    success_missing: str = ""       # the recipe's success evidence that was not seen, if any
+    traces: Sequence = ()           # rootcause.Trace: failure lines with their frames (root cause)
 
 
-def classify(end: AttemptEnd, history: Sequence[Failure] = ()) -> Failure | None:
-    """None when the attempt succeeded, else the Failure to record."""
-    def failure(kind: Kind, evidence: str) -> Failure:
-        return Failure(kind, evidence, attempt=end.attempt, step=end.last_step)
+def classify(end: AttemptEnd, history: Sequence[Failure] = (),
+             startup_window: float = STARTUP_WINDOW) -> Failure | None:
+    """None when the attempt succeeded, else the Failure to record.
+
+    A nan_loss's step is the first step whose weights may be NaN (the rollback bound), not
+    the last step seen: the next attempt resumes from a checkpoint older than it.
+    """
+    def failure(kind: Kind, evidence: str, step: int | None = None) -> Failure:
+        if step is None:
+            step = end.nan_from if kind is Kind.NAN_LOSS and end.nan_from is not None else end.last_step
+        return Failure(kind, evidence, attempt=end.attempt, step=step)
 
     if end.interrupted:
         return failure(Kind.INTERRUPTED, "stopped on request")
     if end.stopped_for is not None:
-        return failure(end.stopped_for.kind, end.stopped_for.evidence)
+        stopped = end.stopped_for
+        return _while_saving(failure(stopped.kind, stopped.evidence, stopped.step), end)
     if end.exit_code == 0:
+        if end.success_missing:  # XTuner's `xtuner train` exits 0 after a failed run
+            return failure(Kind.UNKNOWN, f"exit 0 without the success evidence: {end.success_missing}")
         return None
     events = end.events
     if end.progressed:
@@ -101,9 +154,22 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = ()) -> Failure | None
     else:
         kind = Kind.UNKNOWN
     evidence = found.text if found is not None else f"exit code {end.exit_code}"
-    if kind is Kind.UNKNOWN and not end.progressed and _same_start_error(evidence, history):
+    if crash_loop(kind, evidence, end, history, startup_window):
         return failure(Kind.USER_ERROR, f"the same error twice before any progress: {evidence}")
-    return failure(kind, evidence)
+    return _while_saving(failure(kind, evidence), end)
+
+
+#: Kinds a death during a save turns into save_failed: the save is the likelier culprit
+#: (FIELD_NOTES situation 2: the save's memory spike kills the job), and its rung
+#: (model only, no 16-bit gather) is what makes the next save lighter.
+_SAVE_MASKS = frozenset({Kind.HOST_OOM, Kind.UNKNOWN, Kind.TRANSIENT, Kind.HANG})
+
+
+def _while_saving(found: Failure, end: AttemptEnd) -> Failure:
+    if end.incomplete_save is None or found.kind not in _SAVE_MASKS:
+        return found
+    return Failure(Kind.SAVE_FAILED, f"died while saving: {end.incomplete_save}; {found.evidence}",
+                   attempt=found.attempt, step=found.step)
 
 
 _EVENT_KINDS = {
@@ -115,12 +181,28 @@ _EVENT_KINDS = {
 }
 
 
-def _same_start_error(evidence: str, history: Sequence[Failure]) -> bool:
-    """The crash-loop guard: this attempt died at start exactly as the last one did."""
-    if not history:
+#: Kinds the crash-loop guard looks at. The others change the configuration (a rung) or
+#: were decided by guardrun itself (a hang), so a repeat is not the same attempt again.
+_LOOPING = frozenset({Kind.UNKNOWN, Kind.TRANSIENT})
+_VOLATILE = re.compile(r"0x[0-9a-fA-F]+|\b(?:pid|PID)\W{0,3}\d+|\d{4}-\d\d-\d\d[ T_]\d\d:\d\d:\d\d[.,\d]*"
+                       r"|^\[(?:rank|default)\d+\]: ?")
+
+
+def crash_loop(kind: Kind, evidence: str, end: AttemptEnd, history: Sequence[Failure],
+               startup_window: float) -> bool:
+    """The crash-loop guard: this attempt died before any progress, within `startup_window`
+    of its start, of the same cause as the last failure. Restarting again would only
+    repeat it (a bad flag, a missing file, a config the code rejects): stop and say so."""
+    if kind not in _LOOPING or end.progressed or end.took > startup_window or not history:
         return False
     last = history[-1]
-    return last.kind is Kind.UNKNOWN and last.step is None and last.evidence == evidence
+    return last.kind is kind and signature(last.evidence) == signature(evidence)
+
+
+def signature(evidence: str) -> str:
+    """The evidence with what changes between two runs of the same error (pids, addresses,
+    times, the rank tag) masked."""
+    return _VOLATILE.sub("#", evidence.strip())
 
 
 def backoff(failures_at_rung: int, first: float, cap: float) -> float:

@@ -5,7 +5,7 @@ import os
 import sys
 from pathlib import Path
 
-from guardrun.launcher.command import build, set_arg
+from guardrun.launcher.command import Resume, build, set_arg
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import decide
 
@@ -28,7 +28,7 @@ env: {NCCL_DEBUG: WARN}
 def test_torchrun_command_after_host_oom_resuming(tmp_path):
     recipe = make_recipe(tmp_path, TORCHRUN)
     plan = decide(recipe, [Failure(Kind.HOST_OOM)]).plan
-    spec = build(recipe, plan, attempt=2, resume_from=tmp_path / "out" / "checkpoint-10")
+    spec = build(recipe, plan, attempt=2, resume=Resume(tmp_path / "out" / "checkpoint-10"))
     assert list(spec.argv) == [
         "/venv/bin/python", "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
         "--nproc-per-node", "1", "--max-restarts", "0", str(tmp_path / "train.py"),

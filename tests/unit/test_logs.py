@@ -74,6 +74,19 @@ CAPTURED = {
     "real_dataloader_worker_killed.txt": ({"progress", "transient", "host_oom", "traceback"}, "host_oom",
                                           "DataLoader worker (pid 8196) is killed by signal: Killed.", None),
     "real_bash_killed.txt": ({"host_oom"}, "host_oom", "Killed", None),
+    # real, on an H100 (torch 2.11.0+cu130, transformers 5.17.0, NCCL 2.28.9)
+    "real_gpu_cuda_oom.txt": ({"cuda_oom", "traceback"}, "cuda_oom",
+                              "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 400.00 GiB", None),
+    # --tee over torch's own tags: '[default1]:[rank1]: '; rank 0's gloo error is the echo
+    "real_gpu_torchrun_oom_record_tee.txt": ({"cuda_oom", "transient", "traceback", "error"}, "cuda_oom",
+                                             "[default1]:[rank1]: torch.OutOfMemoryError: CUDA out of memory", 1),
+    "real_gpu_nccl_duplicate_gpu.txt": ({"user_error", "traceback", "error"}, "user_error",
+                                        "ncclInvalidUsage: This usually reflects invalid usage", 0),
+    "real_gpu_hf_nan_filtered.txt": ({"progress", "loss", "nan"}, "nan", "{'loss': '0', 'grad_norm': 'nan'", None),
+    "real_gpu_hf_nan_unfiltered.txt": ({"progress", "loss", "nan"}, "nan", "{'loss': 'nan', 'grad_norm': 'nan'",
+                                       None),
+    # real: torchrun --log-dir --redirects 3 --tee 3, an @record entry point raising on rank 1
+    "real_torchrun_record_tee.txt": ({"traceback", "error"}, "error", "[default1]:ValueError: boom on rank 1", 1),
     # hand-written
     "hand_bash_interactive_killed.txt": ({"host_oom"}, "host_oom", "Killed", None),
     "hand_nccl_watchdog_timeout.txt": ({"loss", "progress", "transient"}, "transient",

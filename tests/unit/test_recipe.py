@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Kind
+from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
 from guardrun.launcher.recipe import (Batch, Checkpoints, DeepSpeedCfg, LearningRate, Limits, Monitor,
                                       Recipe, RecipeError, Restarts, Rung, load_recipe)
 from guardrun.launcher.rungs import RUNG
@@ -41,6 +42,7 @@ ladder:
     args: {save_safetensors: false}
     env: {GUARDRUN_NOTE: light-save}
 restarts: {max: 8, backoff: [10s, 5m]}
+wait_for_gpus: 30m
 """
 
 
@@ -77,6 +79,7 @@ def test_good_recipe_every_field(tmp_path):
                                    vram=Size("95%", fraction=0.95), hang_after=1800.0)
     assert recipe.monitor == Monitor(0.5) and recipe.stop_grace == 30.0
     assert recipe.restarts == Restarts(8, (10.0, 300.0))
+    assert recipe.wait_for_gpus == 1800.0
     assert recipe.ladder_given is True
     assert recipe.ladder == (
         Rung(on=(Kind.HOST_OOM,), gpus=6, line=17),
@@ -160,6 +163,9 @@ BAD = [
     (BASE + "limits:\n  host_memory: 90%\n  hang_after: soon\n", "limits.hang_after", 5,
      "expected a duration like 30s"),
     (BASE + "stop_grace: -5s\n", "stop_grace", 3, "a duration cannot be negative"),
+    (BASE + "wait_for_gpus: 0\n", "wait_for_gpus", 3, "expected a duration above zero, got 0"),
+    (BASE + "wait_for_gpus: a while\n", "wait_for_gpus", 3, "expected a duration like 30s"),
+    (BASE + "wait_for_gpu: 5m\n", "wait_for_gpu", 3, "did you mean 'wait_for_gpus'?"),
     (BASE + "monitor: {interval: 0.01}\n", "monitor.interval", 3, "from 0.05 to 60 seconds, got 0.01"),
     (BASE + "restarts: {max: -1}\n", "restarts.max", 3, "expected an integer >= 0, got -1"),
     (BASE + "restarts: {backoff: [10s]}\n", "restarts.backoff", 3, "expected two durations [first, cap]"),
@@ -171,7 +177,7 @@ BAD = [
     ("launcher: python\nmodule: pkg/train.py\n", "module", 2, "expected a python module like pkg.train"),
     ("script: train.py\ngpus: 2\n", "launcher", 1, "required key missing: how to start the job"),
     ("launcher: torchrn\nscript: train.py\n", "launcher", 1,
-     "expected one of torchrun, deepspeed, python, got 'torchrn' (did you mean 'torchrun'?)"),
+     "expected one of torchrun, deepspeed, python, command, got 'torchrn' (did you mean 'torchrun'?)"),
     (BASE + "workdir: nowhere\n", "workdir", 3, "directory not found: {tmp}/nowhere"),
     (BASE + "deepspeed: {config: scripts/zero2.json}\n", "deepspeed.config", 3,
      "DeepSpeed config not found: {tmp}/scripts/zero2.json"),
@@ -217,6 +223,39 @@ BAD = [
     ("", "recipe", 1, "the file is empty"),
     ("# only a comment\n", "recipe", 1, "the file is empty"),
     ("---\nlauncher: torchrun\n---\nscript: train.py\n", "yaml", 3, "invalid YAML"),
+    (BASE + "progress: {step_regex: 'step \\d+'}\n", "progress.step_regex", 3, "expected a regex with 1 or 2 group(s)"),
+    (BASE + "progress: {loss_regex: 'loss=(\\S+) (\\S+)'}\n", "progress.loss_regex", 3, "exactly 1 group(s)"),
+    (BASE + "progress: {loss_regex: 'loss=(['}\n", "progress.loss_regex", 3, "not a valid regular expression"),
+    (BASE + "progress: {}\n", "progress", 3, "give at least one of step_regex, loss_regex"),
+    (BASE + "progress: {step: x}\n", "progress.step", 3, "unknown key 'step'"),
+    (BASE + "success: {}\n", "success", 3, "give at least one of regex, file"),
+    (BASE + "success: {regex: '(unclosed'}\n", "success.regex", 3, "not a valid regular expression"),
+    (BASE + "success: {file: 3}\n", "success.file", 3, "expected a non-empty string, got 3"),
+    (BASE + "nan_patience: 0\n", "nan_patience", 3, "expected an integer >= 1, got 0"),
+    (BASE + "startup_window: soon\n", "startup_window", 3, "expected a duration like 30s"),
+    # issue 7: model, preflight, launcher: command
+    (BASE + "model: {params: 7B}\n", "model.params", 3, "expected a positive number, got '7B'"),
+    (BASE + "model: {params: 7000}\n", "model.params", 3, "expected a parameter count like 7e9"),
+    (BASE + "model: {trainable: qlora}\n", "model.trainable", 3, "expected one of full, lora, got 'qlora'"),
+    (BASE + "model:\n  params: 7e9\n  lora_rnak: 8\n", "model.lora_rnak", 5, "did you mean 'lora_rank'?"),
+    (BASE + "model: {precision: bfloat16}\n", "model.precision", 3, "got 'bfloat16' (did you mean 'bf16'?)"),
+    (BASE + "model: {seq_len: 0}\n", "model.seq_len", 3, "expected an integer >= 1, got 0"),
+    (BASE + "model: {zero_stage: 4}\n", "model.zero_stage", 3, "from 0 to 3, got 4"),
+    (BASE + "model: {offload: cpu}\n", "model.offload", 3, "expected one of none, optimizer, all, got 'cpu'"),
+    (BASE + "model: 7e9\n", "model", 3, "expected a mapping like {params: 7e9, trainable: lora}"),
+    (BASE + "preflight: maybe\n", "preflight", 3, "expected on or off, got 'maybe'"),
+    (BASE + "command: [llamafactory-cli, train]\n", "command", 3, "`command:` needs `launcher: command`"),
+    ("launcher: command\n", "command", 1, "required key missing: `launcher: command` needs `command:`"),
+    ("launcher: command\ncommand: []\n", "command", 2, "expected at least the program to run"),
+    ("launcher: command\ncommand: [xtuner, 2]\n", "command[1]", 2, "expected a non-empty string, got 2"),
+    ("launcher: command\ncommand: [x]\nscript: train.py\n", "script", 3, "remove `script:`"),
+    ("launcher: command\ncommand: [x]\nargs_style: k=v\n", "args_style", 3,
+     "expected one of flags, key=value, got 'k=v'"),
+    ("launcher: command\ncommand: [x]\nargs_group: --cfg-options\n", "args_group", 3,
+     "args_group only applies with `args_style: key=value`"),
+    ("launcher: command\ncommand: [x]\nargs_style: key=value\nargs_group: cfg-options\n", "args_group", 4,
+     "expected a flag like --cfg-options"),
+    ("launcher: command\ncommand: [x]\nranks_env: 2NPROC\n", "ranks_env", 3, "expected a variable name"),
 ]
 
 
@@ -263,6 +302,21 @@ def test_first_error_in_file_order_wins(tmp_path):
     with pytest.raises(RecipeError) as caught:
         load_recipe(write(tmp_path, BASE + "gpus: 0\nstop_grace: -1s\n"))
     assert caught.value.key == "gpus"
+
+
+def test_diagnosis_keys(tmp_path):
+    body = BASE + textwrap.dedent("""\
+        progress: {step_regex: 'it (\\d+)/(\\d+)', loss_regex: 'loss=(\\S+)'}
+        success: {regex: 'Training finished', file: out/final/model.safetensors}
+        nan_patience: 3
+        startup_window: 2m
+        """)
+    recipe = load_recipe(write(tmp_path, body))
+    assert recipe.progress == ProgressPatterns(r"it (\d+)/(\d+)", r"loss=(\S+)")
+    assert recipe.success == SuccessEvidence("Training finished", tmp_path / "out/final/model.safetensors")
+    assert (recipe.nan_patience, recipe.startup_window) == (3, 120.0)
+    bare = load_recipe(write(tmp_path, BASE))
+    assert (bare.progress, bare.success, bare.nan_patience, bare.startup_window) == (None, None, 1, 600.0)
 
 
 def test_rung_table_covers_every_rung_field():
