@@ -20,6 +20,10 @@ $(VENV)/.test: $(VENV)/.base $(CONSTRAINTS)
 	$(PIP) -c $(CONSTRAINTS) -e '.[test]'
 	# DeepSpeed builds no ops at install time; on CPU it JIT-compiles one small op on first use.
 	DS_BUILD_OPS=0 $(PIP) -c $(CONSTRAINTS) --no-build-isolation deepspeed
+	# Build that op (shm_comm, ~1 min) now, once: a test that stops a DeepSpeed job during
+	# its first compile would otherwise leave torch's build lock behind (guardrun clears the
+	# ones its own attempts leave: supervisor/extlocks.py).
+	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $@
 
 # The demo starts over each time: its checkpoints go to build/demo-cpu.

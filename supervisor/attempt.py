@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,6 +20,7 @@ from . import proc
 from .clock import Clock
 from .console import Console
 from .diagnosis import Diagnosis
+from .extlocks import clear_stale_locks
 from .follow import CheckpointFollower, Seen
 from .gpuwatch import GpuMonitor
 from .memory import ProcfsMemory
@@ -69,6 +71,9 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     env.update(spec.env)
     for path, text in spec.files:
         path.write_text(text)
+    # Wall clock on purpose: it is compared with file mtimes. One second of slack
+    # covers filesystems that store whole seconds.
+    spawned_at = time.time() - 1.0
     popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT)
     watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv))
@@ -81,6 +86,7 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     peaks = Peaks()
     stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch)
     _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now)
+    clear_stale_locks(env, spawned_at, watch.emit, number)
     if not reader.join(READER_JOIN_TIMEOUT):
         watch.emit("output.still_open", attempt=number)
     progress = reader.progress()
