@@ -216,6 +216,11 @@ class Saved:
     ds_tag: Path | None = None           # the DeepSpeed tag dir `latest` names
     world_size: int | None = None        # data-parallel ranks that tag was saved with
     universal: Path | None = None        # its finished universal conversion, if any
+    scheduler: Path | None = None        # HF's scheduler.pt: it restores the saved learning rate
+
+
+#: HF Trainer's learning-rate scheduler state inside checkpoint-N/.
+SCHEDULER = "scheduler.pt"
 
 
 def universal_dir(tag: Path) -> Path:
@@ -237,14 +242,15 @@ def inspect(path: Path) -> Saved:
         except (OSError, ValueError, AttributeError):
             value = None
         batch = value if isinstance(value, int) and not isinstance(value, bool) else None
+    scheduler = path / SCHEDULER if (path / SCHEDULER).is_file() else None
     tag = _deepspeed_tag(path)
     if tag is None:
-        return Saved(train_batch_size=batch)
+        return Saved(train_batch_size=batch, scheduler=scheduler)
     universal = universal_dir(tag)
     marker = tag.parent / "latest_universal"
     done = marker.is_file() and marker.read_text(errors="replace").strip() == universal.name
     return Saved(train_batch_size=batch, ds_tag=tag, world_size=saved_world_size(tag),
-                 universal=universal if done and universal.is_dir() else None)
+                 universal=universal if done and universal.is_dir() else None, scheduler=scheduler)
 
 
 def _deepspeed_tag(path: Path) -> Path | None:

@@ -39,6 +39,7 @@ class Adaptation:
     load_universal: bool = False   # the derived DeepSpeed config loads a universal checkpoint
     weights_only: bool = False     # resume the weights only (optimizer state cannot follow)
     refuse: str = ""               # non-empty: this checkpoint cannot be resumed as configured
+    set_lr: float | None = None    # rescale the saved scheduler so its base learning rate is this
     notes: tuple[str, ...] = ()
 
 
@@ -61,8 +62,10 @@ def choose(found: Sequence[Checkpoint], before_step: int | None = None) -> Choic
     return Choice(pick, tuple(aside))
 
 
-def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal") -> Adaptation:
-    """How `plan` can resume a checkpoint saved as `saved` says."""
+def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",
+          base_lr: float | None = None) -> Adaptation:
+    """How `plan` can resume a checkpoint saved as `saved` says. `base_lr` is the
+    recipe's own learning rate: a plan with another one comes from an `lr` rung."""
     notes: list[str] = []
     fix = None
     if plan.per_device is not None and saved.train_batch_size not in (None, plan.per_device):
@@ -71,16 +74,24 @@ def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal") -> 
         fix = plan.per_device
         notes.append(f"trainer_state.json says train_batch_size {saved.train_batch_size}: "
                      f"set to {plan.per_device} (original kept beside it)")
+    set_lr = None
+    if saved.scheduler is not None and plan.lr is not None and base_lr is not None and plan.lr != base_lr:
+        # HF Trainer restores scheduler.pt, whose base_lrs are the learning rate the
+        # checkpoint was trained with: without this, an `lr` rung changes nothing.
+        set_lr = plan.lr
+        notes.append(f"{saved.scheduler.name} keeps the learning rate it was saved with: "
+                     f"rescaling it to {plan.lr:g} (original kept beside it)")
+    same = {"fix_batch": fix, "set_lr": set_lr}
     if saved.ds_tag is None or saved.world_size in (None, plan.ranks):
-        return Adaptation(fix_batch=fix, notes=tuple(notes))
+        return Adaptation(**same, notes=tuple(notes))
     change = f"{saved.ds_tag.name} was saved by {saved.world_size} rank(s), this rung runs {plan.ranks}"
     if on_world_size_change == "fail":
         return Adaptation(refuse=f"{change}; checkpoints.on_world_size_change is 'fail'")
     if on_world_size_change == "weights_only":
         notes.append(f"{change}: resuming the weights only (on_world_size_change: weights_only)")
-        return Adaptation(fix_batch=fix, weights_only=True, notes=tuple(notes))
+        return Adaptation(**same, weights_only=True, notes=tuple(notes))
     if saved.universal is not None:
         notes.append(f"{change}: loading the universal checkpoint {saved.universal.name}")
-        return Adaptation(fix_batch=fix, load_universal=True, notes=tuple(notes))
+        return Adaptation(**same, load_universal=True, notes=tuple(notes))
     notes.append(f"{change}: converting it to a universal checkpoint first")
-    return Adaptation(fix_batch=fix, convert=saved.ds_tag, load_universal=True, notes=tuple(notes))
+    return Adaptation(**same, convert=saved.ds_tag, load_universal=True, notes=tuple(notes))

@@ -27,6 +27,33 @@ from .clock import Clock
 
 #: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
 STATE_BACKUP = "trainer_state.json.guardrun-orig"
+#: The name the untouched scheduler.pt is kept under when guardrun rescales it.
+SCHEDULER_BACKUP = "scheduler.pt.guardrun-orig"
+#: Rescales a saved LR scheduler in the job's interpreter (guardrun itself needs no
+#: torch). argv: scheduler.pt, the backup path, the new base learning rate. The
+#: optimizer's param groups follow the scheduler at its next step, so one step runs
+#: at the old rate; rewriting optimizer.pt (gigabytes for a full fine-tune) is not worth it.
+RESCALE_LR = """
+import os, shutil, sys, torch
+path, backup, lr = sys.argv[1], sys.argv[2], float(sys.argv[3])
+state = torch.load(path, map_location="cpu", weights_only=True)
+bases = state.get("base_lrs") or []
+if not bases or not bases[0]:
+    sys.exit("no base_lrs in " + path)
+factor = lr / bases[0]
+if abs(factor - 1.0) < 1e-9:
+    print("already at", lr); sys.exit(0)
+if not os.path.exists(backup):
+    shutil.copy2(path, backup)
+state["base_lrs"] = [b * factor for b in bases]
+if state.get("_last_lr"):
+    state["_last_lr"] = [x * factor for x in state["_last_lr"]]
+torch.save(state, path + ".guardrun-tmp")
+os.replace(path + ".guardrun-tmp", path)
+print("rescaled by", factor)
+"""
+#: How long a rescale may run: a torch import and a small file.
+RESCALE_TIMEOUT = 300.0
 #: How long DeepSpeed's universal conversion may run. Measured here: seconds for the
 #: tiny test model; a 13B ZeRO-3 checkpoint takes minutes. Past it the attempt fails.
 CONVERT_TIMEOUT = 3600.0
@@ -66,7 +93,8 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = 
 
 
 def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resume:
-    decided = adapt(checkpoints.inspect(chosen.path), plan, recipe.checkpoints.on_world_size_change)
+    decided = adapt(checkpoints.inspect(chosen.path), plan, recipe.checkpoints.on_world_size_change,
+                    base_lr=recipe.lr.value if recipe.lr else None)
     if decided.refuse:
         raise ResumeError(decided.refuse)
     for note in decided.notes:
@@ -74,6 +102,8 @@ def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resu
     if decided.fix_batch is not None:
         fix_batch(chosen.path, decided.fix_batch)
         ctx.emit("checkpoint.batch_fixed", path=str(chosen.path), train_batch_size=decided.fix_batch)
+    if decided.set_lr is not None:
+        rescale_lr(recipe, chosen.path, decided.set_lr, ctx)
     if decided.convert is not None:
         convert(recipe, decided.convert, ctx)
     return Resume(chosen.path, load_universal=decided.load_universal, weights_only=decided.weights_only)
@@ -93,6 +123,17 @@ def fix_batch(path: Path, batch: int) -> None:
     os.replace(temp, state)
 
 
+def rescale_lr(recipe: Recipe, path: Path, lr: float, ctx: Context) -> None:
+    """Make the checkpoint's scheduler.pt start from `lr`, keeping the first original."""
+    scheduler = path / checkpoints.SCHEDULER
+    argv = [recipe.python, "-c", RESCALE_LR, str(scheduler), str(path / SCHEDULER_BACKUP), repr(lr)]
+    log = ctx.attempt_dir / "lr-rescale.log"
+    code, took = _run_tool(argv, recipe, log, ctx, RESCALE_TIMEOUT)
+    ctx.emit("checkpoint.lr_rescaled", path=str(scheduler), lr=lr, exit_code=code, took=took)
+    if code != 0:
+        raise ResumeError(f"could not rescale the learning rate in {scheduler} (exit {code}); see {log}")
+
+
 def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
     """Run DeepSpeed's ds_to_universal on `tag`; its output goes beside the tag, its log
     into the attempt's folder. A conversion cut off earlier is set aside first."""
@@ -103,22 +144,28 @@ def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
             "--input_folder", str(tag), "--output_folder", str(out)]
     log = ctx.attempt_dir / "universal-conversion.log"
     ctx.say(f"converting {tag} to a universal checkpoint (log: {log})")
-    started = ctx.clock.monotonic()
-    with open(log, "wb") as sink:
-        popen = proc.spawn(argv, env=dict(os.environ), cwd=str(recipe.workdir), stdout=sink,
-                           stderr=subprocess.STDOUT)
-        code = _wait(popen, ctx, started)
-    took = round(ctx.clock.monotonic() - started, 3)
+    code, took = _run_tool(argv, recipe, log, ctx, CONVERT_TIMEOUT)
     ctx.emit("checkpoint.converted", tag=str(tag), to=str(out), exit_code=code, took=took)
     if code != 0:
         raise ResumeError(f"the universal conversion of {tag} failed (exit {code}); see {log}")
     return out
 
 
-def _wait(popen: subprocess.Popen, ctx: Context, started: float) -> int | None:
+def _run_tool(argv: list[str], recipe: Recipe, log: Path, ctx: Context,
+              timeout: float) -> tuple[int | None, float]:
+    """Run a helper in the job's interpreter and cwd, output to `log`; stoppable."""
+    started = ctx.clock.monotonic()
+    with open(log, "wb") as sink:
+        popen = proc.spawn(argv, env=dict(os.environ), cwd=str(recipe.workdir), stdout=sink,
+                           stderr=subprocess.STDOUT)
+        code = _wait(popen, ctx, started, timeout)
+    return code, round(ctx.clock.monotonic() - started, 3)
+
+
+def _wait(popen: subprocess.Popen, ctx: Context, started: float, timeout: float) -> int | None:
     tree = proc.ProcTree(adopter=os.getpid())
     while popen.poll() is None:
-        if ctx.should_stop() or ctx.clock.monotonic() - started > CONVERT_TIMEOUT:
+        if ctx.should_stop() or ctx.clock.monotonic() - started > timeout:
             proc.stop_tree(popen, tree, grace=10.0, clock=ctx.clock)
             return popen.returncode
         ctx.clock.sleep(0.2)

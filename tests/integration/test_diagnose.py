@@ -189,3 +189,10 @@ def test_nan_loss_rolls_back_to_a_checkpoint_before_the_nan_and_halves_the_lr(tm
     assert sorted(steps) == list(range(1, 21))
     assert all(isinstance(steps[s]["grad_norm"], float) and steps[s]["grad_norm"] == steps[s]["grad_norm"]
                for s in range(11, 21))
+    # the halved lr really applied: HF restores scheduler.pt, which guardrun rescaled
+    # (the original kept beside it); the linear schedule of attempt 1, extended, doubles it
+    first = {s: steps[s]["learning_rate"] for s in (1, 9)}
+    slope = (first[9] - first[1]) / 8
+    for s in range(12, 21):
+        assert steps[s]["learning_rate"] == pytest.approx(0.5 * (first[1] + slope * (s - 1)), rel=1e-6), s
+    assert (tmp_path / "out" / "checkpoint-10" / "scheduler.pt.guardrun-orig").is_file()

@@ -77,6 +77,15 @@ def test_an_existing_universal_conversion_is_loaded_not_redone():
     assert decided.convert is None and decided.load_universal
 
 
+def test_an_lr_rung_rescales_the_saved_scheduler_that_would_undo_it():
+    sched = Path("/out/checkpoint-10/scheduler.pt")
+    halved = Plan(rungs=(1,), ranks=1, gpu_ids=None, lr=1e-4)
+    decided = adapt(Saved(scheduler=sched), halved, base_lr=2e-4)
+    assert decided.set_lr == 1e-4 and "rescaling it to 0.0001" in decided.notes[0]
+    assert adapt(Saved(scheduler=sched), halved, base_lr=1e-4).set_lr is None  # the recipe's own lr
+    assert adapt(Saved(), halved, base_lr=2e-4).set_lr is None                 # nothing restores it
+
+
 def test_same_world_size_needs_nothing():
     decided = adapt(Saved(ds_tag=Path("/o/global_step3"), world_size=2), plan(ranks=2))
     assert decided == type(decided)()
@@ -112,6 +121,9 @@ def test_inspect_reads_batch_world_size_and_a_finished_universal_conversion(tmp_
     assert checkpoints.inspect(path).universal is None  # not finished: latest_universal not written yet
     (path / "latest_universal").write_text("global_step30_universal")
     assert checkpoints.inspect(path).universal == path / "global_step30_universal"
+    assert checkpoints.inspect(path).scheduler is None
+    (path / "scheduler.pt").write_bytes(b"x")
+    assert checkpoints.inspect(path).scheduler == path / "scheduler.pt"
 
 
 def test_quarantine_moves_it_out_of_the_trainers_sight_and_keeps_every_byte(tmp_path):
