@@ -168,7 +168,7 @@ def file_problem(file: Path) -> str:
 
 
 def _safetensors_problem(file: Path, size: int) -> str:
-    with open(file, "rb") as handle:
+    with open(file, "rb", buffering=0) as handle:
         head = handle.read(8)
         if len(head) < 8:
             return "truncated before the header length"
@@ -188,9 +188,14 @@ def _safetensors_problem(file: Path, size: int) -> str:
 
 
 def _torch_zip_problem(file: Path, size: int) -> str:
-    with open(file, "rb") as handle:
+    # Unbuffered: a buffered read of 2 bytes would pull 8 KiB. torch.save writes no
+    # zip comment, so the end record is the last 22 bytes; search further only if not.
+    with open(file, "rb", buffering=0) as handle:
         if handle.read(2) != b"PK":
             return ""  # a legacy pickle-format torch file: nothing cheap to check
+        handle.seek(max(0, size - 22))
+        if handle.read(4) == _ZIP_EOCD:
+            return ""
         handle.seek(max(0, size - _EOCD_SEARCH))
         tail = handle.read()
     if _ZIP_EOCD not in tail:
