@@ -18,7 +18,7 @@ from .clock import Clock
 from .console import Console
 from .gpu import GpuError, GpuSnapshot, GpuSource, snapshot, tagged_pids, wait_gpus_released
 from .policy import KEEP_GOING, Verdict, job_gpus, judge_vram
-from .signals import Requests
+from .signals import Requests, wait_unless_stopped
 
 #: How long the last attempt's processes may keep a GPU after they were stopped. The
 #: driver frees a context within a second of the last fd closing (an H100 here); a
@@ -144,12 +144,7 @@ class GpuGuard:
 
     def _sleep(self, seconds: float) -> bool:
         """Sleep in short steps so a Ctrl-C is acted on at once; False when asked to stop."""
-        deadline = self.clock.monotonic() + seconds
-        while self.clock.monotonic() < deadline:
-            if self.requests.stop:
-                return False
-            self.clock.sleep(min(0.2, deadline - self.clock.monotonic()))
-        return not self.requests.stop
+        return wait_unless_stopped(self.clock, self.requests, seconds)
 
     def monitor(self, attempt: int, gpu_ids) -> GpuMonitor:
         self._last = GpuMonitor(self.source, self.recipe.name, attempt, self.recipe.limits.vram,

@@ -278,12 +278,7 @@ class Supervisor:
         if delay > 0:
             self.console.say(f"same configuration again: waiting {delay:g}s before the next attempt")
             self.journal.emit("backoff", seconds=delay)
-        deadline = self.clock.monotonic() + delay
-        while self.clock.monotonic() < deadline:
-            if self.requests.stop:
-                return False
-            self.clock.sleep(min(0.2, deadline - self.clock.monotonic()))
-        return not self.requests.stop
+        return signals.wait_unless_stopped(self.clock, self.requests, delay)
 
     def _next_attempt_number(self) -> int:
         attempts = self.journal.dir / "attempts"

@@ -26,6 +26,17 @@ class Requests:
         self.signal_name = self.signal_name or name
 
 
+def wait_unless_stopped(clock, requests: Requests, seconds: float) -> bool:
+    """Wait `seconds` on `clock` (a supervisor.clock.Clock) in short steps, so a Ctrl-C
+    is acted on at once; False when a stop was asked for."""
+    deadline = clock.monotonic() + seconds
+    while clock.monotonic() < deadline:
+        if requests.stop:
+            return False
+        clock.sleep(min(0.2, deadline - clock.monotonic()))
+    return not requests.stop
+
+
 def install(requests: Requests, on_hangup: Callable[[], None]) -> Callable[[], None]:
     """Install the handlers; returns a function that puts the previous ones back."""
     def stop(signum, _frame):
