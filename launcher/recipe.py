@@ -251,18 +251,6 @@ def _gpu_ids(node: Node, key: str, ctx: Ctx) -> tuple[int, ...]:
     return tuple(ids)
 
 
-def _pattern(node: Node, key: str, ctx: Ctx) -> str:
-    value = text(node, key, ctx)
-    try:
-        groups = re.compile(value).groups
-    except re.error as err:
-        ctx.fail(node, key, f"not a valid regular expression: {err}")
-    if groups != 1:
-        ctx.fail(node, key, f"expected a regex with exactly one group (the step), like "
-                 f"'checkpoint-(\\d+)'; '{value}' has {groups}")
-    return value
-
-
 def _regex(least: int, most: int, groups: str) -> Converter:
     """A regular expression with `least` to `most` groups (`groups` says what they capture)."""
     def convert(node: Node, key: str, ctx: Ctx) -> str:
@@ -345,7 +333,7 @@ DEEPSPEED = (
 CHECKPOINTS = (
     Field("dir", _dir_in_workdir, hint="the folder the job saves checkpoints in, relative to workdir"),
     Field("resume_arg", optional(text), default=Checkpoints.resume_arg),
-    Field("pattern", _pattern, default=None),
+    Field("pattern", _regex(1, 1, "the step, like 'checkpoint-(\\d+)'"), default=None),
     Field("on_world_size_change", choice(("universal", "weights_only", "fail")),
           default=Checkpoints.on_world_size_change),
     Field("weights_arg", optional(text), default=None),
