@@ -60,10 +60,11 @@ def effective_ladder(recipe: Recipe, ranks: int | None = None) -> tuple[Rung, ..
     """The recipe's own ladder, or the default one when the recipe gives none."""
     if recipe.ladder_given:
         return recipe.ladder
-    return default_ladder(ranks if ranks is not None else base_ranks(recipe))
+    return default_ladder(ranks if ranks is not None else base_ranks(recipe),
+                          deepspeed=recipe.deepspeed is not None)
 
 
-def default_ladder(ranks: int) -> tuple[Rung, ...]:
+def default_ladder(ranks: int, deepspeed: bool = True) -> tuple[Rung, ...]:
     """The ladder used when a recipe has no `ladder:` key (the README lists it).
 
     host_oom: fewer ranks, each rank holds its own copy of what fills host memory
@@ -71,17 +72,21 @@ def default_ladder(ranks: int) -> tuple[Rung, ...]:
     offload memory and no loader workers. cuda_oom: halve the micro-batch, then
     gradient checkpointing, ZeRO-3, offload. save_failed: save the model only, without
     the 16-bit gather. nan_loss: halve the learning rate, twice.
+
+    Without `deepspeed:` in the recipe the DeepSpeed rungs and keys are left out: there
+    is no config to derive, so they would relaunch the same job to fail the same way.
     """
+    ds = {"offload_pin_memory": False} if deepspeed else {}
     host = [Rung(on=(Kind.HOST_OOM,), gpus=n) for n in _fewer_ranks(ranks)]
-    host.append(Rung(on=(Kind.HOST_OOM,), offload_pin_memory=False, dataloader_workers=0))
-    cuda = [
-        Rung(on=(Kind.CUDA_OOM,), batch="halve"),
-        Rung(on=(Kind.CUDA_OOM,), gradient_checkpointing=True),
-        Rung(on=(Kind.CUDA_OOM,), zero_stage=3),
-        Rung(on=(Kind.CUDA_OOM, Kind.HOST_OOM), zero3_offload=True),
-        Rung(on=(Kind.CUDA_OOM,), batch="halve"),
-    ]
-    save = [Rung(on=(Kind.SAVE_FAILED,), save_only_model=True, gather_16bit_on_save=False)]
+    host.append(Rung(on=(Kind.HOST_OOM,), dataloader_workers=0, **ds))
+    cuda = [Rung(on=(Kind.CUDA_OOM,), batch="halve"),
+            Rung(on=(Kind.CUDA_OOM,), gradient_checkpointing=True)]
+    if deepspeed:
+        cuda += [Rung(on=(Kind.CUDA_OOM,), zero_stage=3),
+                 Rung(on=(Kind.CUDA_OOM, Kind.HOST_OOM), zero3_offload=True)]
+    cuda.append(Rung(on=(Kind.CUDA_OOM,), batch="halve"))
+    save = [Rung(on=(Kind.SAVE_FAILED,), save_only_model=True,
+                 **({"gather_16bit_on_save": False} if deepspeed else {}))]
     nan = [Rung(on=(Kind.NAN_LOSS,), lr=0.5), Rung(on=(Kind.NAN_LOSS,), lr=0.5)]
     return tuple(host + cuda + save + nan)
 

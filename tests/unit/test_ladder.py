@@ -80,6 +80,15 @@ def test_default_ladder_for_eight_and_two_ranks():
     assert cuda[0].batch == "halve" and cuda[1].gradient_checkpointing and cuda[2].zero_stage == 3
 
 
+def test_default_ladder_without_deepspeed_has_no_rung_that_would_change_nothing():
+    plain = default_ladder(4, deepspeed=False)
+    deepspeed_keys = ("zero_stage", "zero3_offload", "offload_pin_memory", "gather_16bit_on_save")
+    assert not [r for r in plain if any(getattr(r, key) is not None for key in deepspeed_keys)]
+    cuda = [r for r in plain if Kind.CUDA_OOM in r.on]
+    assert [r.batch for r in cuda] == ["halve", None, "halve"] and cuda[1].gradient_checkpointing
+    assert [r.save_only_model for r in plain if Kind.SAVE_FAILED in r.on] == [True]
+
+
 def test_walk_shows_each_rung_on_top_of_the_ones_before(tmp_path):
     plans = walk(make_recipe(tmp_path, LADDER))
     assert [p.rungs for p in plans] == [(), (1,), (1, 2), (1, 2, 3), (1, 2, 3, 4)]
