@@ -64,6 +64,7 @@ class Supervisor:
                  memory: ProcfsMemory | None = None, options: Options = Options(),
                  gpus: GpuSource | None | str = "detect"):
         self.recipe = recipe
+        self._hangup_noted = False
         self.journal = journal
         self.console = console
         self.clock = clock
@@ -254,6 +255,10 @@ class Supervisor:
                 reading: MemoryReading | None, limits: MemoryLimits,
                 follower: CheckpointFollower | None) -> str:
         now = self.clock.monotonic()
+        if self.requests.hung_up and not self._hangup_noted:
+            # journaled here, not in the signal handler: the journal is not reentrant
+            self._hangup_noted = True
+            self.journal.emit("terminal.hung_up", attempt=number)
         parts = [f"attempt {number}", f"rung {plan.rung}", f"{plan.ranks} rank(s)",
                  describe_reading(reading, limits), self._vram.describe() if self._vram else ""]
         if progress.step is not None:

@@ -26,6 +26,11 @@ def start(recipe) -> int:
     return supervisor_pid(result.stdout)
 
 
+def journal_events(state_dir, job: str = "gate") -> list[dict]:
+    path = state_dir / job / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
 def wait_waiting(state_dir, job: str = "gate") -> None:
     wait_until(lambda: "waiting for" in output_log(state_dir, job), timeout=30,
                what="the job to print that it waits")
@@ -178,6 +183,8 @@ def test_foreground_run_outlives_its_terminal(tmp_path, state_dir):
             seen += os.read(master, 4096)  # EIO here: guardrun died before it ran the job
     finally:
         os.close(master)  # the terminal hangs up: SIGHUP to its session leader, guardrun
+    wait_until(lambda: any(e["event"] == "guardrun.terminal.hung_up" for e in journal_events(state_dir)),
+               timeout=10, what="the hangup in the journal")
     go.touch()
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status), f"guardrun died of a signal: {status}"
