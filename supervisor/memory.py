@@ -56,7 +56,7 @@ class ProcfsMemory:
         tree = self._trees.get(adopter)
         if tree is None:
             tree = self._trees[adopter] = ProcTree(self.proc_root, adopter, self.children_files)
-        walk = tree.walk(root_pid, exclude, probe=self._anon)
+        walk = tree.walk(root_pid, exclude, probe=self._anon, reuse=True)
         return TreeSample(walk.live, sum(walk.values))
 
     def pss(self, pids: Iterable[int]) -> int:

@@ -192,6 +192,7 @@ class ProcTree:
         self.files = ProcReader(proc_root)
         self._prefix = os.fsencode(proc_root.rstrip("/")) + b"/"
         self._has_children_files = children_files
+        self._known: tuple[object, bytes, tuple[int, ...]] | None = None  # see walk(reuse=True)
 
     def pids(self, root_pid: int | None, exclude: Iterable[int] = ()) -> list[int]:
         """Live pids of the tree (zombies left out)."""
@@ -209,17 +210,53 @@ class ProcTree:
             return False
 
     def walk(self, root_pid: int | None, exclude: Iterable[int] = (),
-             probe: Probe = held_identity) -> Walk:
+             probe: Probe = held_identity, reuse: bool = False) -> Walk:
         """One breadth-first pass over the tree (`root_pid` None: the adopted only).
 
         `probe(files, pid)` reads what the caller wants from each process, from its
         stat or statm (so a stale held fd shows, see ProcReader), before its children
         are read. Pids that vanish mid-walk are skipped.
+
+        `reuse`: when no process or thread has been created on the machine since the
+        last walk (the last pid handed out, /proc/loadavg's fifth field, is unchanged),
+        the tree can only have lost members, so probe the pids known from that walk and
+        skip reading the children again: half the syscalls of a sample on a quiet
+        machine. Any fork anywhere, or a procfs without loadavg, means a full walk.
         """
+        excluded = set(exclude)
+        key = (root_pid, frozenset(excluded))
+        last_pid = self._last_pid() if reuse else None
         try:
-            return self._walk(root_pid, set(exclude), probe)
+            known = self._known
+            if last_pid is not None and known is not None and known[:2] == (key, last_pid):
+                walk = self._probe_known(known[2], probe)
+            else:
+                walk = self._walk(root_pid, excluded, probe)
+            if last_pid is not None:
+                self._known = (key, last_pid, walk.live)
+            return walk
         finally:
             self.files.end_walk()
+
+    def _last_pid(self) -> bytes | None:
+        try:
+            return read_raw(self._prefix + b"loadavg", 128).split()[4]
+        except (OSError, IndexError):
+            return None
+
+    def _probe_known(self, pids: tuple[int, ...], probe: Probe) -> Walk:
+        live, values, dead = [], [], []
+        for pid in pids:
+            try:
+                value = probe(self.files, pid)
+            except GONE:
+                continue
+            if value is None:
+                dead.append(pid)
+            else:
+                live.append(pid)
+                values.append(value)
+        return Walk(tuple(live), tuple(values), tuple(dead))
 
     def signal(self, ident: ProcId, sig: int) -> bool:
         """Send `sig` only if the pid still names the process seen at walk time.

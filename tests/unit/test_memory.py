@@ -253,3 +253,38 @@ def test_host_estimates_available_on_kernels_without_it(tmp_path):
 
 def test_parse_stat_splits_after_the_last_parenthesis():
     assert proctree.parse_stat(b"7 (a) b) Z 1 7 7 0")[:2] == [b"Z", b"1"]
+
+
+def _loadavg(root: str, last_pid: int) -> None:
+    (Path(root) / "loadavg").write_text(f"0.10 0.20 0.30 1/180 {last_pid}\n")
+
+
+def test_while_no_pid_is_handed_out_the_known_tree_is_probed_without_reading_children(tmp_path):
+    root = make_proc(tmp_path / "proc", family())
+    _loadavg(root, 5000)
+    memory = ProcfsMemory(root, page_size=PAGE)
+    assert memory.sample_tree(100).pids == (100, 101, 102, 103)
+    # 103 forks 104 behind a children file we no longer read: invisible while loadavg
+    # says no pid was handed out (which a real fork cannot do), so the reuse is real
+    make_proc(Path(root), {104: Proc(103, resident=70)})
+    (Path(root) / "103" / "task" / "103" / "children").write_text("104 ")
+    assert memory.sample_tree(100).pids == (100, 101, 102, 103)
+    # an exit needs no new pid: it shows at once (102 turns zombie; the file is rewritten in
+    # place, as a held fd of the fake would otherwise read the old inode)
+    zombie = Proc(100, state="Z")
+    (Path(root) / "102" / "stat").write_text(stat_line(102, zombie))
+    (Path(root) / "102" / "statm").write_text("0 0 0 0 0 0 0\n")
+    assert memory.sample_tree(100).pids == (100, 101, 103)
+    _loadavg(root, 5001)  # the fork handed out a pid: the next sample walks again
+    sample = memory.sample_tree(100)
+    assert sample.pids == (100, 101, 103, 104)
+    assert sample.anon == anon((1000, 400), (500, 100), (50, 0), (70, 0))
+
+
+def test_without_loadavg_every_sample_walks(tmp_path):
+    root = make_proc(tmp_path / "proc", family())
+    memory = ProcfsMemory(root, page_size=PAGE)
+    assert memory.sample_tree(100).pids == (100, 101, 102, 103)
+    make_proc(Path(root), {104: Proc(103, resident=70)})
+    (Path(root) / "103" / "task" / "103" / "children").write_text("104 ")
+    assert memory.sample_tree(100).pids == (100, 101, 102, 103, 104)
