@@ -222,10 +222,12 @@ class Saved:
     world_size: int | None = None        # data-parallel ranks that tag was saved with
     universal: Path | None = None        # its finished universal conversion, if any
     scheduler: Path | None = None        # HF's scheduler.pt: it restores the saved learning rate
+    model_only: bool = False             # an HF checkpoint without optimizer state (save_only_model)
 
 
-#: HF Trainer's learning-rate scheduler state inside checkpoint-N/.
+#: HF Trainer's learning-rate scheduler and optimizer state inside checkpoint-N/.
 SCHEDULER = "scheduler.pt"
+OPTIMIZER_NAMES = ("optimizer.pt", "optimizer.bin")
 
 
 def universal_dir(tag: Path) -> Path:
@@ -250,7 +252,8 @@ def inspect(path: Path) -> Saved:
     scheduler = path / SCHEDULER if (path / SCHEDULER).is_file() else None
     tag = _deepspeed_tag(path)
     if tag is None:
-        return Saved(train_batch_size=batch, scheduler=scheduler)
+        model_only = state.is_file() and not any((path / name).is_file() for name in OPTIMIZER_NAMES)
+        return Saved(train_batch_size=batch, scheduler=scheduler, model_only=model_only)
     universal = universal_dir(tag)
     marker = tag.parent / "latest_universal"
     done = marker.is_file() and marker.read_text(errors="replace").strip() == universal.name

@@ -70,8 +70,8 @@ def default_ladder(ranks: int, deepspeed: bool = True) -> tuple[Rung, ...]:
     host_oom: fewer ranks, each rank holds its own copy of what fills host memory
     (FIELD_NOTES situation 1: 8 -> 6 ranks was the fix users found), then no pinned
     offload memory and no loader workers. cuda_oom: halve the micro-batch, then
-    gradient checkpointing, ZeRO-3, offload. save_failed: save the model only, without
-    the 16-bit gather. nan_loss: halve the learning rate, twice.
+    gradient checkpointing, ZeRO-3, offload. save_failed: without
+    the 16-bit gather (DeepSpeed only). nan_loss: halve the learning rate, twice.
 
     Without `deepspeed:` in the recipe the DeepSpeed rungs and keys are left out: there
     is no config to derive, so they would relaunch the same job to fail the same way.
@@ -85,8 +85,10 @@ def default_ladder(ranks: int, deepspeed: bool = True) -> tuple[Rung, ...]:
         cuda += [Rung(on=(Kind.CUDA_OOM,), zero_stage=3),
                  Rung(on=(Kind.CUDA_OOM, Kind.HOST_OOM), zero3_offload=True)]
     cuda.append(Rung(on=(Kind.CUDA_OOM,), batch="halve"))
-    save = [Rung(on=(Kind.SAVE_FAILED,), save_only_model=True,
-                 **({"gather_16bit_on_save": False} if deepspeed else {}))]
+    # Not save_only_model: transformers cannot resume training from a model-only
+    # checkpoint (the optimizer and the lr schedule start over). A death during a plain
+    # save retries the same rung from the checkpoint before it.
+    save = [Rung(on=(Kind.SAVE_FAILED,), gather_16bit_on_save=False)] if deepspeed else []
     nan = [Rung(on=(Kind.NAN_LOSS,), lr=0.5), Rung(on=(Kind.NAN_LOSS,), lr=0.5)]
     return tuple(host + cuda + save + nan)
 

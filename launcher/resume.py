@@ -81,6 +81,9 @@ def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",
         set_lr = plan.lr
         notes.append(f"{saved.scheduler.name} keeps the learning rate it was saved with: "
                      f"rescaling it to {plan.lr:g} (original kept beside it)")
+    if saved.model_only:
+        notes.append("this checkpoint holds the model only (saved with save_only_model): "
+                     "the optimizer state and the learning-rate schedule start over")
     same = {"fix_batch": fix, "set_lr": set_lr}
     if saved.ds_tag is None or saved.world_size in (None, plan.ranks):
         return Adaptation(**same, notes=tuple(notes))

@@ -51,8 +51,11 @@ class Diagnosis:
     def end_facts(self, reader: OutputReader) -> dict:
         """AttemptEnd's fields that come from the output: the NaN bound, the success evidence,
         the failure lines with their frames."""
-        return {"nan_from": reader.nan().unsafe_from, "success_missing": self.success_missing(reader),
-                "traces": reader.traces()}
+        missing = self.success_missing(reader)
+        # Seen means this attempt printed the success line (a success file alone may be
+        # an earlier run's), and the rest of the evidence is there too.
+        return {"nan_from": reader.nan().unsafe_from, "success_missing": missing,
+                "success_seen": self.needs_success_line and not missing, "traces": reader.traces()}
 
     def success_missing(self, reader: OutputReader) -> str:
         missing = []

@@ -193,7 +193,9 @@ class Supervisor:
                               root_cause=cause.as_dict() if cause else None)
         self.console.clear_status()
         self.console.say(f"attempt {number} ended: {kind}"
-                         + (f" ({failure.evidence})" if failure and failure.evidence else ""))
+                         + (f" ({failure.evidence})" if failure and failure.evidence else "")
+                         + (f" (the success evidence was seen, then it exited with code {end.exit_code})"
+                            if failure is None and end.exit_code != 0 else ""))
         for line in cause.lines() if cause else ():
             self.console.say(line)
         return failure

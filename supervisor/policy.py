@@ -117,6 +117,7 @@ class AttemptEnd:
     took: float = 0.0               # seconds from spawn to exit: the crash-loop guard's clock
     nan_from: int | None = None     # first step whose weights may be NaN (NaN rollback bound)
     success_missing: str = ""       # the recipe's success evidence that was not seen, if any
+    success_seen: bool = False      # this attempt printed the recipe's success line (and any file is there)
     traces: Sequence = ()           # rootcause.Trace: failure lines with their frames (root cause)
 
 
@@ -141,6 +142,11 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
         if end.success_missing:  # XTuner's `xtuner train` exits 0 after a failed run
             return failure(Kind.UNKNOWN, f"exit 0 without the success evidence: {end.success_missing}")
         return None
+    if end.success_seen:
+        # The job showed the recipe's proof that it finished, then died on the way out (a
+        # rank aborting in teardown: "terminate called without an active exception").
+        # Relaunching would only redo the end, from a checkpoint that may not resume cleanly.
+        return None
     events = end.events
     if end.progressed:
         # An ImportError printed by a library that then trained fine is not why it died.
@@ -161,7 +167,7 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
 
 #: Kinds a death during a save turns into save_failed: the save is the likelier culprit
 #: (FIELD_NOTES situation 2: the save's memory spike kills the job), and its rung
-#: (model only, no 16-bit gather) is what makes the next save lighter.
+#: (no 16-bit gather) is what makes the next save lighter.
 _SAVE_MASKS = frozenset({Kind.HOST_OOM, Kind.UNKNOWN, Kind.TRANSIENT, Kind.HANG})
 
 

@@ -86,7 +86,9 @@ def test_default_ladder_without_deepspeed_has_no_rung_that_would_change_nothing(
     assert not [r for r in plain if any(getattr(r, key) is not None for key in deepspeed_keys)]
     cuda = [r for r in plain if Kind.CUDA_OOM in r.on]
     assert [r.batch for r in cuda] == ["halve", None, "halve"] and cuda[1].gradient_checkpointing
-    assert [r.save_only_model for r in plain if Kind.SAVE_FAILED in r.on] == [True]
+    assert not [r for r in plain if Kind.SAVE_FAILED in r.on]   # same rung again, from the last good one
+    assert [(r.gather_16bit_on_save, r.save_only_model) for r in default_ladder(4) if Kind.SAVE_FAILED in r.on] \
+        == [(False, None)]
 
 
 def test_walk_shows_each_rung_on_top_of_the_ones_before(tmp_path):

@@ -86,6 +86,15 @@ def test_an_lr_rung_rescales_the_saved_scheduler_that_would_undo_it():
     assert adapt(Saved(), halved, base_lr=2e-4).set_lr is None                 # nothing restores it
 
 
+def test_a_model_only_checkpoint_is_resumed_with_a_warning(tmp_path):
+    path = _hf_checkpoint(tmp_path, 12)
+    assert checkpoints.inspect(path).model_only
+    (path / "optimizer.pt").write_bytes(b"x")
+    assert not checkpoints.inspect(path).model_only
+    decided = adapt(Saved(model_only=True), plan())
+    assert "the optimizer state and the learning-rate schedule start over" in decided.notes[0]
+
+
 def test_same_world_size_needs_nothing():
     decided = adapt(Saved(ds_tag=Path("/o/global_step3"), world_size=2), plan(ranks=2))
     assert decided == type(decided)()
@@ -122,6 +131,7 @@ def test_inspect_reads_batch_world_size_and_a_finished_universal_conversion(tmp_
     (path / "latest_universal").write_text("global_step30_universal")
     assert checkpoints.inspect(path).universal == path / "global_step30_universal"
     assert checkpoints.inspect(path).scheduler is None
+    assert not checkpoints.inspect(path).model_only      # a DeepSpeed tag holds the optimizer
     (path / "scheduler.pt").write_bytes(b"x")
     assert checkpoints.inspect(path).scheduler == path / "scheduler.pt"
 

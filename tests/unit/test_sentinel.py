@@ -116,6 +116,14 @@ def test_exit_0_without_the_success_evidence_is_unknown():
     assert classify(AttemptEnd(exit_code=0)) is None
 
 
+def test_a_crash_on_the_way_out_after_the_success_evidence_is_a_finished_job():
+    """A rank aborting in teardown after the trainer said it finished: no relaunch."""
+    assert classify(AttemptEnd(exit_code=1, success_seen=True)) is None
+    assert classify(AttemptEnd(exit_code=1)).kind is Kind.UNKNOWN
+    stopped = Failure(Kind.HOST_OOM, "tree over the limit")
+    assert classify(AttemptEnd(exit_code=-15, success_seen=True, stopped_for=stopped)).kind is Kind.HOST_OOM
+
+
 def first(evidence_line: str, **fields) -> AttemptEnd:
     return AttemptEnd(exit_code=1, events=tuple(parse_line(evidence_line)), **fields)
 
