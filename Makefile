@@ -37,8 +37,10 @@ test: $(VENV)/.test
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test (exit 5): failing" >&2; fi; \
 	exit $$rc
 
+# bench/sampling.py, checkpoints.py, overhead.py and scenarios.py (about 10 minutes on 2 cores);
+# writes bench/RESULTS.md with the machine, the versions and the tables. Fails if a run left a process.
 bench: $(VENV)/.test
-	$(PY) bench/sampling.py
+	$(PY) bench/results.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

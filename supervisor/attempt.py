@@ -24,6 +24,7 @@ from .extlocks import clear_stale_locks
 from .follow import CheckpointFollower, Seen
 from .gpuwatch import GpuMonitor
 from .memory import ProcfsMemory
+from .memtrail import MemoryTrail
 from .output import OutputReader, Progress
 from .patterns import Patterns
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory
@@ -84,7 +85,7 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
                           rank_logs=diagnosis.rank_logs if diagnosis else None).start()
     tree = proc.ProcTree(adopter=os.getpid())
     peaks = Peaks()
-    stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch)
+    stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))
     _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now)
     clear_stale_locks(env, spawned_at, watch.emit, number)
     if not reader.join(READER_JOIN_TIMEOUT):
@@ -100,7 +101,8 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     return end, peaks
 
 
-def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch) -> tuple[Failure | None, bool]:
+def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch,
+           trail: MemoryTrail) -> tuple[Failure | None, bool]:
     """Poll until the launcher exits, a stop is requested, or memory crosses a limit."""
     while True:
         if popen.poll() is not None:
@@ -121,6 +123,7 @@ def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch) -> tup
             vram = watch.gpu.sample()
             verdict = verdict if verdict.stop else vram
         watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
+        trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
         if verdict.stop:
             watch.emit("limit.breached", kind=str(verdict.failure.kind),
                        evidence=verdict.failure.evidence, tree=reading.tree_fast,

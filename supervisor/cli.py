@@ -17,6 +17,7 @@ from guardrun.launcher.units import parse_size
 
 from . import doctor as doctor_checks
 from . import planview
+from . import report as reporting
 from .journal import Journal, StateDirError
 from . import unattended
 from .jobrun import JobRun
@@ -152,6 +153,23 @@ def checkpoints_cmd(directory: str, pattern: str | None) -> None:
     for each in found:
         verdict = "valid" if each.valid else f"INVALID: {each.reason}"
         click.echo(f"{each.name:<28} step {each.step:>8}  {verdict}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for JOB-memory.png and JOB-report.html (default: the job's state folder).")
+def report(job: str, out: str | None) -> None:
+    """Plot JOB's memory over time against its limits (PNG) and write an HTML report with the
+    attempts and root causes, from its journal. Needs matplotlib: pip install 'guardrun[plot]'."""
+    try:
+        written = reporting.make(job, Path(out) if out else None)
+    except (reporting.ReportError, StateDirError, OSError) as err:
+        click.echo(f"guardrun: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"{job}: {written.attempts} attempt(s), {written.samples} memory samples")
+    click.echo(f"plot:   {written.png}")
+    click.echo(f"report: {written.html}")
 
 
 for _command in unattended.COMMANDS:  # start, list, logs, stop, tmux

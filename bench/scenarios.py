@@ -1,0 +1,350 @@
+"""The five field situations, each run under torchrun alone and under guardrun, same machine, same run.
+
+Every run is the real HF Trainer test script (tests/trainers/hf_lora_train.py: tiny random
+Llama + PEFT LoRA) on 2 CPU ranks, 12 steps, a checkpoint every 3, global batch 8
+(micro-batch 4 x 2 ranks). Each fault comes from the trainer's knobs (its docstring):
+
+  host_oom    ballast grows with the step; more than the (pretend) machine holds at 2 ranks,
+              and a resume at 2 ranks takes it back at once (bench/oomkiller.py is the kernel)
+  save_died   rank 0 hangs in the save of checkpoint-6 before trainer_state.json; the bench
+              SIGKILLs it, as the OOM killer kills a save's memory spike
+  cuda_oom    torch.OutOfMemoryError (CUDA's message) above micro-batch 2
+  nan_loss    loss NaN from step 7 while the learning rate is above 1e-4 (it is 2e-4)
+  user_error  rank 1 alone cannot open its data shard (bench/jobs/sharded_lora_train.py)
+
+(a) torchrun: `torchrun --standalone --nproc-per-node 2 --max-restarts 3 ... --resume_from_checkpoint
+    last` (the trainer resumes from transformers' get_last_checkpoint, as LLaVA's train.py does by
+    itself), as shipped; and where it restarts, again with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1,
+    which works around its restarts' gloo failure (see UNSHARED below), to show what torchrun's
+    restarts do when they work.
+(b) guardrun: a recipe with the same script and flags, the default ladder, restarts {max: 3}, and
+   `success: {regex: 'finished at step'}` (the trainer's last line), as a user would write.
+A run still going after --timeout seconds is stopped by the bench and counted as hung.
+
+Judged from the trainer's own output for both (bench/trainlog.py). Exits 1 if any process of
+a run is left after it (the results themselves are reported as they are).
+
+    python bench/scenarios.py [--only host_oom,cuda_oom] [--timeout 90] [--keep DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import trainlog
+from oomkiller import OomKiller
+from tagged import Ran, run_tagged
+
+REPO = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+GUARDRUN = str(Path(sys.executable).parent / "guardrun")
+TRAINER = REPO / "tests" / "trainers" / "hf_lora_train.py"
+SHARDED = REPO / "bench" / "jobs" / "sharded_lora_train.py"
+MIB = 1 << 20
+
+MAX_STEPS = 12
+COMMON = {"use_cpu": True, "report_to": "none", "max_steps": MAX_STEPS, "save_steps": 3,
+          "logging_steps": 1, "step_seconds": 0.2}
+PER_DEVICE, RANKS = 4, 2
+# torch 2.13's torchrun shares its rendezvous TCPStore with the workers across restarts; the
+# process group keys of the last round are still there, so a restarted gloo group connects to
+# the dead ranks' ports ("Connection refused") and fails or hangs in init_process_group. This
+# variable (torch's own opt-out) gives each round a fresh store: torchrun's restarts then work.
+UNSHARED = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
+TORCHRUN_UNSHARED = f"torchrun, {UNSHARED}=1"
+STALL = re.compile(r"stalling in save of checkpoint-\d+ before \S+ \(pid (\d+)\)")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    expect: str                     # guardrun's kind for this failure; "success" for the reference
+    knobs: dict = field(default_factory=dict)
+    lr: float = 2.0e-4
+    script: Path = TRAINER
+    limits: str = ""                # guardrun recipe `limits:` (flow mapping)
+    capacity: int | None = None     # the pretend machine's memory for the job (OomKiller)
+    kill_stall: bool = False        # SIGKILL the rank that stalls in a save
+    shards: tuple[int, ...] = ()    # data shards to write (sharded_lora_train.py)
+    restarts: bool = True           # torchrun restarts here (not for the reference, not for a NaN)
+    can_finish: bool = True         # False: the job cannot finish (the right end is to stop at once)
+    torchrun_right: Callable[[str], bool] = lambda cause: False
+
+
+SCENARIOS = (
+    Scenario("reference", "no fault (reference)", "success", restarts=False,
+             torchrun_right=lambda cause: cause == "none (exit 0)"),
+    # One rank is ~216 MiB anonymous before its ballast, the torchrun agent ~146 MiB, guardrun
+    # ~45 MiB. Ballast 1400 MiB over 12 steps (117 MiB/step/rank): 2 ranks pass the 2.5 GiB
+    # machine at step 9, guardrun's 2 GiB limit at step 7; 1 rank peaks near 1.8 GiB.
+    Scenario("host_oom", "host memory too high at 2 ranks (resume spike)", "host_oom",
+             knobs={"ballast_mb": 1400, "ballast_ramp_steps": 12},
+             limits="{host_memory: 2GiB}", capacity=2560 * MIB,
+             torchrun_right=lambda cause: "SIGKILL" in cause or "exitcode -9" in cause),
+    Scenario("save_died", "death during checkpoint save", "save_failed",
+             knobs={"stall_in_save_at": 6}, kill_stall=True,
+             torchrun_right=lambda cause: bool(re.search(r"save|checkpoint", cause, re.I))),
+    Scenario("cuda_oom", "CUDA OOM above micro-batch 2", "cuda_oom",
+             knobs={"oom_above_batch": 2},
+             torchrun_right=lambda cause: bool(re.search(r"out of memory|OutOfMemory", cause, re.I))),
+    Scenario("nan_loss", "NaN from step 7 at lr 2e-4", "nan_loss",
+             knobs={"nan_at_step": 7, "nan_lr_above": 1.0e-4, "logging_nan_inf_filter": False}, restarts=False,
+             torchrun_right=lambda cause: "nan" in cause.lower()),
+    Scenario("user_error", "error printed by rank 1 only (its data shard is missing)", "user_error",
+             script=SHARDED, shards=(0,), can_finish=False,
+             torchrun_right=lambda cause: "FileNotFoundError" in cause),
+)
+
+
+@dataclass
+class Row:
+    scenario: Scenario
+    runner: str
+    ran: Ran
+    finished: bool
+    finished_why: str
+    attempts: int
+    redone: int
+    global_batch: int | None
+    cause: str
+    cause_right: bool
+    notes: list[str] = field(default_factory=list)
+
+
+def flags(mapping: dict) -> list[str]:
+    out: list[str] = []
+    for key, value in mapping.items():
+        out += [f"--{key}", str(value)]
+    return out
+
+
+def prepare(scenario: Scenario, work: Path) -> dict:
+    """The run's folder: output dir, data shards. Returns the trainer's flags for it."""
+    (work / "out").mkdir(parents=True)
+    knobs = dict(COMMON, **scenario.knobs)
+    if scenario.shards:
+        (work / "shards").mkdir()
+        for rank in scenario.shards:
+            (work / "shards" / f"shard-{rank}.jsonl").write_text('{"text": "a"}\n' * 64)
+        knobs["shard_dir"] = str(work / "shards")
+    return knobs
+
+
+def run(argv: list[str], env: dict, scenario: Scenario, timeout: float, notes: list[str]) -> Ran:
+    """Run one runner with the scenario's outside forces: the OOM stand-in, the save killer."""
+    killer = OomKiller(scenario.capacity) if scenario.capacity else None
+    stall_kills: list[int] = []
+
+    def on_line(line: str) -> None:
+        if scenario.kill_stall and (match := STALL.search(line)):
+            pid = int(match.group(1))
+            try:
+                os.kill(pid, signal.SIGKILL)
+                stall_kills.append(pid)
+            except ProcessLookupError:
+                pass
+
+    ran = run_tagged(argv, env, timeout, on_line=on_line, on_spawn=killer.watch if killer else None)
+    if killer is not None:
+        killer.stop()
+        notes.append(f"OOM stand-in: {len(killer.kills)} kill(s), peak {killer.peak / MIB:.0f} MiB"
+                     f" of {scenario.capacity / MIB:.0f} MiB")
+    if stall_kills:
+        notes.append(f"stalled saves SIGKILLed: {len(stall_kills)}")
+    if ran.left:
+        notes.append(f"LEFT BEHIND: pids {list(ran.left)}")
+    return ran
+
+
+def keep_output(ran: Ran, work: Path) -> None:
+    (work / "runner-output.log").write_text(ran.output)
+
+
+def run_torchrun(scenario: Scenario, work: Path, timeout: float, unshared: bool = False) -> Row:
+    knobs = prepare(scenario, work)
+    argv = [PYTHON, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
+            "--nproc-per-node", str(RANKS), "--max-restarts", "3", str(scenario.script), *flags(knobs),
+            "--per_device_train_batch_size", str(PER_DEVICE), "--gradient_accumulation_steps", "1",
+            "--learning_rate", str(scenario.lr), "--output_dir", str(work / "out"),
+            "--resume_from_checkpoint", "last"]
+    notes: list[str] = []
+    # LOGLEVEL=INFO: the agent prints one "Rendezvous complete" per round, so rounds can be counted
+    env = dict(os.environ, LOGLEVEL="INFO")
+    if unshared:
+        env[UNSHARED] = "1"
+    ran = run(argv, env, scenario, timeout, notes)
+    keep_output(ran, work)
+    attempts = [trainlog.parse_attempt(text) for text in trainlog.torchrun_rounds(ran.output)]
+    finished, why = trainlog.healthy_finish(attempts, ran.code, MAX_STEPS)
+    cause = trainlog.torchrun_cause(ran.output, ran.code)
+    return Row(scenario, TORCHRUN_UNSHARED if unshared else "torchrun", ran, finished, why, len(attempts), trainlog.steps_redone(attempts),
+               trainlog.final_global_batch(attempts), cause, scenario.torchrun_right(cause), notes)
+
+
+def recipe_text(scenario: Scenario, knobs: dict) -> str:
+    args = ", ".join(f"{key}: {json.dumps(value)}" for key, value in knobs.items())
+    limits = f"limits: {scenario.limits}\n" if scenario.limits else ""
+    return textwrap.dedent(f"""\
+        name: {scenario.name}
+        launcher: torchrun
+        script: {scenario.script}
+        args: {{{args}, output_dir: ./out}}
+        gpus: {RANKS}
+        batch: {{per_device: {PER_DEVICE}, grad_accum: 1}}
+        lr: {{value: {scenario.lr}}}
+        checkpoints: {{dir: ./out, resume_arg: --resume_from_checkpoint}}
+        monitor: {{interval: 0.25}}
+        stop_grace: 10s
+        restarts: {{max: 3, backoff: [1s, 10s]}}
+        success: {{regex: 'finished at step'}}
+        """) + limits
+
+
+def run_guardrun(scenario: Scenario, work: Path, timeout: float) -> Row:
+    knobs = prepare(scenario, work)
+    recipe = work / "recipe.yaml"
+    recipe.write_text(recipe_text(scenario, knobs))
+    state = work / "state"
+    notes: list[str] = []
+    ran = run([GUARDRUN, "run", str(recipe)], dict(os.environ, GUARDRUN_STATE_DIR=str(state)),
+              scenario, timeout, notes)
+    keep_output(ran, work)
+    job = state / scenario.name
+    events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()] \
+        if (job / "events.jsonl").is_file() else []
+    started = [e for e in events if e["event"] == "guardrun.attempt.started"]
+    ended = [e for e in events if e["event"] == "guardrun.attempt.ended"]
+    attempts = [trainlog.parse_attempt(_read(job / "attempts" / str(e["attempt"]) / "output.log"))
+                for e in started]
+    finished, why = trainlog.healthy_finish(attempts, ran.code, MAX_STEPS)
+    cause, right = guardrun_cause(ended, scenario.expect)
+    for event, log in zip(ended, attempts):
+        if log.finished_at is not None and event.get("kind") != "success":
+            why = (event.get("root_cause") or {}).get("message", "")[:100]
+            notes.append(f"attempt {event['attempt']} ended {event.get('kind')} after the trainer printed "
+                         f"'finished at step {log.finished_at}' ({why})")
+    printed = trainlog.final_global_batch(attempts)
+    if started and printed is not None and started[-1].get("global_batch") != printed:
+        notes.append(f"journal says global batch {started[-1].get('global_batch')}")
+    return Row(scenario, "guardrun", ran, finished, why, len(started), trainlog.steps_redone(attempts),
+               trainlog.final_global_batch(attempts), cause, right, notes)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+
+
+def guardrun_cause(ended: list[dict], expect: str) -> tuple[str, bool]:
+    """The kinds guardrun gave its attempts, and the root cause of a run it gave up on."""
+    kinds = [e.get("kind", "?") for e in ended]
+    text = " → ".join(kinds) or "no attempt ended"
+    failures = [e for e in ended if e.get("kind") != "success"]
+    cause = (failures[-1].get("root_cause") or {}) if failures else {}
+    if kinds and kinds[-1] != "success" and cause:
+        where = f" on rank {cause['rank']}" if cause.get("rank") is not None else ""
+        message = re.sub(r"'/[^']*/([^'/]+)'", r"'…/\1'", cause.get("message", ""))  # temp paths: names only
+        text += f" ({cause.get('kind')}{where}: {message[:100]})"
+    if expect == "success":
+        return text, kinds == ["success"]
+    right = bool(failures) and failures[0].get("kind") == expect
+    if expect == "user_error":
+        right = right and cause.get("rank") == 1 and "FileNotFoundError" in cause.get("message", "")
+    return text, right
+
+
+def table(rows: list[Row]) -> str:
+    head = ("| scenario | runner | finished | exit | wall s | attempts | steps redone | final global batch "
+            "| reported cause | cause right |")
+    out = [head, "|---|---|---|---|---:|---:|---:|---:|---|---|"]
+    for row in rows:
+        finished = "yes" if row.finished else f"no: {row.finished_why}"
+        code = "timeout" if row.ran.code is None else str(row.ran.code)
+        out.append(f"| {row.scenario.title} | {row.runner} | {finished} | {code} | {row.ran.wall:.1f} "
+                   f"| {row.attempts} | {row.redone} | {row.global_batch or '-'} | {_cell(row.cause)} "
+                   f"| {'yes' if row.cause_right else 'no'} |")
+    return "\n".join(out)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def summary(rows: list[Row]) -> list[str]:
+    lines = []
+    for runner in ("torchrun", TORCHRUN_UNSHARED, "guardrun"):
+        mine = [r for r in rows if r.runner == runner and r.scenario.name != "reference"]
+        if not mine:
+            continue
+        finishable = [r for r in mine if r.scenario.can_finish]
+        hung = [r.scenario.name for r in mine if r.ran.code is None]
+        lines.append(f"- {runner}: finished {sum(r.finished for r in finishable)}/{len(finishable)} "
+                     f"(of the faulty scenarios that can finish), cause right {sum(r.cause_right for r in mine)}"
+                     f"/{len(mine)}, {sum(r.attempts for r in mine)} attempts, "
+                     f"{sum(r.redone for r in mine)} steps redone, {sum(r.ran.wall for r in mine):.0f} s in all"
+                     + (f"; hung (stopped by the bench after the timeout): {', '.join(hung)}" if hung else ""))
+    pairs = {(r.scenario.name, r.runner): r for r in rows}
+    ref_t, ref_g = pairs.get(("reference", "torchrun")), pairs.get(("reference", "guardrun"))
+    if ref_t and ref_g and ref_t.ran.wall > 0:
+        lines.append(f"- no fault: guardrun / torchrun wall time = {ref_g.ran.wall / ref_t.ran.wall:.2f} "
+                     f"({ref_g.ran.wall:.1f} s / {ref_t.ran.wall:.1f} s)")
+    for row in rows:
+        for note in row.notes:
+            lines.append(f"- {row.scenario.name}, {row.runner}: {note}")
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", default="", help="comma-separated scenario names")
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds per run before the bench stops it")
+    parser.add_argument("--keep", help="keep each run's folder (journal, output) under this directory")
+    args = parser.parse_args()
+    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    rows: list[Row] = []
+    base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="guardrun-scenarios-"))
+    for scenario in chosen:
+        runners = [("torchrun", run_torchrun)]
+        if scenario.restarts:
+            runners.append(("torchrun-unshared", lambda *a: run_torchrun(*a, unshared=True)))
+        runners.append(("guardrun", run_guardrun))
+        for runner, call in runners:
+            print(f"scenarios: {scenario.name} under {runner} ...", file=sys.stderr, flush=True)
+            row = call(scenario, base / scenario.name / runner, args.timeout)
+            print(f"scenarios:   {'finished' if row.finished else 'not finished'} in {row.ran.wall:.1f} s, "
+                  f"{row.attempts} attempt(s), cause {row.cause}", file=sys.stderr, flush=True)
+            rows.append(row)
+    print("### Five field situations: torchrun --max-restarts 3 against guardrun\n")
+    print(f"Runners: `torchrun` as shipped; `{TORCHRUN_UNSHARED}` (torch's opt-out of the rendezvous "
+          "store that torchrun shares with its workers, whose stale keys break its restarts here; only where "
+          "it restarts); `guardrun` with the default ladder and `success: {regex: 'finished at step'}`. All three have 3 restarts. A run still going "
+          f"after {args.timeout:g} s is stopped by the bench (exit `timeout`).\n")
+    print(f"The HF Trainer test script, 2 CPU ranks, {MAX_STEPS} steps, a checkpoint every "
+          f"{COMMON['save_steps']}, global batch {PER_DEVICE * RANKS}. `finished`: exit 0, the trainer says "
+          f"it finished at step {MAX_STEPS}, and its last loss is finite. `steps redone`: steps trained "
+          "more than once. `reported cause`: torchrun's final ChildFailedError block (root cause); "
+          "guardrun's attempt kinds in order (and its root cause when it gave up).\n")
+    print(table(rows))
+    print()
+    print("\n".join(summary(rows)))
+    left = [r for r in rows if r.ran.left]
+    if not args.keep:
+        shutil.rmtree(base, ignore_errors=True)
+    return 1 if left else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
