@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from guardrun.supervisor.proctree import environ_pids
+
 TAG = "GUARDRUN_BENCH_TAG"
 
 
@@ -24,23 +26,8 @@ def new_tag() -> str:
 
 
 def tagged_pids(tag: str) -> list[int]:
-    """Live (not zombie) processes whose environment carries `tag`."""
-    needle = f"{TAG}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if needle not in handle.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z":
-            found.append(int(entry))
-    return found
+    """Live processes whose environment carries `tag` (a zombie's environ reads empty)."""
+    return sorted(environ_pids({f"{TAG}={tag}".encode()}))
 
 
 def leftovers(tag: str, timeout: float = 10.0) -> list[int]:

@@ -23,7 +23,7 @@ from guardrun.launcher.gpus import GpuProcess, GpuReading
 from guardrun.launcher.units import format_bytes
 
 from .clock import Clock
-from .proctree import GONE
+from .proctree import GONE, environ_pids
 
 try:
     import pynvml
@@ -186,18 +186,7 @@ def tagged_pids(job: str, proc_root: str = "/proc", attempt: int | None = None,
     needles = {b"GUARDRUN_JOB=" + job.encode()}
     if attempt is not None:
         needles.add(b"GUARDRUN_ATTEMPT=%d" % attempt)
-    found = set()
-    for pid in _pid_entries(proc_root) if pids is None else pids:
-        if pid == os.getpid():
-            continue
-        try:
-            with open(f"{proc_root}/{pid}/environ", "rb") as handle:
-                variables = set(handle.read().split(b"\0"))
-        except _SKIP:
-            continue
-        if needles <= variables:
-            found.add(pid)
-    return found
+    return environ_pids(needles, proc_root, pids)
 
 
 def gpu_holders(pids_or_all: Iterable[int] | None, proc_root: str = "/proc") -> dict[int, tuple[str, ...]]:

@@ -51,12 +51,13 @@ class ProcfsMemory:
         self._trees: dict[int | None, ProcTree] = {}
 
     def sample_tree(self, root_pid: int | None, adopter: int | None = None,
-                    exclude: Iterable[int] = ()) -> TreeSample:
-        """Walk the tree and read each process's statm in the same pass."""
+                    exclude: Iterable[int] = (), reuse: bool = True) -> TreeSample:
+        """Walk the tree and read each process's statm in the same pass (`reuse`: only
+        the statm of the pids known, while no pid was handed out; see ProcTree.walk)."""
         tree = self._trees.get(adopter)
         if tree is None:
             tree = self._trees[adopter] = ProcTree(self.proc_root, adopter, self.children_files)
-        walk = tree.walk(root_pid, exclude, probe=self._anon, reuse=True)
+        walk = tree.walk(root_pid, exclude, probe=self._anon, reuse=reuse)
         return TreeSample(walk.live, sum(walk.values))
 
     def pss(self, pids: Iterable[int]) -> int:

@@ -367,3 +367,25 @@ class ProcTree:
                 zombies.append(pid)
             links.setdefault(int(rest[2:rest.index(b" ", 2)]), []).append(pid)
         return links, frozenset(zombies)
+
+
+def environ_pids(needles: Iterable[bytes], proc_root: str = "/proc",
+                 pids: Iterable[int] | None = None) -> set[int]:
+    """Processes (of `pids`, default all) whose environment holds every `NAME=value` of
+    `needles`, this process excluded. A zombie's environ reads empty, so only live
+    processes match; another user's is unreadable and skipped."""
+    wanted = set(needles)
+    if pids is None:
+        pids = [int(name) for name in os.listdir(proc_root) if name.isdigit()]
+    found = set()
+    for pid in pids:
+        if pid == os.getpid():
+            continue
+        try:
+            with open(f"{proc_root}/{pid}/environ", "rb") as handle:
+                variables = set(handle.read().split(b"\0"))
+        except GONE + (PermissionError, NotADirectoryError):
+            continue
+        if wanted <= variables:
+            found.add(pid)
+    return found

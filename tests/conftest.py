@@ -15,26 +15,14 @@ from pathlib import Path
 
 import pytest
 
+from guardrun.supervisor.proctree import environ_pids
+
 TAG = "GUARDRUN_TEST_TAG"
 
 
 def tagged_pids(tag: str) -> list[int]:
-    needle = f"{TAG}={tag}".encode()
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit() or int(entry) == os.getpid():
-            continue
-        try:
-            with open(f"/proc/{entry}/environ", "rb") as handle:
-                if needle not in handle.read().split(b"\0"):
-                    continue
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                state = handle.read().rsplit(b")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != b"Z":
-            found.append(int(entry))
-    return found
+    """Live processes carrying the test's tag (a zombie's environ reads empty)."""
+    return sorted(environ_pids({f"{TAG}={tag}".encode()}))
 
 
 def wait_until(predicate, timeout: float, interval: float = 0.02, what: str = "condition"):
