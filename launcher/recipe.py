@@ -68,6 +68,7 @@ class Limits:
     min_available: Size | None = None  # MemAvailable floor for the whole machine
     vram: Size | None = None           # per GPU; a percent of that GPU's memory
     hang_after: float | None = None    # seconds without progress
+    gpu_release: float = 120.0         # seconds to wait for the last attempt's GPU memory
 
 
 @dataclass(frozen=True)
@@ -343,6 +344,7 @@ LIMITS = (
     Field("min_available", size(), default=None),
     Field("vram", size(), default=None),
     Field("hang_after", duration(positive=True), default=None),
+    Field("gpu_release", duration(positive=True), default=Limits.gpu_release),
 )
 RESTARTS = (
     Field("max", integer(0), default=Restarts.max),

@@ -24,7 +24,6 @@ from .signals import Requests, wait_unless_stopped
 #: driver frees a context within a second of the last fd closing (an H100 here); a
 #: process stuck in the driver (D state, Xid) never lets go, and waiting longer would
 #: only hide it: guardrun gives up naming it.
-RELEASE_TIMEOUT = 120.0
 #: Seconds between two looks at the GPUs while waiting for enough to be free.
 PICK_EVERY = 5.0
 
@@ -164,7 +163,7 @@ class GpuGuard:
         Returns why to give up (naming the stuck pids), or "" to go on."""
         nvml_pids = self._last.job_pids if self._last else set()
         release = wait_gpus_released(
-            self.recipe.name, self.clock, RELEASE_TIMEOUT, self.source, nvml_pids, self.proc_root,
+            self.recipe.name, self.clock, self.recipe.limits.gpu_release, self.source, nvml_pids, self.proc_root,
             stop=lambda: self.requests.stop,
             on_wait=lambda held, waited: self.console.status(
                 f"waiting for the last attempt's GPU memory to be released ({waited:.0f}s): "
@@ -173,7 +172,8 @@ class GpuGuard:
                   stuck={str(pid): why for pid, why in release.stuck.items()})
         if release.stuck and not self.requests.stop:
             return (f"GPU memory still held {release.waited:.0f}s after the last attempt ended: "
-                    f"{_held_text(release.stuck)}; stop these processes (or reset the GPU) and run again")
+                    f"{_held_text(release.stuck)}; stop these processes (or reset the GPU) and run "
+                    f"again, or wait longer with limits.gpu_release")
         return ""
 
 

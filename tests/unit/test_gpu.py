@@ -185,6 +185,25 @@ def test_wait_times_out_naming_the_stuck_pid(tmp_path):
     assert release.stuck == {400: "has /dev/nvidia3 open"} and release.waited == pytest.approx(10)
 
 
+def test_the_guard_waits_as_long_as_the_recipe_says_then_names_the_stuck_pid(tmp_path):
+    from guardrun.supervisor.gpuwatch import GpuGuard
+    from guardrun.supervisor.signals import Requests
+    recipe = make_recipe(tmp_path, """
+        launcher: python
+        script: train.py
+        limits: {gpu_release: 7s}
+        """)
+    proc = tmp_path / "proc"
+    fake_proc(proc, 400, {4: "/dev/nvidia3"}, env={"GUARDRUN_JOB": recipe.name, "GUARDRUN_ATTEMPT": "1"})
+    events = []
+    guard = GpuGuard(FakeGpuSource(), recipe, FakeClock(), Console(io.StringIO(), tty=False),
+                     lambda event, **fields: events.append((event, fields)), Requests(), str(proc))
+    why = guard.await_release()
+    assert why.startswith("GPU memory still held 7s after the last attempt ended: pid 400 has /dev/nvidia3")
+    assert "limits.gpu_release" in why
+    assert events[-1][0] == "gpu.stuck" and events[-1][1]["waited"] == pytest.approx(7)
+
+
 def test_no_driver_means_no_source_and_a_reason():
     source, why = open_gpu_source()
     if source is not None:
