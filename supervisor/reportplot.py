@@ -51,10 +51,15 @@ def _by_attempt(points):
     return runs.items()
 
 
+def _steps(ax, points, value, color: str, label: str) -> None:
+    """One step line per attempt (no line across a relaunch), labelled once."""
+    for number, run in _by_attempt(points):
+        ax.plot([p.t for p in run], [value(p) / GIB for p in run], drawstyle="steps-post",
+                color=color, label=label if number == points[0].attempt else None)
+
+
 def _host_tree(ax, report: Report) -> None:
-    for number, points in _by_attempt(report.host):
-        ax.plot([p.t for p in points], [p.tree / GIB for p in points], drawstyle="steps-post",
-                color="#2e7d32", label="job tree (PSS / anon RSS)" if number == report.host[0].attempt else None)
+    _steps(ax, report.host, lambda p: p.tree, "#2e7d32", "job tree (PSS / anon RSS)")
     if report.tree_limit:
         ax.axhline(report.tree_limit / GIB, color=LIMIT, linestyle="--", label="host_memory limit")
     breaches = [m for m in report.markers if m.kind == "breach"]
@@ -66,9 +71,7 @@ def _host_tree(ax, report: Report) -> None:
 
 
 def _host_available(ax, report: Report) -> None:
-    for number, points in _by_attempt(report.host):
-        ax.plot([p.t for p in points], [p.available / GIB for p in points], drawstyle="steps-post",
-                color="#616161", label="MemAvailable" if number == report.host[0].attempt else None)
+    _steps(ax, report.host, lambda p: p.available, "#616161", "MemAvailable")
     if report.min_available:
         ax.axhline(report.min_available / GIB, color=LIMIT, linestyle="--", label="min_available")
 
@@ -76,14 +79,12 @@ def _host_available(ax, report: Report) -> None:
 def _gpu(index: int):
     def draw(ax, report: Report) -> None:
         points = report.gpus[index]
+        _steps(ax, points, lambda p: p.used, "#6a1b9a", f"gpu{index} used")
         for number, run in _by_attempt(points):
-            first = number == points[0].attempt
-            ax.plot([p.t for p in run], [p.used / GIB for p in run], drawstyle="steps-post",
-                    color="#6a1b9a", label=f"gpu{index} used" if first else None)
             limits = [p for p in run if p.limit]
             if limits:
                 ax.plot([p.t for p in limits], [p.limit / GIB for p in limits], color=LIMIT,
-                        linestyle="--", label="vram limit" if first else None)
+                        linestyle="--", label="vram limit" if number == points[0].attempt else None)
         ax.axhline(points[-1].total / GIB, color="#9e9e9e", linestyle=":", label="total")
     return draw
 
