@@ -39,6 +39,7 @@ from pathlib import Path
 
 import psutil
 
+from sampling import JOB
 from tagged import TAG, leftovers, new_tag, run_tagged
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,29 +47,7 @@ GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 TICK = os.sysconf("SC_CLK_TCK")
 TARGETS = {"cpu": 1.0, "rss": 60.0, "signal": 2.0, "relaunch": 1.0}
 
-# The watched job: 63 forked children holding `mb` touched MiB each, blocked on a pipe; the
-# parent prints 'ready' and exits when the bench closes the FIFO it reads.
-TREE = r"""
-import os, sys
-fifo, children, mb = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-block_r, block_w = os.pipe()
-ready_r, ready_w = os.pipe()
-for _ in range(children):
-    if os.fork() == 0:
-        os.close(block_w)
-        held = bytearray(mb << 20)
-        for i in range(0, len(held), 4096):
-            held[i] = 1
-        os.write(ready_w, b"x")
-        os.read(block_r, 1)
-        os._exit(0)
-got = 0
-while got < children:
-    got += len(os.read(ready_r, children - got))
-print("ready", flush=True)
-with open(fifo) as handle:
-    handle.read()
-"""
+# The watched job is bench/sampling.py's fork tree (JOB), released by EOF on a FIFO the bench closes.
 
 # The relaunched job: its start and its exit on CLOCK_MONOTONIC (shared by all processes).
 QUICK_FAIL = r"""
@@ -125,14 +104,14 @@ def recipe(work: Path, body: str) -> Path:
 
 def measure_watching(work: Path, interval: float, window: float, children: int, mb: int) -> Watching:
     work.mkdir(parents=True)
-    (work / "tree.py").write_text(TREE)
+    (work / "tree.py").write_text(JOB)
     fifo = work / "release"
     os.mkfifo(fifo)
     path = recipe(work, f"""
         name: watch
         launcher: python
         script: tree.py
-        args: ["{fifo}", "{children}", "{mb}"]
+        args: ["{children}", "{mb}", "{fifo}"]
         limits: {{host_memory: 16GiB}}
         monitor: {{interval: {interval}}}
         restarts: {{max: 0}}

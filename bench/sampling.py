@@ -29,6 +29,7 @@ from guardrun.supervisor.memory import ProcfsMemory
 JOB = r"""
 import os, sys
 children, mb = int(sys.argv[1]), int(sys.argv[2])
+fifo = sys.argv[3] if len(sys.argv) > 3 else None  # bench/overhead.py: EOF on it ends the job
 block_r, block_w = os.pipe()
 ready_r, ready_w = os.pipe()
 for _ in range(children):
@@ -44,7 +45,11 @@ got = 0
 while got < children:
     got += len(os.read(ready_r, children - got))
 print("ready", flush=True)
-os.read(block_r, 1)
+if fifo:
+    with open(fifo) as handle:
+        handle.read()
+else:
+    os.read(block_r, 1)
 """
 
 
