@@ -34,11 +34,11 @@ import tempfile
 import textwrap
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import psutil
 
+from guardrun.supervisor.reportdata import seconds
 from sampling import JOB
 from tagged import TAG, leftovers, new_tag, run_tagged
 
@@ -211,17 +211,13 @@ def measure_relaunch(work: Path, restarts: int) -> tuple[dict[str, list[float]],
     evts = events(work / "state" / "relaunch")
     stopped = [e for e in evts if e["event"] == "guardrun.attempt.stopped"]
     spawned = [e for e in evts if e["event"] == "guardrun.attempt.spawned"]
-    journal = [_ts(nxt["ts"]) - _ts(cur["ts"]) for cur, nxt in zip(stopped, spawned[1:])]
+    journal = [seconds(nxt["ts"]) - seconds(cur["ts"]) for cur, nxt in zip(stopped, spawned[1:])]
     torch = run_tagged([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1",
                         "--nproc-per-node", "1", "--max-restarts", str(restarts), str(script)],
                        dict(os.environ), timeout=300)
     return ({"guardrun: tree gone -> next exec (journal)": journal,
              "guardrun: job exit -> next job start": gaps(guard.output),
              "torchrun: job exit -> next job start": gaps(torch.output)}, [*guard.left, *torch.left])
-
-
-def _ts(text: str) -> float:
-    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
 
 
 def verdict(ok: bool) -> str:
