@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Mapping
 from guardrun.launcher.units import format_bytes
 
 from . import cgroup
-from .gpu import GpuError, GpuSource, open_gpu_source
+from .gpu import GpuError, GpuSource, QueryChoice, driver_version as nvml_driver_version, open_gpu_source
 from .stacks import find_py_spy
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
@@ -88,28 +88,32 @@ def gpu_checks(machine: Machine, gpus: GpuSource | None | str = "detect",
         holders = {r.index: gpus.processes(r.index) for r in readings}
     except GpuError as err:
         return [Check(FAIL, "gpu", f"NVML failed: {err}", "check `nvidia-smi`; a GPU may have fallen off the bus")]
+    query = gpus.process_query
+    unknown = query is not None and query.query is None  # no process list: "idle" would be a guess
     checks = []
     for reading in readings:
         users = [f"pid {p.pid} ({_owner(machine.proc, p.pid)}"
                  + (f", {format_bytes(p.used)})" if p.used else ")") for p in holders[reading.index]]
         detail = (f"{reading.name}, {format_bytes(reading.free)} free of {format_bytes(reading.total)}"
-                  + (f"; used by {', '.join(users)}" if users else ", idle"))
+                  + (f"; used by {', '.join(users)}" if users else ", processes unknown" if unknown else ", idle"))
         busy = bool(users)
         checks.append(Check(WARN if busy else OK, f"gpu {reading.index}", detail,
                             "busy: `gpus: N` in a recipe picks free GPUs" if busy else ""))
-    version = (driver_version or _nvml_driver_version)()
+    if query is not None:
+        checks.append(process_query_check(query))
+    version = (driver_version or nvml_driver_version)()
     checks.append(Check(OK, "driver", f"NVIDIA driver {version} (NVML)") if version else
                   Check(WARN, "driver", "NVML did not report a driver version", "check `nvidia-smi`"))
     return checks
 
 
-def _nvml_driver_version() -> str | None:
-    try:
-        import pynvml
-        version = pynvml.nvmlSystemGetDriverVersion()
-    except Exception:  # noqa: BLE001 - any NVML trouble means "unknown" here
-        return None
-    return version.decode() if isinstance(version, bytes) else str(version)
+def process_query_check(choice: QueryChoice) -> Check:
+    """Which of NVML's process queries this driver answers (`_v3` needs R510 or newer)."""
+    if choice.query is not None:
+        return Check(OK, "gpu processes", choice.note)
+    return Check(WARN, "gpu processes", choice.note,
+                 "VRAM is watched per GPU, but guardrun cannot tell the job's GPU processes from others' "
+                 "(picking free GPUs, waiting for their release): update the NVIDIA driver")
 
 
 def _owner(proc: Path, pid: int) -> str:

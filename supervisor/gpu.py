@@ -3,6 +3,8 @@
 - A `GpuSource` gives per-GPU memory and the processes with a context on each GPU.
   `NvmlSource` is the real one (nvidia-ml-py, `import pynvml`, initialised once);
   tests.fakes.FakeGpuSource stands in for it where there is no GPU (CI).
+- `running_processes` asks the newest process query the driver has (`_v3`, then `_v2`,
+  then the v1 one), each with its own entry struct, and remembers the one that answered.
 - `gpu_holders` scans /proc/*/fd for /dev/nvidia*: GPU memory stays held while any
   process keeps the device open, and a forked DataLoader worker that inherited the fds
   is invisible to NVML (FIELD_NOTES). `wait_gpus_released` waits, on the injected clock,
@@ -15,6 +17,7 @@ The procfs root is a parameter so tests can hand over a fake /proc in a temp dir
 """
 from __future__ import annotations
 
+import ctypes
 import os
 from dataclasses import dataclass, field
 from typing import Callable, Collection, Iterable, Protocol
@@ -30,6 +33,21 @@ try:
 except ImportError:  # nvidia-ml-py is a dependency, but guardrun must run without it
     pynvml = None
 
+
+def _nvml_errors() -> tuple[type[Exception], ...]:
+    """Every exception type pynvml defines: NVMLError (with its per-code subclasses) and
+    those beside it. NVMLLibraryMismatchError (nvidia-ml-py >= 12.550, for an unversioned
+    function whose newest symbol the library lacks) is not an NVMLError: catching NVMLError
+    alone let it end `run` and `doctor` in a traceback (issue 12)."""
+    if pynvml is None:
+        return ()
+    own = [value for value in vars(pynvml).values() if isinstance(value, type)
+           and issubclass(value, Exception) and value.__module__ == pynvml.__name__]
+    return tuple(v for v in own if v is pynvml.NVMLError or not issubclass(v, pynvml.NVMLError))
+
+
+NVML_ERRORS = _nvml_errors()
+
 #: Unreadable /proc entries: the process exited, or it is another user's.
 _SKIP = GONE + (PermissionError, NotADirectoryError)
 
@@ -39,6 +57,9 @@ class GpuError(RuntimeError):
 
 
 class GpuSource(Protocol):
+    #: Which process query the driver answered (None until processes() was first asked).
+    process_query: QueryChoice | None
+
     def devices(self) -> list[GpuReading]:
         """Every GPU, in NVML index order."""
 
@@ -70,7 +91,7 @@ class NvmlSource:
             self._handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
             self._names = [(_text(pynvml.nvmlDeviceGetUUID(h)), _text(pynvml.nvmlDeviceGetName(h)))
                            for h in self._handles]
-        except pynvml.NVMLError as err:
+        except NVML_ERRORS as err:
             raise GpuError(str(err)) from None
         self._pids = NamespacePids(proc_root)
 
@@ -79,7 +100,7 @@ class NvmlSource:
         for index, handle in enumerate(self._handles):
             try:
                 memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
-            except pynvml.NVMLError as err:
+            except NVML_ERRORS as err:
                 raise GpuError(f"gpu{index}: {err}") from None
             # v1 `used` counts the driver's reservation (480 MiB on an idle H100, where
             # nvidia-smi, using v2, says 0): total - free is what an allocation can get.
@@ -88,13 +109,17 @@ class NvmlSource:
         return out
 
     def processes(self, index: int) -> list[GpuProcess]:
+        """The compute processes on GPU `index`; [] for good when the driver has no
+        process query guardrun can read (see `process_query`)."""
         try:
-            found = pynvml.nvmlDeviceGetComputeRunningProcesses(self._handles[index])
-        except pynvml.NVMLError as err:
+            found = running_processes(self._handles[index])
+        except NVML_ERRORS as err:
             raise GpuError(f"gpu{index}: {err}") from None
-        # usedGpuMemory is None where NVML cannot attribute memory (the binding maps
-        # NVML_VALUE_NOT_AVAILABLE to None: MIG, Windows WDDM, some containers).
-        return [GpuProcess(self._pids.local(p.pid), p.usedGpuMemory) for p in found]
+        return [GpuProcess(self._pids.local(pid), used) for pid, used in found]
+
+    @property
+    def process_query(self) -> QueryChoice | None:
+        return _choice
 
 
 _initialised = False
@@ -105,6 +130,16 @@ def _init_once() -> None:
     if not _initialised:
         pynvml.nvmlInit()
         _initialised = True
+
+
+def driver_version() -> str | None:
+    """The driver version NVML reports, or None (no NVML, or it failed). Never raises."""
+    if pynvml is None:
+        return None
+    try:
+        return _text(pynvml.nvmlSystemGetDriverVersion())
+    except NVML_ERRORS:
+        return None
 
 
 def _text(value: str | bytes) -> str:
@@ -123,6 +158,96 @@ def open_gpu_source(proc_root: str = "/proc") -> tuple[NvmlSource | None, str]:
         return None, "no GPU: NVML lists none"
     names = sorted({r.name for r in readings})
     return source, f"{len(readings)} GPU(s): {', '.join(names)}"
+
+
+# -- the running-process query, by driver age ----------------------------------------------
+
+class _ProcessInfoV1(ctypes.Structure):
+    """nvmlProcessInfo_v1_t, the entry of the unversioned (v1) query: 16 bytes."""
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong)]
+
+
+class _ProcessInfoV2(ctypes.Structure):
+    """nvmlProcessInfo_v2_t, the entry of both `_v2` (R450, MIG) and `_v3` (R510): 24 bytes.
+    Our own copy, so the layout does not move with the binding's release: nvidia-ml-py's
+    `_v3` struct changed around the 535 drivers and read scrambled pids (nvitop#75; hence
+    also the pin in setup.cfg)."""
+    _fields_ = [("pid", ctypes.c_uint), ("usedGpuMemory", ctypes.c_ulonglong),
+                ("gpuInstanceId", ctypes.c_uint), ("computeInstanceId", ctypes.c_uint)]
+
+
+@dataclass(frozen=True)
+class ProcessQuery:
+    version: str
+    symbol: str
+    entry: type[ctypes.Structure]
+    note: str  # what doctor says when it is the one in use
+
+
+#: Newest first, as nvitop falls back. nvidia-ml-py maps the unversioned name to `_v3`,
+#: which drivers before R510 lack; the v1 symbol is the unversioned one itself.
+QUERIES = (
+    ProcessQuery("v3", "nvmlDeviceGetComputeRunningProcesses_v3", _ProcessInfoV2, "NVML's v3 query"),
+    ProcessQuery("v2", "nvmlDeviceGetComputeRunningProcesses_v2", _ProcessInfoV2,
+                 "driver before R510, using the v2 query"),
+    ProcessQuery("v1", "nvmlDeviceGetComputeRunningProcesses", _ProcessInfoV1,
+                 "driver before R450, using the v1 query"),
+)
+
+_NOT_AVAILABLE = (1 << 64) - 1  # NVML_VALUE_NOT_AVAILABLE: MIG, Windows WDDM, some containers
+
+
+@dataclass(frozen=True)
+class QueryChoice:
+    """The process query this driver answered, or None and why none did."""
+    query: ProcessQuery | None
+    why: str = ""
+
+    @property
+    def note(self) -> str:
+        return self.query.note if self.query else f"unavailable: {self.why}"
+
+
+_choice: QueryChoice | None = None  # once per process: the driver does not change under us
+
+
+def running_processes(handle) -> list[tuple[int, int | None]]:
+    """(pid, used bytes or None) of each compute process on the GPU, through the newest
+    query the driver has. A query whose symbol is missing is skipped and the first that
+    answers is remembered; when none exists, [] from then on (GPUs are still read, only
+    per-process attribution is lost). Other NVML errors are raised (pynvml's types)."""
+    global _choice
+    if _choice is not None:
+        return _query(_choice.query, handle) if _choice.query else []
+    missing = None
+    for query in QUERIES:
+        try:
+            found = _query(query, handle)
+        except pynvml.NVMLError_FunctionNotFound as err:  # a driver older than this query
+            missing = err
+            continue
+        _choice = QueryChoice(query)
+        return found
+    _choice = QueryChoice(None, f"the driver's NVML has neither {QUERIES[0].symbol}, _v2 nor the v1 one ({missing})")
+    return []
+
+
+def _query(query: ProcessQuery, handle) -> list[tuple[int, int | None]]:
+    """One call of `query`, sized as NVML wants: ask for the count, then fill an array
+    with room to spare (processes start between the two calls)."""
+    # pynvml's own lookup: cached, and NVMLError_FunctionNotFound for a missing symbol.
+    function = pynvml._nvmlGetFunctionPointer(query.symbol)  # noqa: SLF001
+    count, entries = ctypes.c_uint(0), None
+    for _ in range(3):
+        ret = function(handle, ctypes.byref(count), entries)
+        if ret == pynvml.NVML_SUCCESS:
+            listed = entries[:count.value] if entries is not None else []
+            return [(e.pid, None if e.usedGpuMemory == _NOT_AVAILABLE else e.usedGpuMemory) for e in listed]
+        if ret != pynvml.NVML_ERROR_INSUFFICIENT_SIZE:
+            raise pynvml.NVMLError(ret)
+        count.value = count.value * 2 + 5
+        entries = (query.entry * count.value)()
+    raise pynvml.NVMLError(pynvml.NVML_ERROR_INSUFFICIENT_SIZE)
 
 
 # -- pid namespaces ---------------------------------------------------------------------

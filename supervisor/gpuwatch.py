@@ -91,6 +91,7 @@ class GpuGuard:
         self.source, self.recipe, self.clock, self.console = source, recipe, clock, console
         self.emit, self.requests, self.proc_root = emit, requests, proc_root
         self._last: GpuMonitor | None = None
+        self._query_noted = False
 
     def choose(self) -> Pick:
         """The GPUs for this run: `gpus: N` picks, waiting up to `wait_for_gpus`;
@@ -100,6 +101,7 @@ class GpuGuard:
         except GpuError as err:
             self.console.say(f"NVML failed, GPUs not checked: {err}")
             return Pick(None)
+        self._note_process_query()
         allowed = allowed_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), current.readings)
         own = tagged_pids(self.recipe.name, self.proc_root)
         wanted = self.recipe.gpus
@@ -145,13 +147,27 @@ class GpuGuard:
         """Sleep in short steps so a Ctrl-C is acted on at once; False when asked to stop."""
         return wait_unless_stopped(self.clock, self.requests, seconds)
 
+    def _note_process_query(self) -> None:
+        """Journal once which process query the driver answered; say so when none did,
+        since then the job's GPU processes cannot be told from others'."""
+        choice = self.source.process_query
+        if choice is None or self._query_noted:
+            return
+        self._query_noted = True
+        self.emit("gpu.processes", query=choice.query.version if choice.query else None, detail=choice.note)
+        if choice.query is None:
+            self.console.say(f"GPU process list {choice.note}; VRAM is watched per GPU, "
+                             "without telling the job's processes from others'")
+
     def monitor(self, attempt: int, gpu_ids) -> GpuMonitor:
+        self._note_process_query()  # in case choose() could not ask (NVML failed then)
         self._last = GpuMonitor(self.source, self.recipe.name, attempt, self.recipe.limits.vram,
                                 gpu_ids or (), self.proc_root)
         return self._last
 
     def attempt_ended(self) -> None:
         """Journal the attempt's VRAM peaks."""
+        self._note_process_query()
         monitor = self._last
         if monitor is not None and monitor.peaks:
             self.emit("vram.peak", attempt=monitor.attempt,

@@ -70,12 +70,14 @@ class FakeGpuSource:
     function the test controls, so a test can make VRAM rise when its job says so.
 
     `used(index)` gives GPU `index`'s used bytes at each call of devices();
-    `procs` maps a GPU index to its processes; `fail` makes every call raise GpuError.
+    `procs` maps a GPU index to its processes; `fail` makes every call raise GpuError;
+    `process_query` is the supervisor.gpu.QueryChoice it reports (None: not asked yet).
     """
 
     def __init__(self, count: int = 1, total: int = 80 << 30, used=None, procs=None,
-                 name: str = "Fake H100"):
+                 name: str = "Fake H100", process_query=None):
         self.count, self.total, self.name = count, total, name
+        self.process_query = process_query
         self.used = used or (lambda index: 0)
         self.procs = procs if procs is not None else {}
         self.fail = ""

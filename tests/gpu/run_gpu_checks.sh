@@ -3,7 +3,9 @@
 #   - NVML sees a real torch process; its memory is waited for after a kill;
 #   - an orphaned worker that still holds /dev/nvidia* is named;
 #   - a torch job growing VRAM past limits.vram is stopped (cuda_oom), reaction time printed;
-#   - a real CUDA OOM is classified cuda_oom, the ladder halves the micro-batch, the job finishes.
+#   - a real CUDA OOM is classified cuda_oom, the ladder halves the micro-batch, the job finishes;
+#   - NVML's process queries (_v3, _v2, v1) read the same entries; with _v3 (then _v2) hidden,
+#     guardrun and doctor fall back and still see the job (test_nvml_fallback_real.py).
 # Needs guardrun installed (pip install -e .), torch with CUDA, pytest. PYTHON picks the interpreter.
 set -u
 cd "$(dirname "$0")/../.."

@@ -13,6 +13,7 @@ from guardrun.launcher.units import GIB
 from guardrun.supervisor import doctor
 from guardrun.supervisor.cli import main
 from guardrun.supervisor.doctor import FAIL, OK, WARN, Machine
+from guardrun.supervisor.gpu import QUERIES, QueryChoice
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import FakeGpuSource  # noqa: E402
@@ -96,6 +97,24 @@ def test_a_loaded_driver_that_nvml_cannot_reach_fails(tmp_path):
     checks = doctor.gpu_checks(box, None)
     assert checks[0].status == FAIL and "driver/library version mismatch" in checks[0].fix
     assert doctor.exit_code(doctor.run(box, None, lambda: None, lambda: None)) == 1
+
+
+def test_an_old_driver_says_which_process_query_it_answers(tmp_path):
+    source = FakeGpuSource(process_query=QueryChoice(QUERIES[1]), procs={0: [GpuProcess(4242, GIB)]})
+    got = lines(doctor.gpu_checks(machine(tmp_path), source, lambda: "470.256.02"))
+    assert got["gpu processes"] == (OK, "driver before R510, using the v2 query", "")
+    assert got["gpu 0"][1].endswith("used by pid 4242 (another container or user, 1.0 GiB)")
+
+
+def test_no_process_query_is_a_warning_and_no_gpu_is_called_idle(tmp_path):
+    source = FakeGpuSource(process_query=QueryChoice(None, "the driver's NVML has neither ..."))
+    checks = doctor.gpu_checks(machine(tmp_path), source, lambda: "418.87.01")
+    got = lines(checks)
+    assert got["gpu 0"] == (OK, "Fake H100, 80.0 GiB free of 80.0 GiB, processes unknown", "")
+    status, detail, fix = got["gpu processes"]
+    assert (status, detail) == (WARN, "unavailable: the driver's NVML has neither ...")
+    assert "VRAM is watched per GPU" in fix and "update the NVIDIA driver" in fix
+    assert doctor.exit_code(checks) == 0
 
 
 def test_memory_pressure_swap_and_undelegated_cgroup(tmp_path):

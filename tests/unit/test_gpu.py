@@ -2,17 +2,21 @@
 the watch and loop driven by FakeGpuSource."""
 from __future__ import annotations
 
+import ctypes
 import io
 import json
 import os
+import struct
 import sys
 import textwrap
 
+import pynvml
 import pytest
 
 from guardrun.launcher.failures import Kind
 from guardrun.launcher.gpus import GpuProcess, GpuReading, allowed_indices, check_explicit, pick_gpus
 from guardrun.launcher.units import GIB, parse_size
+from guardrun.supervisor import gpu as gpu_module
 from guardrun.supervisor import loop as loop_module
 from guardrun.supervisor.clock import MonotonicClock
 from guardrun.supervisor.console import Console
@@ -333,3 +337,101 @@ def test_wait_for_gpus_gives_up_after_the_wait(tmp_path, state_dir, monkeypatch)
     assert code == 1
     assert ("giving up: not enough free GPUs after waiting 30s: 1 of 2 GPU(s) free, 2 needed: "
             "gpu1 is used by pid 999999") in text
+
+
+# -- NVML's process query on old drivers (the real library path: tests/faults/test_nvml_old_driver.py)
+
+V3, V2, V1 = ("nvmlDeviceGetComputeRunningProcesses_v3", "nvmlDeviceGetComputeRunningProcesses_v2",
+              "nvmlDeviceGetComputeRunningProcesses")
+#: The entries as NVML's headers lay them out, packed here independently of gpu.py's structs.
+LAYOUT = {V3: "=I4xQII", V2: "=I4xQII", V1: "=I4xQ"}
+QUERY_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(ctypes.c_uint), ctypes.c_void_p)
+
+
+class FakeNvml:
+    """pynvml's symbol lookup answering from C-callable fakes: `lists[symbol]` gives, per call,
+    the processes the driver has then ((pid, used) pairs); a symbol not in it is missing."""
+
+    def __init__(self, monkeypatch, lists, fail: int = 0):
+        self.lists, self.fail, self.looked_up, self._keep = lists, fail, [], {}
+        monkeypatch.setattr(gpu_module, "_choice", None)
+        monkeypatch.setattr(pynvml, "_nvmlGetFunctionPointer", self.lookup)
+
+    def lookup(self, name):
+        self.looked_up.append(name)
+        if name not in self.lists:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+        return self._keep.setdefault(name, QUERY_FN(lambda handle, count, entries: self.call(name, count, entries)))
+
+    def call(self, name, count, entries) -> int:
+        if self.fail:
+            return self.fail
+        running = self.lists[name]() if callable(self.lists[name]) else self.lists[name]
+        if entries is None or count[0] < len(running):
+            count[0] = len(running)
+            return pynvml.NVML_SUCCESS if not running else pynvml.NVML_ERROR_INSUFFICIENT_SIZE
+        size = struct.calcsize(LAYOUT[name])
+        for i, (pid, used) in enumerate(running):
+            extra = (0xFFFFFFFF, 0xFFFFFFFF) if name != V1 else ()
+            ctypes.memmove(entries + i * size, struct.pack(LAYOUT[name], pid, used, *extra), size)
+        count[0] = len(running)
+        return pynvml.NVML_SUCCESS
+
+
+NOT_AVAILABLE = (1 << 64) - 1
+
+
+def test_process_query_falls_back_to_v2_and_remembers_it(monkeypatch):
+    nvml = FakeNvml(monkeypatch, {V2: [(11, GIB), (12, NOT_AVAILABLE)]})
+    assert gpu_module.running_processes(None) == [(11, GIB), (12, None)]
+    assert nvml.looked_up == [V3, V2]
+    assert gpu_module._choice.note == "driver before R510, using the v2 query"
+    assert gpu_module.running_processes(None) == [(11, GIB), (12, None)]
+    assert nvml.looked_up == [V3, V2, V2]  # v3 is not asked again
+
+
+def test_v1_entries_are_read_with_the_16_byte_struct(monkeypatch):
+    FakeNvml(monkeypatch, {V1: [(21, 1 * GIB), (22, 2 * GIB), (23, 3 * GIB)]})
+    assert gpu_module.running_processes(None) == [(21, GIB), (22, 2 * GIB), (23, 3 * GIB)]
+    assert gpu_module._choice.query.version == "v1"
+
+
+def test_v3_is_used_when_the_driver_has_it(monkeypatch):
+    nvml = FakeNvml(monkeypatch, {V3: [(31, GIB)], V2: [(99, GIB)], V1: [(98, GIB)]})
+    assert gpu_module.running_processes(None) == [(31, GIB)]
+    assert nvml.looked_up == [V3] and gpu_module._choice.note == "NVML's v3 query"
+
+
+def test_processes_started_between_the_two_calls_are_asked_for_again(monkeypatch):
+    counts = iter([2, 12, 12])  # 2 at the sizing call; 12 by the time the array of 9 is passed
+    FakeNvml(monkeypatch, {V3: lambda: [(100 + i, GIB) for i in range(next(counts))]})
+    assert [pid for pid, _used in gpu_module.running_processes(None)] == list(range(100, 112))
+
+
+def test_no_process_query_lists_nothing_and_says_why(monkeypatch):
+    nvml = FakeNvml(monkeypatch, {})
+    assert gpu_module.running_processes(None) == []
+    assert gpu_module._choice.query is None
+    assert gpu_module._choice.note == ("unavailable: the driver's NVML has neither nvmlDeviceGetComputeRunningProcesses_v3, "
+                                       "_v2 nor the v1 one (Function Not Found)")
+    assert gpu_module.running_processes(None) == [] and nvml.looked_up == [V3, V2, V1]
+
+
+def test_a_gpu_error_from_a_found_query_is_raised_and_nothing_is_remembered(monkeypatch):
+    FakeNvml(monkeypatch, {V3: [(1, GIB)]}, fail=pynvml.NVML_ERROR_GPU_IS_LOST)
+    with pytest.raises(pynvml.nvmlExceptionClass(pynvml.NVML_ERROR_GPU_IS_LOST)):
+        gpu_module.running_processes(None)
+    assert gpu_module._choice is None
+
+
+def test_a_library_mismatch_is_no_gpu_not_a_traceback(monkeypatch):
+    """NVMLLibraryMismatchError is not an NVMLError: it must still mean "no GPU"."""
+    def mismatch(*_args):
+        raise pynvml.NVMLLibraryMismatchError("Unversioned function called ...")
+    assert not issubclass(pynvml.NVMLLibraryMismatchError, pynvml.NVMLError)
+    monkeypatch.setattr(gpu_module, "_initialised", False)
+    monkeypatch.setattr(pynvml, "nvmlInit", mismatch)
+    monkeypatch.setattr(pynvml, "nvmlSystemGetDriverVersion", mismatch)
+    source, why = open_gpu_source()
+    assert source is None and why == "no GPU: Unversioned function called ..."
+    assert gpu_module.driver_version() is None
