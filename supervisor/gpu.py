@@ -228,7 +228,8 @@ def running_processes(handle) -> list[tuple[int, int | None]]:
             continue
         _choice = QueryChoice(query)
         return found
-    _choice = QueryChoice(None, f"the driver's NVML has neither {QUERIES[0].symbol}, _v2 nor the v1 one ({missing})")
+    why = f"the driver's NVML has neither {QUERIES[0].symbol}, _v2 nor the v1 one ({missing})"
+    _choice = QueryChoice(None, why)
     return []
 
 

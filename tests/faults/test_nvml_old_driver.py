@@ -50,8 +50,8 @@ int nvmlDeviceGetHandleByIndex_v2(unsigned int i, void **h) {
     *h = &the_gpu;
     return SUCCESS;
 }
-int nvmlDeviceGetName(void *h, char *out, unsigned int n) { (void)h; snprintf(out, n, "Stub GPU"); return SUCCESS; }
-int nvmlDeviceGetUUID(void *h, char *out, unsigned int n) { (void)h; snprintf(out, n, "GPU-stub-0"); return SUCCESS; }
+int nvmlDeviceGetName(void *h, char *out, unsigned int n) { (void)h; snprintf(out, n, "Stub GPU"); return 0; }
+int nvmlDeviceGetUUID(void *h, char *out, unsigned int n) { (void)h; snprintf(out, n, "GPU-stub-0"); return 0; }
 int nvmlDeviceGetMemoryInfo(void *h, memory_v1 *m) {
     (void)h;
     m->total = 80 * GIB; m->used = 3 * GIB; m->free = 77 * GIB;

@@ -361,7 +361,9 @@ class FakeNvml:
         self.looked_up.append(name)
         if name not in self.lists:
             raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
-        return self._keep.setdefault(name, QUERY_FN(lambda handle, count, entries: self.call(name, count, entries)))
+        if name not in self._keep:  # the C callable must outlive the call
+            self._keep[name] = QUERY_FN(lambda handle, count, entries: self.call(name, count, entries))
+        return self._keep[name]
 
     def call(self, name, count, entries) -> int:
         if self.fail:
@@ -412,8 +414,8 @@ def test_no_process_query_lists_nothing_and_says_why(monkeypatch):
     nvml = FakeNvml(monkeypatch, {})
     assert gpu_module.running_processes(None) == []
     assert gpu_module._choice.query is None
-    assert gpu_module._choice.note == ("unavailable: the driver's NVML has neither nvmlDeviceGetComputeRunningProcesses_v3, "
-                                       "_v2 nor the v1 one (Function Not Found)")
+    assert gpu_module._choice.note == ("unavailable: the driver's NVML has neither nvmlDeviceGetComputeRunning"
+                                       "Processes_v3, _v2 nor the v1 one (Function Not Found)")
     assert gpu_module.running_processes(None) == [] and nvml.looked_up == [V3, V2, V1]
 
 
