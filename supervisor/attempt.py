@@ -20,7 +20,7 @@ from . import proc
 from .clock import Clock
 from .console import Console
 from .diagnosis import Diagnosis
-from .extlocks import clear_stale_locks
+from .extlocks import clear_build_locks, extensions_root, find_builds
 from .follow import CheckpointFollower, Seen
 from .gpuwatch import GpuMonitor
 from .memory import ProcfsMemory
@@ -86,8 +86,11 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     tree = proc.ProcTree(adopter=os.getpid())
     peaks = Peaks()
     stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))
+    # Before the kill: which torch extensions the tree is compiling (their locks are its own;
+    # the compiler also goes into the root cause). Cleared once the tree is gone.
+    builds = find_builds(extensions_root(env), tree.pids(popen.pid))
     _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now)
-    clear_stale_locks(env, spawned_at, watch.emit, number)
+    clear_build_locks(extensions_root(env), builds, spawned_at, watch.emit, number)
     if not reader.join(READER_JOIN_TIMEOUT):
         watch.emit("output.still_open", attempt=number)
     progress = reader.progress()
@@ -97,6 +100,7 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
                      progressed=progress.step is not None or progress.loss is not None,
                      attempt=number, last_step=progress.step,
                      incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
+                     building=builds,
                      **(diagnosis.end_facts(reader) if diagnosis else {}))
     return end, peaks
 

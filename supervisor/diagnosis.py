@@ -16,10 +16,11 @@ from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.recipe import Recipe
 
 from .clock import Clock
+from .extlocks import compiling
 from .output import OutputReader
 from .patterns import Patterns
 from .policy import AttemptEnd
-from .rootcause import RootCause, choose, read_error_files, settle
+from .rootcause import RootCause, choose, compile_cause, read_error_files, settle
 from .sentinel import Sentinel
 
 
@@ -68,9 +69,13 @@ class Diagnosis:
 
 def root_cause(end: AttemptEnd, failure: Failure | None, attempt_dir: Path) -> RootCause | None:
     """The classified failure's root cause: error files first, then the output's traceback
-    behind the classifier's evidence; guardrun's own evidence when it stopped the job."""
+    behind the classifier's evidence; guardrun's own evidence when it stopped the job. Host
+    memory exhausted while a compiler of the tree built a torch extension: that build."""
     if failure is None or failure.kind is Kind.INTERRUPTED:
         return None
+    extensions = compiling(end.building)
+    if failure.kind is Kind.HOST_OOM and extensions:
+        return compile_cause(str(failure.kind), extensions, failure.evidence)
     found = choose(read_error_files(attempt_dir), end.traces, evidence=failure.evidence)
     return settle(found, str(failure.kind), failure.evidence,
                   decided_by_guardrun=end.stopped_for is not None)

@@ -119,6 +119,7 @@ class AttemptEnd:
     success_missing: str = ""       # the recipe's success evidence that was not seen, if any
     success_seen: bool = False      # this attempt printed the recipe's success line (and any file is there)
     traces: Sequence = ()           # rootcause.Trace: failure lines with their frames (root cause)
+    building: Sequence = ()         # extlocks.Build: the tree's torch-extension builds at its end
 
 
 def classify(end: AttemptEnd, history: Sequence[Failure] = (),

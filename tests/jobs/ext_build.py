@@ -1,8 +1,11 @@
-"""Acts like a torch JIT extension build: takes the build dir's `lock`, then dies mid-compile
-(SIGKILL, as an OOM kill or a stop would). A later run that finds the lock would wait forever
-in torch; this job says so and exits 3 instead, so the test can tell."""
+"""Acts like a torch JIT extension build killed mid-compile: takes the build dir's `lock`
+(as torch's FileBaton does), starts its `ninja` (argv[0] ninja, cwd the build dir, as
+torch.utils.cpp_extension runs it), then dies by SIGKILL, as an OOM kill of the rank would.
+The orphaned ninja keeps compiling, as a real one does. A later run that finds the lock
+would wait forever in torch; this job says so and exits 3 instead, so the test can tell."""
 import os
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,5 +20,6 @@ if os.environ.get("EXT_BUILD_DONE_MARK") and Path(os.environ["EXT_BUILD_DONE_MAR
     sys.exit(0)
 os.close(os.open(lock, os.O_CREAT | os.O_EXCL))
 Path(os.environ["EXT_BUILD_DONE_MARK"]).touch()
+subprocess.Popen(["ninja", "-c", "import time; time.sleep(120)"], executable=sys.executable, cwd=build)
 print("ext_build: compiling", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
