@@ -236,8 +236,12 @@ def running_processes(handle) -> list[tuple[int, int | None]]:
 def _query(query: ProcessQuery, handle) -> list[tuple[int, int | None]]:
     """One call of `query`, sized as NVML wants: ask for the count, then fill an array
     with room to spare (processes start between the two calls)."""
-    # pynvml's own lookup: cached, and NVMLError_FunctionNotFound for a missing symbol.
-    function = pynvml._nvmlGetFunctionPointer(query.symbol)  # noqa: SLF001
+    # pynvml's own lookup (in every release since 2.285): cached, and NVMLError_FunctionNotFound
+    # for a missing symbol. A binding without it counts as having no query, not a traceback.
+    lookup = getattr(pynvml, "_nvmlGetFunctionPointer", None)
+    if lookup is None:
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
+    function = lookup(query.symbol)
     count, entries = ctypes.c_uint(0), None
     for _ in range(3):
         ret = function(handle, ctypes.byref(count), entries)
