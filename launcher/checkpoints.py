@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -272,18 +273,94 @@ def _deepspeed_tag(path: Path) -> Path | None:
     return tag if tag.is_dir() else None
 
 
+class QuarantineError(Exception):
+    """A checkpoint could not be set aside.
+
+    `refused`: the quarantine folder exists and is not this user's own folder (a symlink,
+    not a directory, another owner): nothing may be moved there. Otherwise the checkpoint
+    dir could not be written (read-only, no permission): the checkpoint stays in place.
+    """
+
+    def __init__(self, message: str, refused: bool) -> None:
+        super().__init__(message)
+        self.refused = refused
+
+
 def quarantine(path: Path, label: str, stamp: str) -> Path:
     """Set a checkpoint aside, never delete it: `<dir>/guardrun-quarantine/checkpoint-40.<label>-<stamp>`.
 
     A rename within one filesystem: atomic, and no byte of the user's data is copied.
-    Returns where it went.
+    The checkpoint dir may be shared and sticky (anyone could plant `guardrun-quarantine`
+    first), so the folder is made 0700 whatever the umask, opened with O_NOFOLLOW and
+    checked to be this uid's directory before anything moves, and the rename goes through
+    the two directory fds held since that check. Returns where it went; QuarantineError
+    when it could not.
     """
     folder = path.parent / QUARANTINE
-    folder.mkdir(exist_ok=True)
-    target = folder / f"{path.name}.{label}-{stamp}"
-    counter = 1
-    while target.exists():
+    try:
+        parent = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError as err:
+        raise QuarantineError(f"cannot open {path.parent}: {err.strerror}", refused=False) from None
+    try:
+        inside = _own_folder(parent, folder)
+        try:
+            name = _free_name(inside, f"{path.name}.{label}-{stamp}")
+            os.rename(path.name, name, src_dir_fd=parent, dst_dir_fd=inside)
+        except OSError as err:
+            raise QuarantineError(f"cannot move {path.name} into {folder}: {err.strerror}",
+                                  refused=False) from None
+        finally:
+            os.close(inside)
+    finally:
+        os.close(parent)
+    return folder / name
+
+
+def _own_folder(parent: int, folder: Path) -> int:
+    """An fd of `folder` (made 0700 if missing) once it is known to be this uid's directory."""
+    created = True
+    try:
+        os.mkdir(QUARANTINE, 0o700, dir_fd=parent)
+    except FileExistsError:
+        created = False
+    except OSError as err:
+        raise QuarantineError(f"cannot create {folder}: {err.strerror}", refused=False) from None
+    try:
+        fd = os.open(QUARANTINE, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=parent)
+    except OSError as err:
+        raise QuarantineError(_not_a_folder(parent, folder, err), refused=True) from None
+    info = os.fstat(fd)
+    if info.st_uid != os.geteuid():
+        os.close(fd)
+        raise QuarantineError(f"{folder} is owned by uid {info.st_uid}, not by this user (uid "
+                              f"{os.geteuid()}): guardrun moves no checkpoint into it; remove it "
+                              f"or rename it", refused=True)
+    if created:
+        os.fchmod(fd, 0o700)  # mkdir's mode is masked by the umask
+    return fd
+
+
+def _not_a_folder(parent: int, folder: Path, err: OSError) -> str:
+    """Why `folder` could not be opened as a directory, for the refusal message."""
+    try:
+        info = os.stat(QUARANTINE, dir_fd=parent, follow_symlinks=False)
+    except OSError:
+        return f"cannot open {folder}: {err.strerror}"
+    if stat.S_ISLNK(info.st_mode):
+        return (f"{folder} is a symlink: guardrun does not follow it (someone may have planted "
+                f"it); remove it, or rename it, and run again")
+    if not stat.S_ISDIR(info.st_mode):
+        return f"{folder} is not a directory: remove it, or rename it, and run again"
+    return f"cannot open {folder}: {err.strerror}"
+
+
+def _free_name(folder: int, base: str) -> str:
+    """`base`, or `base-2`, `-3`, ...: the first name not taken in `folder`."""
+    name, counter = base, 1
+    while True:
+        try:
+            os.stat(name, dir_fd=folder, follow_symlinks=False)
+        except FileNotFoundError:
+            return name
         counter += 1
-        target = folder / f"{path.name}.{label}-{stamp}-{counter}"
-    path.rename(target)
-    return target
+        name = f"{base}-{counter}"

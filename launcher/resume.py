@@ -98,3 +98,24 @@ def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",
         return Adaptation(**same, load_universal=True, notes=tuple(notes))
     notes.append(f"{change}: converting it to a universal checkpoint first")
     return Adaptation(**same, convert=saved.ds_tag, load_universal=True, notes=tuple(notes))
+
+
+def left_in_place(unmoved: Sequence[SetAside], chosen: Checkpoint | None, resume_arg: str | None,
+                  problem: str) -> tuple[str, str]:
+    """(warning, refusal) when checkpoints that should be set aside could not be moved
+    (a read-only checkpoint dir): exactly one of the two is non-empty.
+
+    With the resume path passed explicitly the trainer loads what it is given, so the
+    broken ones left in place are a warning. A script that resumes by itself
+    (`resume_arg: null`) picks the newest by its own rule, and every unmoved one is newer
+    than the pick (`choose`): it could resume the broken one, so the attempt must not start.
+    """
+    names = ", ".join(f"{each.checkpoint.name} ({each.why})" for each in unmoved)
+    if not unmoved:
+        return "", ""
+    if resume_arg is None:
+        return "", (f"could not set aside {names}: {problem}; the script resumes by itself "
+                    f"(checkpoints.resume_arg: null) and could pick it. Make the checkpoint dir "
+                    f"writable, or move it aside by hand")
+    start = f"resuming from {chosen.name}, passed with {resume_arg}" if chosen else "starting from scratch"
+    return f"could not set aside {names}: {problem}; {start}", ""

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Callable
 
 from guardrun.launcher import checkpoints
-from guardrun.launcher.checkpoints import Checkpoint, universal_dir
+from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal_dir
 from guardrun.launcher.command import Resume
 from guardrun.launcher.ladder import Plan
 from guardrun.launcher.recipe import Recipe
-from guardrun.launcher.resume import adapt, choose
+from guardrun.launcher.resume import Choice, adapt, choose, left_in_place
 
 from . import proc
 from .clock import Clock
@@ -81,15 +81,37 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = 
         return Resume()
     found = checkpoints.find(spec.dir, spec.pattern)
     choice = choose(found, before_step)
-    stamp = time.strftime("%Y%m%dT%H%M%S")
-    for aside in choice.set_aside:
-        moved = checkpoints.quarantine(aside.checkpoint.path, aside.label, stamp)
-        ctx.emit("checkpoint.quarantined", path=str(aside.checkpoint.path), to=str(moved),
-                 step=aside.checkpoint.step, why=aside.why)
-        ctx.say(f"set aside {aside.checkpoint.name} ({aside.why}) as {moved}")
+    _set_aside(choice, spec.resume_arg, ctx)
     if choice.checkpoint is None:
         return Resume()
     return _adapt(choice.checkpoint, recipe, plan, ctx)
+
+
+def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:
+    """Quarantine what the trainer must not pick. A quarantine folder that is not ours
+    stops it before anything moves; a dir that cannot be written leaves them in place,
+    which only an explicit resume path makes safe (launcher.resume.left_in_place)."""
+    stamp = time.strftime("%Y%m%dT%H%M%S")
+    unmoved, problem = [], ""
+    for aside in choice.set_aside:
+        try:
+            moved = checkpoints.quarantine(aside.checkpoint.path, aside.label, stamp)
+        except QuarantineError as err:
+            if err.refused:
+                raise ResumeError(str(err)) from None
+            ctx.emit("checkpoint.not_quarantined", path=str(aside.checkpoint.path),
+                     step=aside.checkpoint.step, why=aside.why, error=str(err))
+            unmoved.append(aside)
+            problem = problem or str(err)
+            continue
+        ctx.emit("checkpoint.quarantined", path=str(aside.checkpoint.path), to=str(moved),
+                 step=aside.checkpoint.step, why=aside.why)
+        ctx.say(f"set aside {aside.checkpoint.name} ({aside.why}) as {moved}")
+    warning, refusal = left_in_place(unmoved, choice.checkpoint, resume_arg, problem)
+    if refusal:
+        raise ResumeError(refusal)
+    if warning:
+        ctx.say(f"warning: {warning}")
 
 
 def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resume:
@@ -139,7 +161,10 @@ def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
     into the attempt's folder. A conversion cut off earlier is set aside first."""
     out = universal_dir(tag)
     if out.exists():
-        checkpoints.quarantine(out, "incomplete", time.strftime("%Y%m%dT%H%M%S"))
+        try:
+            checkpoints.quarantine(out, "incomplete", time.strftime("%Y%m%dT%H%M%S"))
+        except QuarantineError as err:
+            raise ResumeError(f"cannot set aside the cut-off conversion {out}: {err}") from None
     argv = [recipe.python, "-m", "deepspeed.checkpoint.ds_to_universal",
             "--input_folder", str(tag), "--output_folder", str(out)]
     log = ctx.attempt_dir / "universal-conversion.log"

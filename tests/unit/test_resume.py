@@ -9,7 +9,7 @@ import pytest
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, Saved
 from guardrun.launcher.ladder import Plan
-from guardrun.launcher.resume import adapt, choose
+from guardrun.launcher.resume import SetAside, adapt, choose, left_in_place
 
 
 def ck(step: int, valid: bool = True, reason: str = "") -> Checkpoint:
@@ -98,6 +98,17 @@ def test_a_model_only_checkpoint_is_resumed_with_a_warning(tmp_path):
 def test_same_world_size_needs_nothing():
     decided = adapt(Saved(ds_tag=Path("/o/global_step3"), world_size=2), plan(ranks=2))
     assert decided == type(decided)()
+
+
+def test_unmovable_checkpoints_warn_with_an_explicit_resume_path_and_refuse_without():
+    broken = SetAside(ck(40, False, "no trainer_state.json"), "incomplete", "no trainer_state.json")
+    warning, refusal = left_in_place([broken], ck(30), "--resume_from_checkpoint", "read-only")
+    assert refusal == "" and warning == ("could not set aside checkpoint-40 (no trainer_state.json): "
+                                         "read-only; resuming from checkpoint-30, passed with "
+                                         "--resume_from_checkpoint")
+    warning, refusal = left_in_place([broken], ck(30), None, "read-only")
+    assert warning == "" and "checkpoints.resume_arg: null" in refusal and "checkpoint-40" in refusal
+    assert left_in_place([], ck(30), None, "") == ("", "")
 
 
 # -- the disk side: inspect and quarantine ------------------------------------------------------
