@@ -22,6 +22,7 @@ from .control import ControlServer
 from .journal import Journal, StateDirError, read_state
 from .lock import JobLock, LockHeld
 from .notify import Notifier, NotifyingConsole, WatchdogClock
+from .signals import Requests
 
 EXIT_GAVE_UP, EXIT_USAGE = 1, 2  # supervisor.loop's codes (see the README's table)
 
@@ -38,14 +39,17 @@ def _fail(message: str, code: int) -> SystemExit:
 class JobRun:
     """A context for one foreground run: `with JobRun(...) as job: job.run(supervisor)`."""
 
-    def __init__(self, recipe: Recipe, journal: Journal, *, quiet: bool = False):
+    def __init__(self, recipe: Recipe, journal: Journal, requests: Requests | None = None, *,
+                 quiet: bool = False):
         self.recipe = recipe
         self.journal = journal
+        self.requests = requests or Requests()  # filled by handlers installed before the recipe
         self.notifier = Notifier.from_env()
         self.console: Console = (NotifyingConsole(self.notifier, quiet=quiet)
                                  if self.notifier.enabled else Console(quiet=quiet))
         inner = MonotonicClock()
         self.clock: Clock = WatchdogClock(inner, self.notifier) if self.notifier.watchdog_every else inner
+        self.requests.when_hung_up(self.console.detach)
         self.memory_source = cgroup.detect()
         self._lock = JobLock(journal.dir)
         self._server: ControlServer | None = None
@@ -88,16 +92,22 @@ class JobRun:
         self._lock.release()
 
     def _stop_leftovers(self) -> None:
-        """Stop what a dead supervisor of this job left running; refuse to start over it."""
-        found = leftovers.find(self.journal.dir, read_state(self.journal.dir))
+        """Stop what a dead supervisor of this job left running; refuse to start over it.
+
+        A stop asked for meanwhile does not cut it short (the old job gets its grace, as an
+        attempt would), a second ^C does; the run then ends as interrupted (supervisor.loop).
+        """
+        finder = leftovers.Finder(self.journal.dir, read_state(self.journal.dir))
+        found = finder()
         if not found:
             return
         pids = ", ".join(str(ident.pid) for ident in found)
         self.console.say(f"stopping {len(found)} process(es) left by a previous supervisor "
                          f"of this job: {pids}")
-        report = leftovers.stop(found, self.recipe.stop_grace, self.clock)
+        report = leftovers.stop(finder, self.recipe.stop_grace, self.clock,
+                                hurry=lambda: self.requests.kill_now)
         self.journal.emit("leftovers.stopped", pids=list(report.found), killed=list(report.killed),
-                          left=list(report.left))
+                          left=list(report.left), took=round(report.took, 3))
         if report.left:
             raise _fail("processes of the previous run survived SIGKILL (stuck in the kernel?): "
                         + ", ".join(map(str, report.left)) + "; not starting over them", EXIT_GAVE_UP)

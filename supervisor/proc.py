@@ -19,7 +19,7 @@ from .clock import Clock
 from .proctree import GONE, ProcId, ProcTree, Walk
 
 __all__ = ["GONE", "ProcId", "ProcTree", "StopReport", "Walk", "kill_now", "reap",
-           "set_child_subreaper", "spawn", "stop_tree"]
+           "set_child_subreaper", "spawn", "stop_members", "stop_tree"]
 
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -141,11 +141,18 @@ class StopReport:
     killed: tuple[int, ...]     # pids that got SIGKILL
     left: tuple[int, ...]       # pids alive KILL_TIMEOUT after SIGKILL (D state): empty on success
     took: float                 # seconds from the call to the tree being gone
+    found: tuple[int, ...] = ()  # every pid seen during the stop, in the order seen
 
 
-def _root(popen: subprocess.Popen) -> int | None:
+#: Who is to be stopped, asked again after every signal and every poll: (pid, start time)
+#: of each live member. A member born meanwhile (one that forks on SIGTERM) is in the
+#: next answer; one that is gone may be left out, or counted and found not alive.
+Members = Callable[[], Iterable[ProcId]]
+
+
+def _root(popen: subprocess.Popen | None) -> int | None:
     """The launcher's pid while it is ours: once Popen has reaped it, the pid may be reused."""
-    return popen.pid if popen.poll() is None else None
+    return popen.pid if popen is not None and popen.poll() is None else None
 
 
 def _no_event(name: str, **fields) -> None:
@@ -164,16 +171,18 @@ def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: C
     guardrun is no subreaper) is still killed. Adopted zombies are reaped, the
     launcher waited for.
     """
-    emit = on_event or _no_event
-    stop = _Stop(popen, tree, frozenset(exclude), clock)
-    term_sent_at = None
-    if grace > 0 and stop.survivors():
-        term_sent_at = _send_term(stop, emit)
-        _wait_for_exit(stop, stop.started + grace, hurry or (lambda: False), emit)
-    killed, left = _kill_all(stop, emit)
-    if popen.pid not in left:
+    skip = frozenset(exclude)
+
+    def members() -> tuple[ProcId, ...]:
+        walk = tree.walk(_root(popen), skip)
+        reap(walk.zombies, exclude=(popen.pid,))
+        return walk.values  # held_identity's ProcIds
+
+    report = stop_members(members, tree, grace=grace, clock=clock, on_event=on_event,
+                          hurry=hurry, launcher=popen)
+    if popen.pid not in report.left:
         popen.wait()
-    return StopReport(term_sent_at, killed, left, clock.monotonic() - stop.started)
+    return report
 
 
 def kill_now(popen: subprocess.Popen, tree: ProcTree, clock: Clock, *,
@@ -182,29 +191,58 @@ def kill_now(popen: subprocess.Popen, tree: ProcTree, clock: Clock, *,
     return stop_tree(popen, tree, grace=0.0, clock=clock, on_event=on_event, exclude=exclude)
 
 
-class _Stop:
-    """One stop in progress: the tree, and every member seen since it began."""
+def stop_members(members: Members, tree: ProcTree, *, grace: float, clock: Clock,
+                 on_event: Emit | None = None, hurry: Callable[[], bool] | None = None,
+                 launcher: subprocess.Popen | None = None) -> StopReport:
+    """The one stop: SIGTERM, the grace, SIGKILL, each step re-asking `members()`.
 
-    def __init__(self, popen: subprocess.Popen, tree: ProcTree, skip: frozenset[int], clock: Clock):
-        self.popen, self.tree, self.skip, self.clock = popen, tree, skip, clock
+    With a live `launcher` (our child) SIGTERM goes to it alone, to forward; otherwise,
+    and for every member first seen later (born after the signal, or left when the
+    launcher died without forwarding), each member gets its own SIGTERM, once. The kill
+    loop re-asks until no member is alive, or names who survived KILL_TIMEOUT. Every
+    signal goes by identity (ProcTree.signal): a pid reused meanwhile is never touched.
+    stop_tree uses it for an attempt's tree, supervisor.leftovers for a dead run's.
+    """
+    emit = on_event or _no_event
+    stop = _Stop(members, tree, clock, launcher)
+    term_sent_at = None
+    if grace > 0 and stop.survivors():
+        term_sent_at = _send_term(stop, emit)
+        _wait_for_exit(stop, stop.started + grace, hurry or (lambda: False), emit)
+    killed, left = _kill_all(stop, emit)
+    return StopReport(term_sent_at, killed, left, clock.monotonic() - stop.started,
+                      tuple(stop.known))
+
+
+class _Stop:
+    """One stop in progress: who is to be stopped, and every member seen since it began."""
+
+    def __init__(self, members: Members, tree: ProcTree, clock: Clock,
+                 launcher: subprocess.Popen | None):
+        self.members, self.tree, self.clock, self.launcher = members, tree, clock, launcher
         self.started = clock.monotonic()
         self.known: dict[int, ProcId] = {}
+        self.termed: set[ProcId] = set()  # had a SIGTERM of their own (or are the launcher)
 
     def survivors(self) -> list[ProcId]:
-        """Walk again, remember who is in the tree, and return who of all seen is alive."""
-        walk = self.tree.walk(_root(self.popen), self.skip)
-        reap(walk.zombies, exclude=(self.popen.pid,))
-        self.known.update((ident.pid, ident) for ident in walk.values)
+        """Ask again, remember every member, and return who of all seen is alive."""
+        self.known.update((ident.pid, ident) for ident in self.members())
         return [ident for ident in self.known.values() if self.tree.alive(ident)]
+
+    def term_each(self, survivors: list[ProcId]) -> list[int]:
+        """SIGTERM each survivor that has had none; the pids it reached."""
+        fresh = [ident for ident in survivors if ident not in self.termed]
+        self.termed.update(fresh)
+        return [ident.pid for ident in fresh if self.tree.signal(ident, signal.SIGTERM)]
 
 
 def _send_term(stop: _Stop, emit: Emit) -> float | None:
-    if _root(stop.popen) is not None:
-        stop.popen.send_signal(signal.SIGTERM)
-        targets = [stop.popen.pid]
-    else:  # no launcher left to forward it: each process left gets its own
-        targets = [ident.pid for ident in stop.survivors()
-                   if stop.tree.signal(ident, signal.SIGTERM)]
+    if _root(stop.launcher) is not None:
+        stop.launcher.send_signal(signal.SIGTERM)
+        stop.termed.update(ident for ident in stop.known.values() if ident.pid == stop.launcher.pid)
+        targets = [stop.launcher.pid]
+    else:  # no launcher to forward it: each process left gets its own
+        targets = stop.term_each(stop.survivors())
     if not targets:
         return None
     emit("proc.term_sent", pids=targets)
@@ -218,24 +256,22 @@ def _wait_for_exit(stop: _Stop, deadline: float, hurry: Callable[[], bool], emit
     node has no handler: its launch.py and ranks live on, adopted by guardrun). Once the
     launcher is gone, each process left that has not had a SIGTERM gets its own, so the
     ranks still have the rest of the grace to exit cleanly instead of only a SIGKILL.
+    Without a launcher, so does each member born since the last look.
     """
     clock = stop.clock
-    termed = {stop.popen.pid}
     while survivors := stop.survivors():
         now = clock.monotonic()
         if now >= deadline or hurry():
             return
-        if _root(stop.popen) is None:
-            fresh = [ident for ident in survivors if ident.pid not in termed]
-            sent = [ident.pid for ident in fresh if stop.tree.signal(ident, signal.SIGTERM)]
-            termed.update(ident.pid for ident in fresh)
+        if _root(stop.launcher) is None:
+            sent = stop.term_each(survivors)
             if sent:
                 emit("proc.term_forwarded", pids=sent)
         clock.sleep(min(GRACE_POLL, deadline - now))
 
 
 def _kill_all(stop: _Stop, emit: Emit) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """SIGKILL every live pid, re-walking until none is left (one may fork meanwhile)."""
+    """SIGKILL every live pid, re-asking until none is left (one may fork meanwhile)."""
     killed: dict[int, None] = {}  # insertion-ordered set
     started = stop.clock.monotonic()
     while survivors := stop.survivors():

@@ -262,7 +262,8 @@ class ProcTree:
         """Send `sig` only if the pid still names the process seen at walk time.
 
         A pidfd pins the process: once its start time matches, the signal cannot land
-        on a newcomer that reused the pid (Linux >= 5.3; plain kill before that).
+        on a newcomer that reused the pid (Linux >= 5.3; plain kill before that). False
+        too for a process we may not signal (EPERM: another user's): it is not ours.
         """
         try:
             fd = os.pidfd_open(ident.pid)
@@ -278,7 +279,7 @@ class ProcTree:
             else:
                 signal.pidfd_send_signal(fd, sig)
             return True
-        except GONE:
+        except (*GONE, PermissionError):
             return False
         finally:
             if fd is not None:
