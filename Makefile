@@ -7,6 +7,11 @@ PIP     = $(PY) -m pip install -q --disable-pip-version-check
 # torch is pinned: a bare `torch` pulls several GB of CUDA wheels; 2.13.0 resolves to the CPU build here.
 TORCH   ?= torch==2.13.0
 CONSTRAINTS = tests/constraints.txt
+# The suite's torch extensions (DeepSpeed's CPU op) live in the venv, never in the user's
+# ~/.cache/torch_extensions: that one is shared by every venv and job of the user, venvs at
+# other paths keep invalidating it, and a fresh-clone `make test` failed twice there while
+# other DeepSpeed builds ran. tests/conftest.py points the pytest session at the same folder.
+EXTENSIONS = $(abspath $(VENV))/torch_extensions
 
 .PHONY: demo test bench clean
 
@@ -20,10 +25,13 @@ $(VENV)/.test: $(VENV)/.base $(CONSTRAINTS)
 	$(PIP) -c $(CONSTRAINTS) -e '.[test]'
 	# DeepSpeed builds no ops at install time; on CPU it JIT-compiles one small op on first use.
 	DS_BUILD_OPS=0 $(PIP) -c $(CONSTRAINTS) --no-build-isolation deepspeed
-	# Build that op (shm_comm, ~1 min) now, once: a test that stops a DeepSpeed job during
-	# its first compile would otherwise leave torch's build lock behind (guardrun clears the
-	# ones its own attempts leave: supervisor/extlocks.py).
-	$(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
+	touch $@
+
+# Build that op (shm_comm, ~1 min, ~3 GiB) now, once, into the venv: compiled inside a test's
+# job it would cross the job's memory limits, and a job stopped mid-compile leaves torch's
+# build lock (guardrun clears the ones its own attempts leave: supervisor/extlocks.py).
+$(EXTENSIONS)/.built: $(VENV)/.test
+	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $@
 
 # The demo starts over each time: its checkpoints go to build/demo-cpu.
@@ -32,15 +40,15 @@ demo: $(VENV)/.base
 	$(VENV)/bin/guardrun run --fresh recipes/demo_cpu.yaml
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
-test: $(VENV)/.test
-	@$(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+test: $(VENV)/.test $(EXTENSIONS)/.built
+	@TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test (exit 5): failing" >&2; fi; \
 	exit $$rc
 
 # bench/sampling.py, checkpoints.py, overhead.py and scenarios.py (about 10 minutes on 2 cores);
 # writes bench/RESULTS.md with the machine, the versions and the tables. Fails if a run left a process.
-bench: $(VENV)/.test
-	$(PY) bench/results.py
+bench: $(VENV)/.test $(EXTENSIONS)/.built
+	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) bench/results.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache

@@ -3,12 +3,14 @@
 Every test runs with a unique GUARDRUN_TEST_TAG in its environment; every process it
 starts inherits it (jobs, ranks, orphans alike). After the test, any live process
 whose environment still carries the tag is a leak: the test fails, and the leftovers
-are killed so they cannot disturb the next test.
+are killed so they cannot disturb the next test. Nor may the suite touch the user's own
+caches: torch extensions are built and found inside the venv (EXTENSIONS_DIR).
 """
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,6 +20,11 @@ import pytest
 from guardrun.supervisor.proctree import environ_pids
 
 TAG = "GUARDRUN_TEST_TAG"
+#: The suite's torch extensions: inside the venv (the Makefile builds DeepSpeed's op there
+#: once), never the user's ~/.cache/torch_extensions, which every venv and job of the user
+#: shares. Set for the whole session, so every guardrun, job and rank a test starts inherits it.
+EXTENSIONS_DIR = Path(sys.prefix) / "torch_extensions"
+os.environ["TORCH_EXTENSIONS_DIR"] = str(EXTENSIONS_DIR)
 
 
 def tagged_pids(tag: str) -> list[int]:
