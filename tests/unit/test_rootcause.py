@@ -7,8 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from guardrun.launcher.failures import Failure, Kind
+from guardrun.supervisor.diagnosis import root_cause
+from guardrun.supervisor.extlocks import Build
 from guardrun.supervisor.lines import iter_lines, strip_ansi
 from guardrun.supervisor.logs import first_failure, parse_line
+from guardrun.supervisor.policy import AttemptEnd
 from guardrun.supervisor.rootcause import (MAX_FRAMES, RootCause, TraceTracker, choose, read_error_files,
                                            settle)
 
@@ -165,3 +169,22 @@ def test_a_flood_of_tracebacks_keeps_the_first_and_bounded_frames():
     assert len(traces) <= 64
     assert traces[0].event.text.endswith("number 0")
     assert all(len(t.frames) <= MAX_FRAMES for t in traces)
+
+
+# -- a limit crossed while the tree compiled a torch extension (issue 12 §7) ------------------
+
+@pytest.mark.parametrize("kind, program, expect_compile", [
+    ("host_oom", "cc1plus", True),
+    ("host_oom", "ninja", True),
+    ("host_oom", "python3.11", False),  # working in the folder is not compiling: the usual cause
+    ("cuda_oom", "cc1plus", False),     # a compiler takes no VRAM
+])
+def test_a_host_limit_crossed_while_compiling_names_the_extension(tmp_path, kind, program, expect_compile):
+    evidence = "job memory 3.1 GiB (PSS) reached the limit 2 GiB"
+    failure = Failure(Kind(kind), evidence, attempt=1)
+    end = AttemptEnd(exit_code=-15, stopped_for=failure, attempt=1,
+                     building=(Build(("py311_cpu", "deepspeed_shm_comm"), 42, program),))
+    cause = root_cause(end, failure, tmp_path)
+    assert (cause.kind, cause.source) == (kind, "guardrun")
+    hint = "compiling torch extension deepspeed_shm_comm: pre-build it or raise the limit"
+    assert cause.message == (f"{hint} ({evidence})" if expect_compile else evidence)
