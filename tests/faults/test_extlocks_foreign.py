@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import textwrap
 
 from conftest import wait_until
-from helpers_extbuild import events, finish, start_compile_job
+from helpers_extbuild import GUARDRUN, events, finish, start_compile_job
 
 #: Another job's builder: takes the lock in its cwd as torch's FileBaton does, and holds it
 #: (compiling) until the test closes its stdin.
@@ -49,6 +50,47 @@ def test_a_concurrent_build_of_another_job_keeps_its_lock(tmp_path, state_dir):
         if foreign is not None:
             foreign.stdin.close()
             assert foreign.wait(10) == 0, "the foreign builder's baton.release() failed"
+
+
+def test_a_plain_job_leaves_a_concurrent_deepspeed_build_alone(tmp_path, state_dir):
+    """The incident: guardrun supervising plain Python jobs removed the deepspeed_shm_comm
+    lock of the same user's DeepSpeed build running beside them."""
+    ext = tmp_path / "torch_extensions"
+    theirs = ext / "deepspeed_shm_comm" / "lock"
+    theirs.parent.mkdir(parents=True)
+    started, go = tmp_path / "started", tmp_path / "go"
+    (tmp_path / "job.py").write_text(textwrap.dedent(f"""
+        import os, time
+        open({str(started)!r}, "w").close()
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.02)
+        """))
+    recipe = tmp_path / "job.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        launcher: python
+        script: {tmp_path / 'job.py'}
+        env: {{TORCH_EXTENSIONS_DIR: "{ext}"}}
+        ladder: []
+        """))
+    with open(tmp_path / "out.txt", "wb") as out:
+        guard = subprocess.Popen([GUARDRUN, "run", str(recipe)], stdout=out, stderr=subprocess.STDOUT)
+    foreign = None
+    try:
+        wait_until(started.exists, timeout=30, what="the job to start")
+        foreign = subprocess.Popen([sys.executable, "-c", FOREIGN_BUILDER], cwd=theirs.parent,
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        assert foreign.stdout.readline() == b"held\n"
+    finally:
+        go.touch()
+        out = finish(guard, tmp_path)
+    try:
+        assert guard.returncode == 0, out
+        assert theirs.exists(), "the concurrent DeepSpeed build's lock was removed:\n" + out
+        assert events(state_dir, "extension_lock.cleared") == []
+    finally:
+        if foreign is not None:
+            foreign.stdin.close()
+            assert foreign.wait(10) == 0, "the DeepSpeed build's baton.release() failed"
 
 
 def test_symlinks_planted_in_the_extensions_dir_are_not_followed(tmp_path, state_dir):
