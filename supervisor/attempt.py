@@ -35,6 +35,14 @@ from .signals import Requests
 READER_JOIN_TIMEOUT = 10.0
 
 
+class SpawnError(Exception):
+    """The launcher could not be started (its program missing, not executable, ENOEXEC)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class Peaks:
     tree: int = 0
@@ -75,8 +83,12 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     # Wall clock on purpose: it is compared with file mtimes. One second of slack
     # covers filesystems that store whole seconds.
     spawned_at = time.time() - 1.0
-    popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
-                       stderr=subprocess.STDOUT)
+    try:
+        popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT)
+    except (OSError, subprocess.SubprocessError) as err:  # nothing was started: nothing to stop
+        watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+        raise SpawnError(err if isinstance(err, OSError) else OSError(str(err))) from None
     watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv))
     started = watch.clock.monotonic()
     diagnosis = watch.diagnosis

@@ -7,9 +7,17 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
-import click
+from . import signals
+
+if os.path.basename(sys.argv[0]) == "guardrun":
+    # The console script imports this module first: catch SIGTERM/^C before the ~200 ms of
+    # imports below (issue 12 §6). Commands other than `run` give the handlers back (main).
+    signals.install_early()
+
+from pathlib import Path  # noqa: E402 - after the handlers, on purpose
+
+import click  # noqa: E402
 
 from guardrun.launcher import checkpoints as ckpts
 from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
@@ -36,11 +44,14 @@ class DefaultRunGroup(click.Group):
 
 @click.group(cls=DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="guardrun")
-def main() -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Run a training job under a supervisor that degrades and resumes instead of dying.
 
     guardrun RECIPE is the same as guardrun run RECIPE.
     """
+    if ctx.invoked_subcommand != "run":
+        signals.release_early()  # `status`, `logs -f`, `stop`: ^C and SIGTERM end them as before
 
 
 def _load(path: str) -> Recipe:
@@ -57,6 +68,19 @@ def _load(path: str) -> Recipe:
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
 def run(recipe: str, quiet: bool, fresh: bool) -> None:
     """Run RECIPE in the foreground until it finishes or guardrun gives up."""
+    # A stop asked for from here on (the handlers are in before the recipe, the lock and a
+    # dead run's leftovers) ends the run with 130, recorded as interrupted.
+    early = signals.take_early()
+    requests = early if early is not None else signals.Requests()
+    restore = None if early else signals.install(requests)
+    try:
+        _run(recipe, quiet, fresh, requests)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _run(recipe: str, quiet: bool, fresh: bool, requests: signals.Requests) -> None:
     loaded = _load(recipe)
     try:
         journal = Journal(loaded.name)
@@ -65,10 +89,10 @@ def run(recipe: str, quiet: bool, fresh: bool) -> None:
         sys.exit(EXIT_USAGE)
     try:
         # JobRun: the job's lock, a dead predecessor's leftovers, control socket, sd_notify.
-        with JobRun(loaded, journal, quiet=quiet) as job:
+        with JobRun(loaded, journal, requests, quiet=quiet) as job:
             job.console.say(f"job {loaded.name}: journal in {journal.dir}")
             code = job.run(Supervisor(loaded, journal, job.console, job.clock,
-                                      options=Options(fresh=fresh)))
+                                      options=Options(fresh=fresh), requests=requests))
     finally:
         journal.close()
     sys.exit(code)

@@ -8,7 +8,10 @@ of the `start` process carried over). A dropped SSH session sends it nothing.
 
 `start` knows its daemon got the job when the job's lock file carries the token it
 passed down (GUARDRUN_START_TOKEN): the supervisor writes it right after taking the
-lock. That survives a job so short that it is over before `start` looks.
+lock. That survives a job so short that it is over before `start` looks. It then waits
+for the daemon to spawn its first attempt (its own state.json names a launcher), for a
+few seconds at most: a daemon that gives up at once (a program that cannot be executed,
+a state dir it cannot use) used to be reported "started" with exit 0 (issue 12 §6).
 """
 from __future__ import annotations
 
@@ -21,12 +24,17 @@ from typing import Mapping, Sequence
 
 from .clock import Clock
 from .jobrun import START_TOKEN
+from .journal import read_state
 from .lock import read_info
 
 SUPERVISOR_LOG = "supervisor.log"
 #: How long `start` waits for its daemon to take the job's lock: an interpreter start
 #: and a recipe load take well under a second; a leftover stop can take the grace.
 START_TIMEOUT = 60.0
+#: How long `start` then waits for the first attempt's spawn. A daemon that dies sooner
+#: is reported with its log; one still preparing (waiting for GPUs, converting a
+#: checkpoint, stopping a dead run's leftovers) is reported started, with its state.
+SETTLE_TIMEOUT = 10.0
 POLL = 0.02
 
 
@@ -130,6 +138,34 @@ def wait_started(job_dir: Path, pid: int, token: str, log_offset: int, clock: Cl
             return Started(pid if _running(pid) else None, False,
                            _tail(job_dir / SUPERVISOR_LOG, log_offset))
         clock.sleep(POLL)
+
+
+@dataclass(frozen=True)
+class Settled:
+    running: bool   # the daemon still runs
+    state: dict     # its own state.json ({} while it has written none)
+    log_tail: str   # what it wrote to its log, when it is gone
+
+
+def wait_settled(job_dir: Path, pid: int, log_offset: int, clock: Clock,
+                 timeout: float = SETTLE_TIMEOUT) -> Settled:
+    """Once daemon `pid` holds the lock: wait until its first attempt is spawned, it
+    exits, or `timeout` passes. Only a state.json written by `pid` counts (the last
+    run's may name another launcher)."""
+    deadline = clock.monotonic() + timeout
+    while True:
+        alive = _running(pid)
+        state = _own_state(job_dir, pid)
+        if not alive:
+            return Settled(False, state, _tail(job_dir / SUPERVISOR_LOG, log_offset))
+        if state.get("launcher_pid") or clock.monotonic() >= deadline:
+            return Settled(True, state, "")
+        clock.sleep(POLL)
+
+
+def _own_state(job_dir: Path, pid: int) -> dict:
+    state = read_state(job_dir)
+    return state if isinstance(state, dict) and state.get("pid") == pid else {}
 
 
 def log_size(path: Path) -> int:

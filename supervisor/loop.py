@@ -8,17 +8,19 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from guardrun.launcher.command import Resume, build
+from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import Plan, decide
 from guardrun.launcher.recipe import Recipe
 
 from . import proc, signals
-from .attempt import Watch, describe_reading, run_attempt
+from .attempt import SpawnError, Watch, describe_reading, run_attempt
 from .clock import Clock
 from .console import Console
 from .diagnosis import Diagnosis, root_cause
@@ -62,7 +64,7 @@ def free_port() -> int:
 class Supervisor:
     def __init__(self, recipe: Recipe, journal: Journal, console: Console, clock: Clock,
                  memory: ProcfsMemory | None = None, options: Options = Options(),
-                 gpus: GpuSource | None | str = "detect"):
+                 gpus: GpuSource | None | str = "detect", requests: signals.Requests | None = None):
         self.recipe = recipe
         self._hangup_noted = False
         self.journal = journal
@@ -70,7 +72,9 @@ class Supervisor:
         self.clock = clock
         self.memory = memory or ProcfsMemory()
         self.options = options
-        self.requests = signals.Requests()
+        # Given: `guardrun run` installed the handlers before the recipe was read (cli.py).
+        self._own_signals = requests is None
+        self.requests = requests if requests is not None else signals.Requests()
         self.state = State.STARTING
         self.digest = recipe_digest(recipe)
         self._snapshot: dict = {"job": recipe.name, "pid": os.getpid(), "recipe": str(recipe.path),
@@ -82,12 +86,13 @@ class Supervisor:
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
-        restore = signals.install(self.requests, self.console.detach)
+        restore = signals.install(self.requests, self.console.detach) if self._own_signals else None
         try:
             proc.set_child_subreaper()
             return self._run()
         finally:
-            restore()
+            if restore is not None:
+                restore()
             self.console.clear_status()
 
     def snapshot(self) -> dict:
@@ -113,6 +118,11 @@ class Supervisor:
         self.journal.emit("run.started", recipe=str(self.recipe.path), digest=self.digest,
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
+        if self.requests.stop:  # asked before the first attempt (during startup or the leftovers)
+            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request before the first attempt")
+        unlaunchable = launch_problem(self.recipe, os.environ)
+        if unlaunchable:  # issue 12 §6: `python:` or `command[0]` missing, said with file:line
+            return self._give_up(unlaunchable, EXIT_USAGE)
         pick = self._choose_gpus()
         if pick.interrupted:
             return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
@@ -142,6 +152,8 @@ class Supervisor:
                 if self.requests.stop:
                     return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
                 return self._give_up(f"cannot resume: {err}")
+            except SpawnError as err:  # found at the spawn itself (ENOEXEC, EACCES, a race)
+                return self._give_up(launch_problem(self.recipe, os.environ, err.error), EXIT_USAGE)
             if failure is None:
                 return self._finish(State.FINISHED, EXIT_FINISHED, "the job finished")
             if failure.kind is Kind.INTERRUPTED:
@@ -311,12 +323,22 @@ class Supervisor:
         self.console.say(why)
         return code
 
-    def _give_up(self, why: str) -> int:
+    def _give_up(self, why: str, code: int = EXIT_GAVE_UP) -> int:
+        """Record and say why; exit 1, or 2 (EXIT_USAGE) when the recipe cannot be launched."""
         self._snapshot.update(gave_up=why)
         self._move(State.GAVE_UP)
-        self.journal.emit("run.gave_up", exit_code=EXIT_GAVE_UP, why=why)
+        self.journal.emit("run.gave_up", exit_code=code, why=why)
         self.console.say(f"giving up: {why}")
-        return EXIT_GAVE_UP
+        if code == EXIT_USAGE:  # a bad recipe, said where bad recipes are said
+            _error_line(why)
+        return code
+
+
+def _error_line(text: str) -> None:
+    try:
+        print(f"guardrun: error: {text}", file=sys.stderr, flush=True)
+    except (OSError, ValueError):
+        pass  # no stderr to say it on: the journal has it
 
 
 def _elapsed(seconds: float) -> str:

@@ -17,6 +17,7 @@ from typing import Callable
 
 import click
 
+from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
 
 from . import control, daemon, jobview, lock, logview, tmux
@@ -71,6 +72,9 @@ def _refuse_if_supervised(name: str, directory: Path) -> None:
 def start(recipe: str, fresh: bool) -> None:
     """Run RECIPE detached from the terminal; print how to follow it."""
     loaded = _recipe(recipe)
+    unlaunchable = launch_problem(loaded, os.environ)
+    if unlaunchable:  # said here, before detaching, as `run` would say it (exit 2)
+        _error(unlaunchable, EXIT_USAGE)
     directory = _private_dir(loaded.name)
     _refuse_if_supervised(loaded.name, directory)
     log = directory / daemon.SUPERVISOR_LOG
@@ -84,6 +88,12 @@ def start(recipe: str, fresh: bool) -> None:
     if not started.ok:
         why = "is still starting" if started.pid else "exited before it took the job"
         _error(f"the supervisor (pid {pid}) {why}; its log {log}:\n{started.log_tail}", EXIT_FAILED)
+    settled = daemon.wait_settled(directory, started.pid, offset, MonotonicClock())
+    ended = settled.state.get("state")
+    if not settled.running and ended != "finished":
+        why = settled.state.get("gave_up") or (f"state {ended}" if ended else "no state written")
+        _error(f"the supervisor (pid {started.pid}) exited at once ({why}); its log {log}:\n"
+               f"{settled.log_tail}", EXIT_FAILED)
     name = loaded.name
     click.echo(f"guardrun: started job {name}: supervisor pid {started.pid}, its own log {log}\n"
                f"  follow it:  guardrun logs {name} -f\n"
