@@ -122,13 +122,27 @@ def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resu
     for note in decided.notes:
         ctx.say(note)
     if decided.fix_batch is not None:
-        fix_batch(chosen.path, decided.fix_batch)
-        ctx.emit("checkpoint.batch_fixed", path=str(chosen.path), train_batch_size=decided.fix_batch)
+        _fix_batch(chosen.path, decided.fix_batch, ctx)
     if decided.set_lr is not None:
         rescale_lr(recipe, chosen.path, decided.set_lr, ctx)
     if decided.convert is not None:
         convert(recipe, decided.convert, ctx)
     return Resume(chosen.path, load_universal=decided.load_universal, weights_only=decided.weights_only)
+
+
+def _fix_batch(path: Path, batch: int, ctx: Context) -> None:
+    """fix_batch, journaled; a checkpoint that cannot be written (a read-only dir) is
+    resumed as it is, with a warning: transformers since PR #43770 (Feb 2026) need no fix."""
+    try:
+        fix_batch(path, batch)
+    except (OSError, ValueError) as err:
+        state = path / "trainer_state.json"
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        ctx.emit("checkpoint.batch_not_fixed", path=str(path), train_batch_size=batch, error=reason)
+        ctx.say(f"warning: could not rewrite train_batch_size in {state} ({reason}): a transformers "
+                f"release before Feb 2026 restores the saved micro-batch on resume")
+        return
+    ctx.emit("checkpoint.batch_fixed", path=str(path), train_batch_size=batch)
 
 
 def fix_batch(path: Path, batch: int) -> None:

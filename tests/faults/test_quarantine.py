@@ -42,14 +42,14 @@ def _checkpoints(root: Path) -> tuple[Path, Path]:
         path = root / f"checkpoint-{step}"
         path.mkdir(parents=True)
         (path / "adapter_model.safetensors").write_bytes(_safetensors())
-        if step == 2:
-            (path / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        if step == 2:  # saved with micro-batch 4
+            (path / "trainer_state.json").write_text(json.dumps({"global_step": step, "train_batch_size": 4}))
         made.append(path)
     return made[0], made[1]
 
 
 def _run(tmp_path: Path, ckpt_dir: Path, resume_arg: str = "--resume_from_checkpoint",
-         umask: int = 0o022) -> subprocess.CompletedProcess:
+         umask: int = 0o022, extra: str = "") -> subprocess.CompletedProcess:
     (tmp_path / "job.py").write_text(JOB)
     recipe = tmp_path / "job.yaml"
     recipe.write_text(textwrap.dedent(f"""
@@ -57,7 +57,7 @@ def _run(tmp_path: Path, ckpt_dir: Path, resume_arg: str = "--resume_from_checkp
         script: {tmp_path / 'job.py'}
         checkpoints: {{dir: "{ckpt_dir}", resume_arg: {resume_arg}}}
         ladder: []
-        """))
+        """) + extra)
     return subprocess.run([GUARDRUN, "run", str(recipe)], capture_output=True, text=True, timeout=60,
                           umask=umask)
 
@@ -154,3 +154,16 @@ def test_a_read_only_dir_gives_up_when_the_script_resumes_by_itself(tmp_path, st
     assert result.returncode == 1, out
     assert f"could not set aside {bad.name}" in out and "resume_arg: null" in out, out
     assert "[1] resume:" not in out, "the job started where it could pick the broken checkpoint"
+
+
+def test_a_read_only_checkpoint_whose_batch_cannot_be_rewritten_is_resumed_with_a_warning(
+        tmp_path, state_dir, readonly_ckpt):
+    """trainer_state.json says micro-batch 4, the recipe's rung runs 2: guardrun rewrites it
+    (old transformers restore it on resume) where it can, and says so where it cannot."""
+    ckpt, good, bad = readonly_ckpt
+    result = _run(tmp_path, ckpt, extra="batch: {per_device: 2}\n")
+    out = _said(result)
+    assert result.returncode == 0, out
+    assert f"resume: {good}" in out
+    assert f"could not rewrite train_batch_size in {good / 'trainer_state.json'}" in out, out
+    assert json.loads((good / "trainer_state.json").read_text())["train_batch_size"] == 4
