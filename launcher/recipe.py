@@ -21,12 +21,14 @@ from .rungs import Rung, read_ladder
 from .units import Size
 from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, duration, env_pairs,
                         integer, items, kind_of, mapping_args, number, optional, pairs, read_fields,
-                        scalar, size, text)
+                        scalar, size, size_bytes, text)
 
-__all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Monitor", "ProgressPatterns", "Recipe",
+__all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Logs", "Monitor", "ProgressPatterns", "Recipe",
            "RecipeError", "Restarts", "Rung", "SuccessEvidence", "load_recipe"]
 
 LAUNCHERS = ("torchrun", "deepspeed", "python", "command")  # command: `command:` as given
+#: logs.max_size's floor: two of the longest lines guardrun keeps (lines.MAX_LINE, 64 KiB).
+MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -75,6 +77,11 @@ class Limits:
 class Restarts:
     max: int = 8
     backoff: tuple[float, float] = (10.0, 300.0)  # first wait, cap (seconds)
+
+
+@dataclass(frozen=True)
+class Logs:
+    max_size: int = 1 << 30  # bytes of output.log per attempt: the head and the newest tail are kept
 
 
 @dataclass(frozen=True)
@@ -134,6 +141,7 @@ class Recipe:
     model: Model | None = None
     preflight: bool = True           # skip rungs predicted not to fit
     warnings: tuple[str, ...] = ()   # missing paths, when loaded with missing_ok (guardrun plan)
+    logs: Logs = Logs()
 
 
 def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
@@ -351,6 +359,7 @@ RESTARTS = (
     Field("backoff", _backoff, default=Restarts.backoff),
 )
 MONITOR = (Field("interval", duration(0.05, 60.0), default=Monitor.interval),)
+LOGS = (Field("max_size", size_bytes(MIN_LOG_SIZE), default=Logs.max_size),)
 PROGRESS = (
     Field("step_regex", _regex(1, 2, "the step, then optionally the total"), default=None),
     Field("loss_regex", _regex(1, 1, "the loss"), default=None),
@@ -378,6 +387,7 @@ TOP = (
     Field("checkpoints", _checkpoints, default=None),
     Field("limits", section(Limits, LIMITS), default=Limits()),
     Field("monitor", section(Monitor, MONITOR), default=Monitor()),
+    Field("logs", section(Logs, LOGS), default=Logs()),
     Field("stop_grace", duration(), default=30.0),
     Field("ladder", _ladder, default=((), False), into=("ladder", "ladder_given")),
     Field("restarts", section(Restarts, RESTARTS), default=Restarts()),

@@ -20,7 +20,7 @@ from typing import Callable, NoReturn, Sequence
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from .units import parse_duration, parse_size
+from .units import format_bytes, parse_duration, parse_size
 
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCALAR_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool")}
@@ -331,6 +331,16 @@ def size(*, allow_percent: bool = True) -> Converter:
             return parse_size(value, allow_percent=allow_percent)
         except ValueError as err:
             ctx.fail(node, key, str(err))
+    return convert
+
+
+def size_bytes(minimum: int = 0) -> Converter:
+    """An absolute size (no percent) as bytes, at least `minimum`."""
+    def convert(node: Node, key: str, ctx: Ctx) -> int:
+        value = size(allow_percent=False)(node, key, ctx).bytes
+        if value < minimum:
+            ctx.fail(node, key, f"expected a size of at least {format_bytes(minimum)}, got {kind_of(node)}")
+        return value
     return convert
 
 

@@ -4,14 +4,43 @@ On a terminal the status line is redrawn in place under the job's output; elsewh
 (a pipe, a log file, journald) plain lines are written instead, the status at most
 every `plain_every` seconds. After a hangup (SIGHUP, a dropped SSH session) or a write
 error nothing is written at all: the journal keeps everything.
+
+Nobody waits on the terminal. A stream with a file descriptor (the real stdout: a tty,
+a pipe, a file) is written by a thread of its own, `guardrun-console`, from a bounded
+queue; callers (the output thread, the watch loop) only append to it. A reader that
+stops reading (`guardrun run r.yaml | sleep 600`, Ctrl-S, a stalled SSH session) then
+blocks that thread alone: the queue fills, further lines are dropped and counted, and
+once the reader takes data again the terminal says "N lines not shown on this terminal
+(it was not read)" where they were lost. Before the fix a stalled pipe held the lock the
+watch loop needed and a job grew to 800 MB past a 400 MiB limit. guardrun's own lines
+get a little room past the bound so they outlast a flood. At exit the queue is given
+EXIT_DRAIN seconds to reach the terminal. A stream without a descriptor (a StringIO in
+tests) cannot block and is written at once.
 """
 from __future__ import annotations
 
+import atexit
+import errno
+import os
+import select
 import sys
 import threading
+import weakref
+from collections import deque
 from typing import TextIO
 
 _CLEAR = "\r\x1b[K"
+#: Queue bounds: items and characters. 2,000 lines of ~100 bytes is a few seconds of a
+#: chatty job on a terminal that is merely slow; past it the terminal is not being read.
+MAX_QUEUED = 2000
+MAX_CHARS = 1 << 20
+#: Extra items guardrun's own lines may use past MAX_QUEUED.
+OWN_ROOM = 200
+#: Seconds given, at exit, to what is still queued.
+EXIT_DRAIN = 2.0
+#: Errors after which the stream is given up (the reader is gone for good); others
+#: (ENOSPC on a redirected stdout, say) cost the lines of that write only.
+_GONE = {errno.EPIPE, errno.EIO, errno.EBADF, errno.ENXIO, errno.EINVAL, errno.ECONNRESET}
 
 
 class Console:
@@ -24,53 +53,164 @@ class Console:
         self._lock = threading.Lock()  # the output reader thread and the loop both write
         self._plain_every = plain_every
         self._last_plain: float | None = None
+        self._sink = _sink_for(self._stream, self._tty)
 
     @property
     def attached(self) -> bool:
-        return self._stream is not None
+        return self._sink.attached
 
     def detach(self) -> None:
         """Stop writing (the terminal hung up). Safe to call from a signal handler."""
-        self._stream = None
+        self._sink.attached = False
 
     def output(self, prefix: str, line: str) -> None:
         """One line of the job's output."""
         if not self._quiet:
-            self._write(f"{prefix}{line}\n")
+            self._write(f"{prefix}{line}\n", own=False)
 
     def say(self, text: str) -> None:
         """One of guardrun's own messages, always shown."""
-        self._write(f"guardrun: {text}\n")
+        self._write(f"guardrun: {text}\n", own=True)
 
     def status(self, text: str, now: float) -> None:
         """The live status line (or, off a terminal, a plain line now and then)."""
         if self._tty:
             with self._lock:
                 self._status = text
-                self._raw(_CLEAR + text)
+                self._sink.put(_CLEAR + text, own=True)
         elif self._last_plain is None or now - self._last_plain >= self._plain_every:
             self._last_plain = now
-            self._write(f"guardrun: {text}\n")
+            self._write(f"guardrun: {text}\n", own=True)
 
     def clear_status(self) -> None:
         if self._tty:
             with self._lock:
                 self._status = ""
-                self._raw(_CLEAR)
+                self._sink.put(_CLEAR, own=True)
 
-    def _write(self, text: str) -> None:
+    def flush(self, timeout: float = EXIT_DRAIN) -> bool:
+        """Wait up to `timeout` for what is queued to reach the stream; False if it did not."""
+        return self._sink.drain(timeout)
+
+    def _write(self, text: str, own: bool) -> None:
         with self._lock:
             if self._tty and self._status:
-                self._raw(_CLEAR + text + self._status)
+                self._sink.put(_CLEAR + text + self._status, own=own)
             else:
-                self._raw(text)
+                self._sink.put(text, own=own)
 
-    def _raw(self, text: str) -> None:
-        stream = self._stream
-        if stream is None:
+
+class _Direct:
+    """An in-memory stream: written at once, it cannot block."""
+
+    def __init__(self, stream: TextIO):
+        self._stream = stream
+        self.attached = True
+
+    def put(self, text: str, own: bool) -> None:
+        if not self.attached:
             return
         try:
-            stream.write(text)
-            stream.flush()
+            self._stream.write(text)
+            self._stream.flush()
         except (OSError, ValueError):  # EIO/EPIPE after a hangup, or a closed stream
-            self._stream = None
+            self.attached = False
+
+    def drain(self, timeout: float) -> bool:
+        return True
+
+
+class _Threaded:
+    """A file descriptor written by its own thread from a bounded queue (see the module doc)."""
+
+    def __init__(self, fd: int, encoding: str, tty: bool):
+        self._fd = fd
+        self._encoding = encoding
+        self._tty = tty
+        self.attached = True
+        self._queue: deque[str | int] = deque()  # text, or a count of lines dropped there
+        self._chars = 0
+        self._busy = False
+        self._cond = threading.Condition(threading.Lock())
+        self._thread: threading.Thread | None = None
+        _DRAIN_AT_EXIT.add(self)
+
+    def put(self, text: str, own: bool) -> None:
+        with self._cond:
+            if not self.attached:
+                return
+            room = MAX_QUEUED + (OWN_ROOM if own else 0)
+            if len(self._queue) >= room or self._chars + len(text) > MAX_CHARS * (2 if own else 1):
+                self._dropped(text.count("\n"))
+                return
+            self._queue.append(text)
+            self._chars += len(text)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="guardrun-console", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def _dropped(self, lines: int) -> None:
+        if not lines:
+            return  # a status redraw: the next one replaces it anyway
+        if self._queue and isinstance(self._queue[-1], int):
+            self._queue[-1] += lines
+        else:
+            self._queue.append(lines)  # one item past the bound, once per gap
+
+    def drain(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self.attached or not (self._queue or self._busy),
+                                       timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._queue)
+                items, self._chars, self._busy = list(self._queue), 0, True
+                self._queue.clear()
+            if self.attached:
+                self._write("".join(item if isinstance(item, str) else self._notice(item)
+                                    for item in items))
+
+    def _notice(self, lines: int) -> str:
+        return (f"{_CLEAR if self._tty else ''}guardrun: {lines} line{'s' if lines != 1 else ''} "
+                f"not shown on this terminal (it was not read)\n")
+
+    def _write(self, text: str) -> None:
+        data = memoryview(text.encode(self._encoding, "replace"))
+        while data:
+            try:
+                data = data[os.write(self._fd, data):]
+            except BlockingIOError:  # someone made the fd non-blocking: wait until it drains
+                select.select([], [self._fd], [], 1.0)
+            except OSError as err:
+                if err.errno in _GONE:
+                    self.attached = False
+                return
+
+
+def _sink_for(stream: TextIO, tty: bool):
+    """A thread-written sink for a stream with a descriptor, a direct one otherwise."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return _Direct(stream)
+    try:
+        stream.flush()  # what was printed through the stream before goes first
+    except (OSError, ValueError):
+        pass
+    return _Threaded(fd, getattr(stream, "encoding", None) or "utf-8", tty)
+
+
+_DRAIN_AT_EXIT: "weakref.WeakSet[_Threaded]" = weakref.WeakSet()
+
+
+@atexit.register
+def _drain_at_exit() -> None:
+    """Give the last lines (guardrun's verdict) EXIT_DRAIN seconds to reach the terminal;
+    a reader that never reads does not keep guardrun from exiting."""
+    for sink in list(_DRAIN_AT_EXIT):
+        sink.drain(EXIT_DRAIN)

@@ -53,33 +53,55 @@ def iter_lines(source: Source, max_line: int = MAX_LINE) -> Iterator[str]:
     are skipped; blank lines ending in a bare '\\n' are kept. A final line without an end
     is yielded too.
     """
+    for line, _redraw in iter_pieces(source, max_line):
+        yield line
+
+
+def iter_pieces(source: Source, max_line: int = MAX_LINE) -> Iterator[tuple[str, bool]]:
+    """`iter_lines`, each line with whether it ended in a bare '\\r' (a redraw: tqdm's bar,
+    which the next piece overwrites on a terminal). A '\\r' that ends a read is held until
+    the next read says whether a '\\n' follows it, so a '\\r\\n' split across reads is one
+    line end, never a redraw."""
     read = _reader(source)
     pending = b""
     dropping = False   # inside an over-long line whose head was already yielded
-    skip_lf = False    # the last chunk ended in '\r': a '\n' starting the next one ends nothing
+    skip_lf = False    # a consumed '\\r' ended the last read: a '\\n' starting this one ends nothing
     while chunk := read(CHUNK):
         if skip_lf and chunk[:1] == b"\n":
             chunk = chunk[1:]
-        skip_lf = chunk[-1:] == b"\r"
+        skip_lf = False
         if dropping:
-            chunk, dropping = _after_line_end(chunk)
-            if dropping:
+            rest, dropping = _after_line_end(chunk)
+            skip_lf = not dropping and not rest and chunk.endswith(b"\r")
+            if dropping or not rest:
                 continue
-            pending = b""
+            chunk, pending = rest, b""
         data = pending + chunk if pending else chunk
         parts = data.splitlines(keepends=True)
         pending = b""
-        if parts and not parts[-1].endswith((b"\n", b"\r")):
-            pending = parts.pop()
+        if parts and (not parts[-1].endswith((b"\n", b"\r")) or parts[-1].endswith(b"\r")):
+            pending = parts.pop()  # no end yet, or a '\\r' that may be half of '\\r\\n'
         for part in parts:
             line = _decoded(part, max_line)
             if line is not None:
-                yield line
-        if len(pending) > max_line:
-            yield _cut(pending, max_line)
+                yield line, _is_redraw(part)
+        if pending.endswith(b"\r") and len(pending) > max_line + 1:
+            yield _cut(pending, max_line), True  # the line did end: nothing to drop after it
+            pending, skip_lf = b"", True
+        elif len(pending) > max_line and not pending.endswith(b"\r"):
+            yield _cut(pending, max_line), False
             pending, dropping = b"", True
-    if pending:
-        yield _cut(pending, max_line) if len(pending) > max_line else pending.decode("utf-8", "replace")
+    if pending.endswith(b"\r"):
+        line = _decoded(pending, max_line)
+        if line is not None:
+            yield line, True
+    elif pending:
+        yield (_cut(pending, max_line) if len(pending) > max_line
+               else pending.decode("utf-8", "replace")), False
+
+
+def _is_redraw(part: bytes) -> bool:
+    return part.endswith(b"\r")
 
 
 def _reader(source: Source):

@@ -1,9 +1,16 @@
 """The job's output, read on a thread: into the attempt's log, onto the console, into events.
 
-Lines are streamed (`lines.iter_lines` caps each one), never buffered whole, and what is
+Lines are streamed (`lines.iter_pieces` caps each one), never buffered whole, and what is
 kept is bounded (the first and last MAX_EVIDENCE // 2 failure lines, tracebacks' last
 frames, one NaN run), so a job that floods its output cannot grow guardrun. DeepSpeed's
 per-rank log files (`rank_logs`) join the same stream, tagged `[rankN]: `.
+
+Nothing here waits on the watch loop's behalf: the console queues without blocking
+(console.py), the log (attemptlog.py) is bounded and survives a full disk, and the loop's
+flush of a quiet log is skipped when this thread is busy writing (it flushes by itself
+then). `\r` redraws (tqdm: thousands a second; one bar wrote 243 MB in 68 s) are all
+parsed for progress but reach the log and the console collapsed: a redraw is held, the
+next piece replaces it (as on a terminal), and at most one per REDRAW_EVERY is written.
 """
 from __future__ import annotations
 
@@ -14,18 +21,24 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import IO, Generic, TypeVar
 
+from .attemptlog import AttemptLog
 from .console import Console
-from .lines import iter_lines, strip_ansi
+from .lines import iter_pieces, strip_ansi
 from .logs import Event, parse_line
 from .patterns import Patterns
 from .ranklogs import RankLogs
 from .rootcause import Trace, TraceTracker
 from .sentinel import NanState, NanTracker
+from .spacewatch import SpaceWatch
 
 #: Seconds a streaming log may stay unflushed (the watch loop flushes a quiet one).
 FLUSH_EVERY = 0.1
 #: Evidence events kept per attempt (errors, OOMs, nan...); progress only updates counters.
 MAX_EVIDENCE = 256
+#: Seconds between the redraws (of a `\r` progress bar) that reach the log and console.
+REDRAW_EVERY = 5.0
+#: logs.max_size's default: bytes of output.log per attempt.
+MAX_LOG = 1 << 30
 
 T = TypeVar("T")
 
@@ -60,29 +73,30 @@ class OutputReader:
     """Reads one attempt's merged stdout/stderr until EOF (every writer is gone)."""
 
     def __init__(self, pipe: IO[bytes], log_path: Path, console: Console, prefix: str, *,
-                 patterns: Patterns = Patterns(), rank_logs: Path | None = None):
+                 patterns: Patterns = Patterns(), rank_logs: Path | None = None,
+                 max_log: int = MAX_LOG, space: SpaceWatch | None = None):
         self._pipe = pipe
-        self._log_path = log_path
+        self._log = AttemptLog(log_path, max_log, space)
         self._console = console
         self._prefix = prefix
         self._patterns = patterns
         self._rank_logs_dir = rank_logs
         self._rank_logs: RankLogs | None = None
-        self._log: IO[str] | None = None
         self._lock = threading.Lock()        # the state below, read by the watch loop
         self._write_lock = threading.Lock()  # the log file: the pipe and rank files both write
+        self._held: str | None = None        # the newest redraw, not written yet
+        self._redrawn_at = float("-inf")     # when a redraw last reached the log
         self._evidence: HeadTail[Event] = HeadTail(MAX_EVIDENCE)
         self._traces = TraceTracker()
         self._nan = NanTracker()
         self._success = False
         self._progress = Progress()
         self._lines = 0
-        self._unflushed = False
         self._flushed_at = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="guardrun-output", daemon=True)
 
     def start(self) -> "OutputReader":
-        self._log = open(self._log_path, "a", encoding="utf-8", errors="replace")
+        self._log.open()
         self._thread.start()
         if self._rank_logs_dir is not None:
             self._rank_logs = RankLogs(self._rank_logs_dir, self._rank_line).start()
@@ -94,8 +108,12 @@ class OutputReader:
         done = not self._thread.is_alive()
         if self._rank_logs is not None:
             done = self._rank_logs.stop(timeout) and done
-        if done and self._log is not None:
-            self._log.close()
+        if done:
+            with self._write_lock:
+                if self._held is not None:  # the output ended on a redraw: it is the last state
+                    self._show(self._held)
+                    self._held = None
+                self._log.close()
         return done
 
     def progress(self) -> Progress:
@@ -122,37 +140,49 @@ class OutputReader:
             return self._success
 
     def _run(self) -> None:
-        for raw in iter_lines(self._pipe):
-            self.feed(raw)
+        for raw, redraw in iter_pieces(self._pipe):
+            self.feed(raw, redraw)
         self._pipe.close()
 
     def _rank_line(self, rank: int, raw: str) -> None:
         self.feed(f"[rank{rank}]: {raw}")
 
-    def feed(self, raw: str) -> None:
-        """One line of the job's output, from the pipe or a rank's file."""
+    def feed(self, raw: str, redraw: bool = False) -> None:
+        """One line of the job's output, from the pipe or a rank's file; `redraw`: it ended
+        in a bare '\\r', so the next piece overwrites it on a terminal."""
         line = raw if raw.isprintable() else strip_ansi(raw)  # isprintable: one C pass, no regex
         with self._write_lock:
-            if self._log is not None and not self._log.closed:
-                self._log.write(line + "\n")
-                self._unflushed = True
-            self._console.output(self._prefix, line)
+            if not redraw:
+                self._held = None  # overwritten by this line, as on a terminal
+                self._show(line)
+            elif time.monotonic() - self._redrawn_at >= REDRAW_EVERY:
+                self._held, self._redrawn_at = None, time.monotonic()
+                self._show(line)
+            else:
+                self._held = line
             self._take(line)
         self._flush(force=False)
 
+    def _show(self, line: str) -> None:
+        self._log.write(line)
+        self._console.output(self._prefix, line)
+
     def _flush(self, force: bool) -> None:
         """Flush the log at most every FLUSH_EVERY while lines stream in (a flush per line
-        cost ~6 µs of the ~40 µs a line takes here), and on the watch loop's every visit,
-        so a job that went quiet has all its lines in the file within one interval."""
-        if not self._unflushed:
-            return
+        cost ~6 µs of the ~40 µs a line takes here), and on the watch loop's every visit
+        (`force`), so a job that went quiet has all its lines in the file within one
+        interval. The loop never waits for the lock: if this thread holds it, it is busy
+        writing and flushes by itself."""
         now = time.monotonic()
         if not force and now - self._flushed_at < FLUSH_EVERY:
             return
-        with self._write_lock:
-            if self._log is not None and not self._log.closed:
-                self._log.flush()
-            self._unflushed, self._flushed_at = False, now
+        if not self._write_lock.acquire(blocking=not force):
+            return
+        try:
+            self._log.flush()
+            self._flushed_at = now
+        finally:
+            self._write_lock.release()
 
     def _take(self, line: str) -> None:
         events = parse_line(line) + self._patterns.scan(line)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrun.supervisor.lines import CUT_MARK, iter_lines, strip_ansi
+from guardrun.supervisor.lines import CUT_MARK, iter_lines, iter_pieces, strip_ansi
 
 
 class Trickle(io.RawIOBase):
@@ -166,3 +166,16 @@ def test_reads_a_real_child_pipe():
 ])
 def test_strip_ansi(raw, clean):
     assert strip_ansi(raw) == clean
+
+
+def pieces_of(data: bytes, sizes: list[int]) -> list[tuple[str, bool]]:
+    return list(iter_pieces(Trickle(data, sizes)))
+
+
+def test_pieces_say_which_lines_were_redraws():
+    assert pieces_of(b"a\rb\rc\nd\r\n", [3, 3, 4]) == [("a", True), ("b", True), ("c", False), ("d", False)]
+
+
+def test_a_crlf_split_across_reads_is_no_redraw():
+    assert pieces_of(b"one\r\ntwo\r\n", [4, 6]) == [("one", False), ("two", False)]
+    assert pieces_of(b"bar\r", [4]) == [("bar", True)]  # the output's end: the last redraw
