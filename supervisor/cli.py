@@ -24,13 +24,12 @@ from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
 from guardrun.launcher.units import parse_size
 
 from . import doctor as doctor_checks
-from . import planview
+from . import jobview, planview
 from . import report as reporting
 from .journal import Journal, StateDirError
 from . import unattended
 from .jobrun import JobRun
 from .loop import EXIT_USAGE, Options, Supervisor
-from .rootcause import RootCause
 
 
 class DefaultRunGroup(click.Group):
@@ -151,7 +150,7 @@ def _describe_state(name: str, state: dict) -> str:
             "loss", "memory", "vram", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
     lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
     if isinstance(state.get("root_cause"), dict):
-        lines += ["  " + line for line in RootCause.from_dict(state["root_cause"]).lines()]
+        lines += ["  " + line for line in jobview.root_cause_lines(state["root_cause"])]
     return "\n".join(lines)
 
 

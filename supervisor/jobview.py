@@ -10,7 +10,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Mapping
 
+from .rootcause import RootCause
+
 LIVE_STATES = frozenset({"starting", "running", "stopping", "backoff"})
+
+#: The types of the state.json fields that status, list and stop compute with; a field of
+#: another type (a damaged or hand-edited file) is dropped rather than crash them.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,), "pid": (int,), "attempt": (int,), "rung": (int,), "step": (int,),
+    "started": (str,), "updated": (str,), "root_cause": (dict,), "gave_up": (str,),
+    "memory_source": (str,), "memory_source_why": (str,), "launcher_pid": (int,),
+    "launcher_start": (int,), "dead_note": (str,),
+}
+
+
+def well_typed(state: Mapping[str, Any] | None) -> tuple[dict[str, Any], list[str]]:
+    """state.json's fields without those of the wrong type, and the names of those dropped."""
+    kept, dropped = {}, []
+    for key, value in (state or {}).items():
+        types = FIELD_TYPES.get(key)
+        if value is not None and types is not None and (
+                not isinstance(value, types) or (isinstance(value, bool) and bool not in types)):
+            dropped.append(key)
+        else:
+            kept[key] = value
+    return kept, dropped
+
+
+def root_cause_lines(data: Any) -> list[str]:
+    """A recorded root cause's lines; one line saying so when the record is not readable."""
+    try:
+        return RootCause.from_dict(data).lines()
+    except (TypeError, ValueError, AttributeError):
+        return ["root cause: (the recorded one cannot be read)"]
 
 def parse_iso(text: Any) -> float | None:
     """Seconds since the epoch of a state.json time (`2026-11-25T10:55:31+0000`)."""

@@ -9,23 +9,33 @@ the parent folder):
 
 The journal is also the ladder's memory: `history()` rebuilds the failure list from
 events.jsonl, so a restarted guardrun continues on the rung it had reached.
+
+Every folder here is 0700 and every file 0600 whatever the umask, made relative to the
+job dir's fd that Journal holds from its ownership check; a state root under a parent
+another user can write is refused (supervisor/statedir.py). The readers, which read
+around whatever a crash left (supervisor/journalread.py), are re-exported here.
 """
 from __future__ import annotations
 
 import json
 import os
-import stat
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import structlog
 
-from guardrun.launcher.failures import Failure, Kind
+from .journalread import Skipped, history, read_events, read_state
+from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
 
+__all__ = ["Journal", "Skipped", "StateDirError", "ensure_private_dir", "history", "job_dir",
+           "read_events", "read_state", "state_root", "write_atomic"]
 
-class StateDirError(Exception):
-    """The state directory cannot be used safely (owner, symlink, permissions)."""
+#: What guardrun keeps in a job dir, and of which type: an entry of another type (a
+#: directory named state.json) is set aside when a Journal opens the dir. The names of
+#: lock.py and control.py, which import this module.
+EXPECTED = {"events.jsonl": "file", "state.json": "file", "attempts": "directory",
+            "supervisor.lock": "file", "control.sock": "socket"}
 
 
 def state_root() -> Path:
@@ -41,23 +51,9 @@ def job_dir(name: str, root: Path | None = None) -> Path:
 
 
 def ensure_private_dir(path: Path) -> Path:
-    """Create `path` (and parents) with mode 0700; refuse a symlink or another user's dir.
-
-    On a shared server another user could pre-create the folder or point a symlink at
-    their own files; guardrun then refuses instead of writing there.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    info = os.lstat(path)
-    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise StateDirError(f"{path} is a symlink or not a directory: refusing to use it")
-    if info.st_uid != os.getuid():
-        raise StateDirError(f"{path} belongs to uid {info.st_uid}, not to you: refusing to use it")
-    if info.st_mode & 0o077:
-        os.chmod(path, 0o700)
+    """Create `path` (and parents) with mode 0700; refuse a symlink, another user's dir,
+    or a parent another user could swap it in (supervisor/statedir.py says how)."""
+    os.close(open_private_dir(path))
     return path
 
 
@@ -80,8 +76,11 @@ class Journal:
 
     def __init__(self, name: str, root: Path | None = None):
         self.name = name
-        self.dir = ensure_private_dir(job_dir(name, root))
-        self._events = open(self.dir / "events.jsonl", "a", buffering=1)
+        self.dir = job_dir(name, root)
+        # Held until close: every file of the job dir is opened relative to it (statedir.py).
+        self.dir_fd = open_private_dir(self.dir)
+        set_aside_wrong_types(self.dir_fd, self.dir, EXPECTED)
+        self._events = os.fdopen(self._open_events(), "a", buffering=1, encoding="utf-8")
         self.log = structlog.wrap_logger(
             structlog.WriteLogger(self._events),
             processors=[structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
@@ -91,58 +90,34 @@ class Journal:
     def emit(self, event: str, **fields: Any) -> None:
         self.log.info(f"guardrun.{event}", **fields)
 
+    def _open_events(self) -> int:
+        """events.jsonl for appending, 0600; after a torn last line (a writer killed mid-line)
+        a newline first, so this run's first event is not glued onto it and lost."""
+        fd = open_file("events.jsonl", self.dir / "events.jsonl", self.dir_fd, os.O_RDWR | os.O_APPEND)
+        size = os.fstat(fd).st_size
+        try:
+            if size and os.pread(fd, 1, size - 1) != b"\n":
+                os.write(fd, b"\n")
+        except OSError:
+            pass  # a full disk: the first emit says so
+        return fd
+
     def attempt_dir(self, attempt: int) -> Path:
-        path = self.dir / "attempts" / str(attempt)
-        path.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return path
+        """`attempts/<n>/`, both 0700, made relative to the job dir's fd."""
+        shown = self.dir / "attempts"
+        parent = open_dir("attempts", shown, self.dir_fd)
+        try:
+            os.close(open_dir(str(attempt), shown / str(attempt), parent))
+        finally:
+            os.close(parent)
+        return shown / str(attempt)
 
     def write_state(self, state: dict[str, Any]) -> None:
-        write_atomic(self.dir / "state.json", json.dumps(state, indent=2, default=str) + "\n")
+        replace_file(self.dir_fd, "state.json",  # relative to the held fd (statedir.py)
+                     (json.dumps(state, indent=2, default=str) + "\n").encode())
 
     def close(self) -> None:
         self._events.close()
-
-
-def read_events(directory: Path) -> Iterator[dict[str, Any]]:
-    """The events of a state directory, oldest first; a torn last line is skipped."""
-    try:
-        handle = open(directory / "events.jsonl")
-    except FileNotFoundError:
-        return
-    with handle:
-        for line in handle:
-            try:
-                yield json.loads(line)
-            except ValueError:
-                continue
-
-
-def read_state(directory: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((directory / "state.json").read_text())
-    except (FileNotFoundError, ValueError):
-        return None
-
-
-def history(directory: Path, digest: str | None = None) -> list[Failure]:
-    """The failures recorded so far, oldest first, for the ladder to continue from.
-
-    It starts over after a run that finished, and when the recipe changed since the
-    failures were recorded (`digest` differs): a fixed recipe deserves rung 0 again.
-    """
-    failures: list[Failure] = []
-    recorded_under = None  # the digest of the recipe the failures so far were recorded with
-    for event in read_events(directory):
-        name = event.get("event")
-        if name == "guardrun.run.finished":
-            failures = []
-        elif name == "guardrun.run.started":
-            if event.get("digest") != recorded_under:
-                failures = []
-            recorded_under = event.get("digest")
-        elif name == "guardrun.attempt.ended" and event.get("kind") not in (None, "success"):
-            kind = Kind(event["kind"])
-            if kind not in (Kind.INTERRUPTED, Kind.USER_ERROR):
-                failures.append(Failure(kind, event.get("evidence", ""),
-                                        attempt=event.get("attempt", 0), step=event.get("step")))
-    return failures if digest is None or digest == recorded_under else []
+        if self.dir_fd >= 0:
+            os.close(self.dir_fd)
+            self.dir_fd = -1

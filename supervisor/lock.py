@@ -61,6 +61,8 @@ def _open(path: Path, flags: int) -> int:
     if not stat.S_ISREG(info.st_mode) or info.st_uid != os.getuid():
         os.close(fd)
         raise StateDirError(f"{path} is not a regular file of yours: refusing to use it")
+    if flags & os.O_RDWR and stat.S_IMODE(info.st_mode) != 0o600:
+        os.fchmod(fd, 0o600)  # an older guardrun's, or made under a loose umask
     return fd
 
 
@@ -108,13 +110,9 @@ def holder(directory: Path) -> int | None:
     """The pid holding the job's lock now (from the kernel), or None when nobody does."""
     path = lock_path(directory)
     try:
-        fd = _open(path, os.O_RDONLY)
-    except (FileNotFoundError, StateDirError):
-        return None
-    except OSError as err:
-        if err.errno == errno.ELOOP:
-            return None
-        raise
+        fd = _open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except (OSError, StateDirError):
+        return None  # absent, a symlink, a FIFO, not ours: no supervisor of ours holds it
     try:
         if struct.calcsize("q") != 8 or struct.calcsize(_FLOCK) != 32:
             return _holder_by_trying(path)
@@ -143,7 +141,7 @@ def _holder_by_trying(path: Path) -> int | None:
 def read_info(directory: Path) -> LockInfo | None:
     """What the last holder wrote into the lock file, or None if nothing readable is there."""
     try:
-        fd = _open(lock_path(directory), os.O_RDONLY)
+        fd = _open(lock_path(directory), os.O_RDONLY | os.O_NONBLOCK)
     except (OSError, StateDirError):
         return None
     try:

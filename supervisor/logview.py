@@ -8,12 +8,19 @@ own prefix on error lines), `[defaultR]:` (torchrun `--tee`, role "default").
 Following reads what is there, then polls for more; it moves on to a newer attempt when
 one starts (unless `--attempt` pinned one) and ends when the supervisor is gone and the
 log is read to its end.
+
+A damaged state dir is read around: an entry of attempts/ that is not an attempt number
+is skipped and said once; a log that cannot be read (a directory, a symlink, EIO) raises
+LogUnreadable, which `guardrun logs` turns into one error line and exit 1.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, TextIO
+
+from .statedir import open_regular, reason
 
 #: How often a followed log is polled for new lines (a person is reading it).
 FOLLOW_POLL = 0.2
@@ -27,11 +34,39 @@ class LogChoice:
     note: str                          # said to the user on stderr, when not empty
 
 
-def attempts(job_dir: Path) -> list[int]:
+class LogUnreadable(Exception):
+    """An attempt's log exists but cannot be read; the message names it and says why."""
+
+
+def attempts(job_dir: Path, say: Callable[[str], None] | None = None) -> list[int]:
+    """The attempt numbers of a job, oldest first; `say` hears about what was skipped."""
     folder = job_dir / "attempts"
-    if not folder.is_dir():
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
         return []
-    return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit())
+    except OSError as err:
+        if say is not None:
+            say(f"{folder}: {'not a directory' if isinstance(err, NotADirectoryError) else reason(err)}: "
+                "no attempts read")
+        return []
+    # isascii: '²'.isdigit() is True, and int('²') raises.
+    odd = sorted(name for name in names if not (name.isascii() and name.isdigit()))
+    if odd and say is not None:
+        one = len(odd) == 1
+        say(f"{folder}: skipped {len(odd)} {'entry that is' if one else 'entries that are'} not an "
+            f"attempt number ({', '.join(map(repr, odd[:3]))}{', ...' if len(odd) > 3 else ''})")
+    return sorted(int(name) for name in names if name.isascii() and name.isdigit())
+
+
+def _open_log(path: Path) -> TextIO:
+    """The log for reading (FileNotFoundError if absent), LogUnreadable if it cannot be read."""
+    try:
+        return open(open_regular(path), encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise LogUnreadable(f"cannot read {path}: {reason(err)}") from None
 
 
 def rank_prefixes(rank: int) -> tuple[str, ...]:
@@ -60,13 +95,15 @@ def copy(choice: LogChoice, out: TextIO) -> int:
     """Write the chosen lines of the whole file to `out`; how many were written."""
     written = 0
     try:
-        with open(choice.path, encoding="utf-8", errors="replace") as handle:
+        with _open_log(choice.path) as handle:
             for line in handle:
                 if keep(line, choice.prefixes):
                     out.write(line)
                     written += 1
     except FileNotFoundError:
         return 0
+    except OSError as err:  # EIO while reading
+        raise LogUnreadable(f"cannot read {choice.path}: {reason(err)}") from None
     out.flush()
     return written
 
@@ -104,10 +141,13 @@ class Follower:
         """Write the complete lines added since the last look; whether there were any."""
         if self._handle is None:
             try:
-                self._handle = open(self.choice.path, encoding="utf-8", errors="replace")
+                self._handle = _open_log(self.choice.path)
             except FileNotFoundError:
                 return False
-        data = self._handle.read()
+        try:
+            data = self._handle.read()
+        except OSError as err:
+            raise LogUnreadable(f"cannot read {self.choice.path}: {reason(err)}") from None
         if not data:
             return False
         lines = (self._partial + data).split("\n")

@@ -301,7 +301,9 @@ class Supervisor:
 
     def _next_attempt_number(self) -> int:
         attempts = self.journal.dir / "attempts"
-        numbers = [int(p.name) for p in attempts.iterdir() if p.name.isdigit()] if attempts.is_dir() else []
+        # isascii: '²'.isdigit() is True and int('²') raises; such a folder is not an attempt.
+        numbers = ([int(p.name) for p in attempts.iterdir() if p.name.isascii() and p.name.isdigit()]
+                   if attempts.is_dir() else [])
         return max(numbers, default=0) + 1
 
     def _move(self, target: State) -> None:

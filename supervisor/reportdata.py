@@ -3,6 +3,11 @@
 Pure: a list of event dicts in, a Report out; no files, no matplotlib. The report covers the
 journal's last run (from its last `run.started`); times are seconds since that start, from
 the events' `ts` (wall clock, as the journal records it).
+
+A damaged journal is read around: an event whose fields have the wrong type (a number
+where a name belongs, a string where bytes were counted) is skipped, and Report.skipped
+says why, for the one warning line `guardrun report` prints; a `run.started` keeps its
+place (it divides the runs) and loses only the bad fields.
 """
 from __future__ import annotations
 
@@ -78,6 +83,7 @@ class Report:
     markers: tuple[Marker, ...] = ()
     earlier_runs: int = 0
     end: float = 0.0               # the last event's time
+    skipped: tuple[str, ...] = ()  # why each unusable event was left out
 
 
 def seconds(ts: Any) -> float | None:
@@ -98,10 +104,72 @@ def last_run(events: Iterable[dict]) -> tuple[list[dict], int]:
     return events[starts[-1]:], len(starts) - 1
 
 
+def _int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _num(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _str(value: Any) -> bool:
+    return isinstance(value, str)
+
+
+def _strings(value: Any) -> bool:
+    return isinstance(value, list) and all(map(_str, value))
+
+
+def _dict(value: Any) -> bool:
+    return isinstance(value, dict)
+
+
+def _gpus(value: Any) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(row, list) and len(row) == 4 and _int(row[0]) and _num(row[1]) and _num(row[2])
+        and (row[3] is None or _num(row[3])) for row in value)
+
+
+#: The fields build() computes with, per event, and the test each value (when not null) must pass.
+FIELDS = {
+    "guardrun.run.started": {"tree_limit": _int, "min_available": _int},
+    "guardrun.attempt.started": {"attempt": _int, "rung": _int, "ranks": _int, "per_device": _int,
+                                 "grad_accum": _int, "global_batch": _int, "lr": _num,
+                                 "resume_from": _str, "notes": _strings},
+    "guardrun.attempt.ended": {"attempt": _int, "kind": _str, "evidence": _str, "exit_code": _int,
+                               "step": _int, "root_cause": _dict, "peak_pss": _num, "peak_tree": _num},
+    "guardrun.memory.sample": {"attempt": _int, "pss": _num, "tree": _num, "available": _num,
+                               "gpus": _gpus},
+    "guardrun.limit.breached": {"kind": _str, "attempt": _int},
+    "guardrun.diagnosis.stop": {"attempt": _int}, "guardrun.attempt.stopped": {"attempt": _int},
+    "guardrun.run.gave_up": {"why": _str}, "guardrun.run.stopped": {"why": _str},
+}
+
+
+def usable(events: Iterable[dict]) -> tuple[list[dict], list[str]]:
+    """The events build() can use, and why each other one was left out."""
+    kept, skipped = [], []
+    for event in events:
+        name = event.get("event")
+        tests = FIELDS.get(name, {})
+        bad = [key for key, test in tests.items() if event.get(key) is not None and not test(event[key])]
+        if name == "guardrun.attempt.started" and not _int(event.get("attempt")):
+            bad = bad or ["attempt"]
+        if bad:
+            skipped.append(f"{name}: {', '.join(bad)} of the wrong type")
+        if not bad:
+            kept.append(event)
+        elif name == "guardrun.run.started":  # it divides the runs: kept, without the bad fields
+            kept.append({k: v for k, v in event.items() if k not in bad})
+    return kept, skipped
+
+
 def build(job: str, events: Iterable[dict]) -> Report:
+    events, skipped = usable(events)
     run, earlier = last_run(events)
     if not run:
-        return Report(job, "", "no events", None, None, (), (), earlier_runs=earlier)
+        return Report(job, "", "no events", None, None, (), (), earlier_runs=earlier,
+                      skipped=tuple(skipped))
     origin = seconds(run[0]["ts"])
     attempts: dict[int, dict] = {}
     host: list[HostPoint] = []
@@ -139,7 +207,7 @@ def build(job: str, events: Iterable[dict]) -> Report:
                   min_available=started.get("min_available"), attempts=rows, host=tuple(host),
                   gpus={i: tuple(points) for i, points in sorted(gpus.items())},
                   markers=tuple(breaches) + markers(rows), earlier_runs=earlier,
-                  end=seconds(run[-1]["ts"]) - origin)
+                  end=seconds(run[-1]["ts"]) - origin, skipped=tuple(skipped))
 
 
 #: Events after which an attempt's memory is no longer sampled: the limit or diagnosis stop,

@@ -8,9 +8,8 @@ from html import escape
 
 from guardrun.launcher.units import format_bytes
 
-from .jobview import duration
+from .jobview import duration, root_cause_lines
 from .reportdata import Report, describe_limit
-from .rootcause import RootCause
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #212121; }
@@ -65,7 +64,7 @@ def root_causes(report: Report) -> str:
     for a in report.attempts:
         if not a.root_cause:
             continue
-        lines = RootCause.from_dict(a.root_cause).lines()
+        lines = root_cause_lines(a.root_cause)
         blocks.append(f"<h3>attempt {a.number}</h3><pre>{escape(chr(10).join(lines))}</pre>")
     return "".join(blocks) or "<p>No attempt failed with a root cause on record.</p>"
 

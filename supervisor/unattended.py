@@ -2,7 +2,12 @@
 
 Registered on the `guardrun` group by cli.py, whose `status` calls show_status. Exit
 codes follow the README's table: 0 done, 1 the action failed (a daemon that died at
-start, a stop that timed out), 2 usage (no such job, bad recipe, the job already supervised: the message names the pid).
+start, a stop that timed out, a log that cannot be read), 2 usage (no such job, bad recipe,
+the job already supervised: the message names the pid).
+
+A damaged state dir never ends a command in a traceback: what cannot be read (a state.json
+that is not a JSON object, an attempts/ entry that is not a number) is skipped and said in
+one `guardrun: warning:` line on stderr, and the command answers with the rest (exit 0).
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
 from . import control, daemon, jobview, lock, logview, tmux
 from .clock import MonotonicClock
 from .journal import StateDirError, ensure_private_dir, job_dir, read_state, state_root
+from .statedir import warn
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
 #: How often `stop` looks whether the supervisor has let go of the job's lock.
@@ -102,19 +108,39 @@ def start(recipe: str, fresh: bool) -> None:
 
 
 def _view(name: str, directory: Path, live: bool) -> dict:
-    """One job's status; with `live`, the running supervisor's own snapshot over state.json."""
+    """One job's status; with `live`, the running supervisor's own snapshot over state.json.
+    Fields of state.json of the wrong type are dropped and said (a damaged file)."""
     state, holder = read_state(directory), lock.holder(directory)
+    state, dropped = jobview.well_typed(state)
+    if dropped:
+        warn(f"{directory / 'state.json'}: ignored {len(dropped)} field(s) of the wrong type: "
+             + ", ".join(dropped))
     if live and holder is not None:
         try:
-            state = {**(state or {}), **control.request(directory, "status", timeout=2.0)["state"]}
-        except (control.ControlError, StateDirError, KeyError):
+            reply = control.request(directory, "status", timeout=2.0)["state"]
+            state = {**state, **jobview.well_typed(reply)[0]}
+        except (control.ControlError, StateDirError, KeyError, TypeError):
             pass  # state.json is at most a few seconds old
     return jobview.view(name, state, holder, time.time())
 
 
 def _job_names() -> list[str]:
+    """The folders of the state root (a symlink or a file there is no job)."""
     root = state_root()
-    return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    try:
+        entries = sorted(os.scandir(root), key=lambda entry: entry.name)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError as err:
+        warn(f"{root}: {err.strerror}: no jobs read")
+        return []
+    return [entry.name for entry in entries if entry.is_dir(follow_symlinks=False)]
+
+
+def _recorded(directory: Path) -> bool:
+    """Whether the job dir holds a state.json (readable or not) or a live supervisor."""
+    return directory.is_dir() and (os.path.lexists(directory / "state.json")
+                                   or lock.holder(directory) is not None)
 
 
 def show_status(job: str | None, as_json: bool, describe: Callable[[str, dict], str]) -> None:
@@ -123,8 +149,7 @@ def show_status(job: str | None, as_json: bool, describe: Callable[[str, dict], 
     views = []
     for name in names:
         directory = job_dir(name)
-        if job and (not directory.is_dir() or (read_state(directory) is None
-                                               and lock.holder(directory) is None)):
+        if job and ("/" in job or job in (".", "..") or not _recorded(directory)):
             _error(f"{name}: no state recorded in {directory}", EXIT_USAGE)
         views.append(_view(name, directory, live=True))
     if as_json:
@@ -157,7 +182,7 @@ def list_jobs(as_json: bool) -> None:
 def logs(job: str, follow: bool, attempt: int | None, rank: int | None) -> None:
     """Print JOB's output: the latest attempt's, or --attempt N's."""
     directory = _job_dir(job)
-    numbers = logview.attempts(directory)
+    numbers = logview.attempts(directory, say=warn)
     if attempt is not None and attempt not in numbers:
         have = f"{numbers[0]}-{numbers[-1]}" if numbers else "none yet"
         _error(f"job {job} has no attempt {attempt} (attempts: {have})", EXIT_USAGE)
@@ -169,16 +194,23 @@ def logs(job: str, follow: bool, attempt: int | None, rank: int | None) -> None:
         choice = logview.choose(directory, chosen, rank)
         if choice.note:
             say(choice.note)
-        if logview.copy(choice, sys.stdout) == 0 and rank is not None:
+        try:
+            copied = logview.copy(choice, sys.stdout)
+        except logview.LogUnreadable as err:
+            _error(str(err), EXIT_FAILED)
+        if copied == 0 and rank is not None:
             say(f"no lines for rank {rank} in attempt {chosen}")
         return
     # Attempt 0 never exists: following it waits for the first attempt, then switches.
     choice = logview.choose(directory, chosen or 0, rank)
     if choice.note and chosen:
         say(choice.note)
-    logview.Follower(directory, choice, pinned=attempt is not None, rank=rank,
-                     alive=lambda: lock.holder(directory) is not None, sleep=time.sleep,
-                     out=sys.stdout, say=say).run()
+    try:
+        logview.Follower(directory, choice, pinned=attempt is not None, rank=rank,
+                         alive=lambda: lock.holder(directory) is not None, sleep=time.sleep,
+                         out=sys.stdout, say=say).run()
+    except logview.LogUnreadable as err:
+        _error(str(err), EXIT_FAILED)
 
 
 @click.command()
@@ -202,12 +234,15 @@ def stop(job: str, now: bool, timeout: float) -> None:
         if now:
             _error(f"cannot reach the supervisor: {err}", EXIT_FAILED)
         click.echo(f"guardrun: {err}; sending SIGTERM to pid {pid}")
-        os.kill(pid, signal.SIGTERM)
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass  # it exited meanwhile: the lock says so below
     while lock.holder(directory) is not None:
         if time.monotonic() - began > timeout:
             _error(f"job {job} is still stopping after {timeout:g}s (pid {pid})", EXIT_FAILED)
         time.sleep(STOP_POLL)
-    state = (read_state(directory) or {}).get("state", "unknown")
+    state = (read_state(directory, say=None) or {}).get("state", "unknown")
     click.echo(f"guardrun: job {job} stopped after {time.monotonic() - began:.1f}s (state: {state})")
 
 
