@@ -110,6 +110,40 @@ def test_a_parent_another_user_can_write_is_refused(shared, tmp_path, owner, mod
 
 
 @needs_root
+@pytest.mark.parametrize("group, refused", [(NOBODY, True), (0, False)],
+                         ids=["another_group", "own_private_group"])
+def test_a_group_writable_parent_is_refused_unless_the_group_is_ours_alone(shared, tmp_path,
+                                                                           group, refused):
+    """Group `nogroup` may have other members; `root`, for root, is a user-private group
+    (same name, no other member), as Debian gives every user with umask 002."""
+    parent = shared / "team"
+    parent.mkdir()
+    os.chown(parent, -1, group)
+    parent.chmod(0o775)
+    result = run(recipe(tmp_path), parent / "state")
+    if refused:
+        assert result.returncode == 2, result.stdout + result.stderr
+        assert f"{parent} is not safe" in result.stderr and "writable by group 65534" in result.stderr
+    else:
+        assert result.returncode == 0, result.stdout + result.stderr
+
+
+@needs_root
+def test_a_symlink_another_user_planted_on_the_path_is_refused(shared, tmp_path):
+    """GUARDRUN_STATE_DIR=/tmp/link/state where `link` is nobody's: they can repoint it."""
+    sticky, ours = shared / "tmp", tmp_path / "ours"
+    sticky.mkdir()
+    sticky.chmod(0o1777)
+    ours.mkdir()
+    subprocess.run(["runuser", "-u", "nobody", "--", "ln", "-s", str(ours), str(sticky / "link")],
+                   check=True)
+    result = run(recipe(tmp_path), sticky / "link" / "state")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"{sticky} is not safe" in result.stderr and str(sticky / "link") in result.stderr
+    assert list(ours.iterdir()) == []
+
+
+@needs_root
 def test_a_state_root_made_by_another_user_in_a_sticky_dir_is_refused(shared, tmp_path):
     sticky = shared / "tmp"
     sticky.mkdir()
