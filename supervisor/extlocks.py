@@ -10,7 +10,9 @@ later process that needs the op waits for it forever: a relaunch hangs at DeepSp
 The file is empty and nothing holds it open, so only the tree can say whose it is. Just
 before the stop (`find_builds`), every process of the attempt's tree is looked at: one whose
 cwd lies in `<root>/<ext>/` (ninja and the compilers it runs work there), or a compiler
-(cc1plus, ninja, nvcc, ...) whose arguments name such a folder, is building `<ext>`. Once
+(cc1plus, ninja, nvcc, ...) whose arguments name such a folder, is building `<ext>`
+(checked on a real DeepSpeed build here: ninja, sh, c++ and cc1plus in deepspeed_shm_comm/
+from 1.2 s to 30 s, then collect2 and ld; the Python builder's own cwd is elsewhere). Once
 the tree is gone, those folders' locks alone are removed (`clear_build_locks`). A lock
 taken by anyone else (the same user's concurrent DeepSpeed build, another `make test`) is
 left: removing it made that build's `baton.release()` fail with FileNotFoundError, four
