@@ -42,9 +42,15 @@ def start_time(pid: int) -> int | None:
 def record(pids: str) -> None:
     pid = os.getpid()
     path = os.path.join(pids, str(pid))
-    with open(path + ".tmp", "w") as handle:
-        handle.write(f"{pid} {start_time(pid)}")
-    os.rename(path + ".tmp", path)
+    # SIGTERM held off meanwhile: a child forked by the handler mid-record would carry on
+    # in this frame, writing this pid's line into this file a second time (seen here).
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        with open(path + ".tmp", "w") as handle:
+            handle.write(f"{pid} {start_time(pid)}")
+        os.rename(path + ".tmp", path)
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
 
 
 def recorded(pids: str) -> list[tuple[int, int]]:
