@@ -25,10 +25,11 @@ from .follow import CheckpointFollower, Seen
 from .gpuwatch import GpuMonitor
 from .memory import ProcfsMemory
 from .memtrail import MemoryTrail
-from .output import OutputReader, Progress
+from .output import MAX_LOG, OutputReader, Progress
 from .patterns import Patterns
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory
 from .signals import Requests
+from .spacewatch import SpaceWatch
 
 #: How long the output pipe may stay open after the tree is gone (a writer we do not
 #: know of); past it the reader is abandoned rather than hang the supervisor.
@@ -72,6 +73,8 @@ class Watch:
     checkpoints: CheckpointFollower | None = None  # follows the checkpoint folder, if the recipe has one
     gpu: GpuMonitor | None = None  # samples VRAM each interval, where there are GPUs
     diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
+    space: SpaceWatch | None = None  # the state dir's write health (the journal's), for output.log
+    log_max_size: int = MAX_LOG  # logs.max_size: output.log's bound
 
 
 def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
@@ -94,7 +97,8 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     diagnosis = watch.diagnosis
     reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",
                           patterns=diagnosis.patterns if diagnosis else Patterns(),
-                          rank_logs=diagnosis.rank_logs if diagnosis else None).start()
+                          rank_logs=diagnosis.rank_logs if diagnosis else None,
+                          max_log=watch.log_max_size, space=watch.space).start()
     tree = proc.ProcTree(adopter=os.getpid())
     peaks = Peaks()
     stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))

@@ -147,7 +147,7 @@ def _describe_state(name: str, state: dict) -> str:
         current = f"dead (its supervisor, pid {pid}, is gone; it was {current})"
     lines = [f"{name}: {current}"]
     keys = ("attempt", "rung", "ranks", "per_device", "grad_accum", "global_batch", "step",
-            "loss", "memory", "vram", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
+            "loss", "memory", "vram", "logging", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
     lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
     if isinstance(state.get("root_cause"), dict):
         lines += ["  " + line for line in jobview.root_cause_lines(state["root_cause"])]

@@ -20,12 +20,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from .journalread import Skipped, history, read_events, read_state
+from .spacewatch import SpaceWatch, reserve, write_all
 from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
 
 __all__ = ["Journal", "Skipped", "StateDirError", "ensure_private_dir", "history", "job_dir",
@@ -57,6 +59,18 @@ def ensure_private_dir(path: Path) -> Path:
     return path
 
 
+#: Disk kept allocated past events.jsonl's end, so the journal can still record a full
+#: disk (and the run's end) after the job's output filled it: ~800 events of ~300 bytes.
+JOURNAL_RESERVE = 256 * 1024
+_STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
+_JSON = structlog.processors.JSONRenderer(default=str)
+
+
+def _render(record: dict[str, Any]) -> bytes:
+    """One events.jsonl line, as structlog renders it (job, fields, event, ts)."""
+    return (_JSON(None, "info", _STAMP(None, "info", record)) + "\n").encode("utf-8", "replace")
+
+
 def write_atomic(path: Path, text: str) -> None:
     """Replace `path` with `text` so a reader sees the old or the new file, never half."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
@@ -67,7 +81,10 @@ def write_atomic(path: Path, text: str) -> None:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
-        os.unlink(tmp)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass  # the first error is the one to report
         raise
 
 
@@ -87,8 +104,47 @@ class Journal:
                         structlog.processors.JSONRenderer(default=str)],
         ).bind(job=name)
 
+    # -- writers: a failing disk costs the record (counted, said), never the caller --------
+    _write_lock = threading.Lock()  # emit runs on the loop and on helper threads
+    _space: SpaceWatch | None = None
+    _torn = False           # the last append stopped mid-line: start the next on a new line
+    _unreserved = 0         # bytes appended since the last reservation
+
+    @property
+    def space(self) -> SpaceWatch:
+        """The state dir's write health, shared by every writer of this job's files."""
+        with Journal._write_lock:
+            if self._space is None:
+                self._space = SpaceWatch()
+            return self._space
+
     def emit(self, event: str, **fields: Any) -> None:
-        self.log.info(f"guardrun.{event}", **fields)
+        """Append one event. On a full or failing disk the event is dropped and counted; while
+        that lasts a write is tried every few seconds, and the first that works is preceded
+        by a `logging.resumed` event saying how many were lost since when."""
+        space = self.space
+        if not space.may_write("events.jsonl"):
+            space.lost("events.jsonl", events=1)
+            return
+        data = _render({"job": self.name, **fields, "event": f"guardrun.{event}"})
+        outage = space.peek("events.jsonl")
+        if outage is not None:
+            data = _render({"job": self.name, "event": "guardrun.logging.resumed", "what": "events.jsonl",
+                            "reason": outage.reason, "since": outage.since_wall,
+                            "lost_events": outage.lost_events}) + data
+        with Journal._write_lock:
+            if self._torn:
+                data = b"\n" + data
+            fd = self._events.fileno()
+            written, err = write_all(fd, data)
+            self._torn = bool(err) and written > 0
+            if err is not None:
+                space.failed("events.jsonl", err, events=1)
+                return
+            self._unreserved -= len(data)
+            if self._unreserved <= 0 and reserve(fd, JOURNAL_RESERVE):
+                self._unreserved = JOURNAL_RESERVE // 2
+        space.worked("events.jsonl")
 
     def _open_events(self) -> int:
         """events.jsonl for appending, 0600; after a torn last line (a writer killed mid-line)
@@ -113,8 +169,17 @@ class Journal:
         return shown / str(attempt)
 
     def write_state(self, state: dict[str, Any]) -> None:
-        replace_file(self.dir_fd, "state.json",  # relative to the held fd (statedir.py)
-                     (json.dumps(state, indent=2, default=str) + "\n").encode())
+        """Replace state.json; on a full disk the old one stays (retried every few seconds)."""
+        space = self.space
+        if not space.may_write("state.json"):
+            return
+        try:
+            replace_file(self.dir_fd, "state.json",  # relative to the held fd (statedir.py)
+                         (json.dumps(state, indent=2, default=str) + "\n").encode())
+        except OSError as err:
+            space.failed("state.json", err)
+            return
+        space.worked("state.json")
 
     def close(self) -> None:
         self._events.close()

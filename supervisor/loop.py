@@ -37,6 +37,7 @@ from .policy import MemoryLimits, MemoryReading, backoff, classify
 from .resume import Context as ResumeContext
 from .resume import ResumeError
 from .resume import prepare as prepare_resume
+from .spacewatch import RETRY_EVERY, SUSPENDED
 from .states import State, check_transition
 
 EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -185,6 +186,7 @@ class Supervisor:
                       status=lambda progress, reading: self._status(number, plan, started,
                                                                     progress, reading, limits, follower),
                       checkpoints=follower, gpu=self._vram,
+                      space=self.journal.space, log_max_size=self.recipe.logs.max_size,
                       diagnosis=Diagnosis.for_attempt(
                           self.recipe, attempt_dir, clock=self.clock, emit=self._attempt_event,
                           say=self.console.say,
@@ -269,6 +271,7 @@ class Supervisor:
                 reading: MemoryReading | None, limits: MemoryLimits,
                 follower: CheckpointFollower | None) -> str:
         now = self.clock.monotonic()
+        self._note_logging()
         if self.requests.hung_up and not self._hangup_noted:
             # journaled here, not in the signal handler: the journal is not reentrant
             self._hangup_noted = True
@@ -315,8 +318,29 @@ class Supervisor:
 
     def _write_state(self, now: float) -> None:
         self._last_state_write = now
+        self._note_logging()
         self._snapshot.update(state=str(self.state), updated=_now_iso())
         self.journal.write_state(self._snapshot)
+
+    def _note_logging(self) -> None:
+        """Say (console, journal) when a state-dir write began or stopped failing; keep the
+        standing line in state.json and `guardrun status` ("state dir full: logging suspended")."""
+        for change in self.journal.space.changes():
+            if change.resumed:
+                lost = ", ".join(part for part in (f"{change.lost_lines} lines" * bool(change.lost_lines),
+                                                   f"{change.lost_events} events" * bool(change.lost_events))
+                                 if part)
+                self.console.say(f"{change.what} is written again after {change.seconds:g}s of "
+                                 f"{change.reason}" + (f"; {lost} were not written" if lost else ""))
+                if change.what != "events.jsonl":  # the journal says its own resumption
+                    self.journal.emit("logging.resumed", what=change.what, reason=change.reason,
+                                      lost_lines=change.lost_lines, lost_bytes=change.lost_bytes,
+                                      seconds=change.seconds)
+            else:
+                self.console.say(f"{SUSPENDED}: {change.what}: {change.reason}; the job keeps "
+                                 f"running and is still guarded; retrying every {RETRY_EVERY:g}s")
+                self.journal.emit("logging.suspended", what=change.what, reason=change.reason)
+        self._snapshot["logging"] = self.journal.space.describe()
 
     def _finish(self, state: State, code: int, why: str) -> int:
         self._move(state)
