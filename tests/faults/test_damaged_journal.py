@@ -104,6 +104,15 @@ def _torn(job: Path) -> None:
         handle.write(b'{"job": "demo", "event": "guardrun.state.chan')
 
 
+def _torn_then_restarted(job: Path) -> None:
+    """A supervisor killed mid-line, then a later run of the same recipe (its first event on
+    a new line): the torn line is the known trace of the kill, not damage."""
+    again = (job / "events.jsonl").read_bytes().splitlines(keepends=True)  # the same run's events
+    _torn(job)
+    with open(job / "events.jsonl", "ab") as handle:
+        handle.write(b"\n" + b"".join(again))
+
+
 def _wrong_types(job: Path) -> None:
     bad = [{"job": JOB, "event": "guardrun.memory.sample", "attempt": 1, "tree": "lots",
             "pss": [1], "available": {}, "gpus": 7, "ts": TS.format(2)},
@@ -162,6 +171,8 @@ STATE_BAD = r"warning: .*state\.json: "
      {"report": (0, r"warning: .*events\.jsonl: skipped \d+ unusable"), "run": (0, NO_HISTORY)}, 0),
     ("torn_last_line", _torn,
      {"report": (0, r"skipped 1 unusable line .*torn"), "run": (0, r"torn")}, 1),
+    ("torn_then_restarted", _torn_then_restarted,
+     {"report": (0, r"skipped 1 unusable line \(line 6: torn"), "run": (0, r"torn.*the rest of the history is used")}, 2),
     ("events_empty", _write("events.jsonl", b""), {"report": (2, r"error: .*no attempt")}, 0),
     ("events_dir", _make_dir("events.jsonl"),
      {"report": (2, r"error: .*events\.jsonl"), "run": (0, r"events\.jsonl.* set aside as")}, 0),
