@@ -14,9 +14,11 @@ All real `guardrun` processes; each wait is on an event (a file, a /proc field).
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -137,8 +139,22 @@ def spawn_run(recipe: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def assert_interrupted_before_any_attempt(run: subprocess.Popen, state_dir: Path) -> None:
+def read_until(run: subprocess.Popen, text: str, timeout: float) -> str:
+    """guardrun's stdout up to the line holding `text` (PR_SET_PDEATHSIG may reach a launcher
+    once per thread of its dead supervisor, so a file the job writes on SIGTERM is no sign)."""
+    seen, deadline = "", time.monotonic() + timeout
+    while text not in seen:
+        left = deadline - time.monotonic()
+        assert left > 0 and select.select([run.stdout], [], [], left)[0], f"no {text!r} in {seen!r}"
+        line = run.stdout.readline()
+        assert line, f"guardrun exited ({run.wait()}) before saying {text!r}: {seen!r}"
+        seen += line
+    return seen
+
+
+def assert_interrupted_before_any_attempt(run: subprocess.Popen, state_dir: Path, seen: str = "") -> None:
     out, err = run.communicate(timeout=60)
+    out = seen + out
     assert run.returncode == 130, f"exit {run.returncode}\n{out}{err}"
     assert "Traceback" not in out + err
     names = [e["event"] for e in events(state_dir, "gate")]
@@ -181,13 +197,11 @@ def test_sigterm_while_a_dead_runs_leftovers_are_stopped_exits_130(tmp_path, sta
         supervisor.communicate()
     leftover = state(state_dir)["launcher_pid"]
     wait_until(term.exists, timeout=10, what="PR_SET_PDEATHSIG's SIGTERM at the launcher")
-    term.unlink()
     again, _go = gate_recipe(tmp_path, stop_grace="3s")
     run = spawn_run(again)
-    wait_until(lambda: term.exists() or run.poll() is not None, timeout=30,
-               what="the cleanup's SIGTERM at the leftover")
-    run.send_signal(signal.SIGTERM)
-    assert_interrupted_before_any_attempt(run, state_dir)
+    seen = read_until(run, "left by a previous supervisor of this job", timeout=30)
+    run.send_signal(signal.SIGTERM)  # the cleanup is in its grace: the leftover ignores SIGTERM
+    assert_interrupted_before_any_attempt(run, state_dir, seen)
     assert not running(leftover)
     assert any(e["event"] == "guardrun.leftovers.stopped" for e in events(state_dir, "gate"))
 
