@@ -212,3 +212,24 @@ def _output(state_dir: Path) -> str:
     except FileNotFoundError:
         return ""
 
+
+
+def test_other_commands_still_end_on_sigterm_and_ctrl_c(tmp_path, state_dir):
+    """The early handlers are `run`'s: `guardrun logs -f` gives them back, so SIGTERM and
+    ^C end it as they always did, even one that came while it was importing."""
+    recipe, _go = gate_recipe(tmp_path)
+    run = spawn_run(recipe)
+    try:
+        wait_until(lambda: "waiting for" in _output(state_dir), timeout=30, what="the job's first line")
+        for sig, code in ((signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 1)):
+            follow = subprocess.Popen([GUARDRUN, "logs", "gate", "-f"], stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            read_until(follow, "waiting for", timeout=30)
+            follow.send_signal(sig)
+            _out, err = follow.communicate(timeout=30)
+            assert follow.returncode == code, err
+            assert "Traceback" not in err
+    finally:
+        run.send_signal(signal.SIGTERM)
+        run.communicate(timeout=60)
+    assert run.returncode == 130
