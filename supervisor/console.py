@@ -13,7 +13,9 @@ blocks that thread alone: the queue fills, further lines are dropped and counted
 once the reader takes data again the terminal says "N lines not shown on this terminal
 (it was not read)" where they were lost. Before the fix a stalled pipe held the lock the
 watch loop needed and a job grew to 800 MB past a 400 MiB limit. guardrun's own lines
-get a little room past the bound so they outlast a flood. At exit the queue is given
+get a little room past the bound so they outlast a flood. A write error that does not
+end the stream (ENOSPC under a stdout redirected to a full disk) costs that write's lines,
+said the same way once a write works again (retried every RETRY_AFTER). At exit the queue is given
 EXIT_DRAIN seconds to reach the terminal. A stream without a descriptor (a StringIO in
 tests) cannot block and is written at once.
 """
@@ -25,8 +27,10 @@ import os
 import select
 import sys
 import threading
+import time
 import weakref
 from collections import deque
+from dataclasses import dataclass
 from typing import TextIO
 
 _CLEAR = "\r\x1b[K"
@@ -38,6 +42,8 @@ MAX_CHARS = 1 << 20
 OWN_ROOM = 200
 #: Seconds given, at exit, to what is still queued.
 EXIT_DRAIN = 2.0
+#: Seconds before writing again after an error that did not end the stream.
+RETRY_AFTER = 1.0
 #: Errors after which the stream is given up (the reader is gone for good); others
 #: (ENOSPC on a redirected stdout, say) cost the lines of that write only.
 _GONE = {errno.EPIPE, errno.EIO, errno.EBADF, errno.ENXIO, errno.EINVAL, errno.ECONNRESET}
@@ -88,8 +94,9 @@ class Console:
                 self._status = ""
                 self._sink.put(_CLEAR, own=True)
 
-    def flush(self, timeout: float = EXIT_DRAIN) -> bool:
-        """Wait up to `timeout` for what is queued to reach the stream; False if it did not."""
+    def flush(self, timeout: float) -> bool:
+        """Wait up to `timeout` for what is queued to reach the stream; False if it did not
+        (a reader that does not read, a disk that stays full)."""
         return self._sink.drain(timeout)
 
     def _write(self, text: str, own: bool) -> None:
@@ -98,6 +105,14 @@ class Console:
                 self._sink.put(_CLEAR + text + self._status, own=own)
             else:
                 self._sink.put(text, own=own)
+
+
+@dataclass
+class _Failed:
+    """Lines a write error (not the end of the stream) cost."""
+
+    lines: int
+    reason: str
 
 
 class _Direct:
@@ -131,6 +146,8 @@ class _Threaded:
         self._queue: deque[str | int] = deque()  # text, or a count of lines dropped there
         self._chars = 0
         self._busy = False
+        self._at_line_start = True
+        self._failed: _Failed | None = None  # what the last write error cost, not said yet
         self._cond = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
         _DRAIN_AT_EXIT.add(self)
@@ -160,8 +177,8 @@ class _Threaded:
 
     def drain(self, timeout: float) -> bool:
         with self._cond:
-            return self._cond.wait_for(lambda: not self.attached or not (self._queue or self._busy),
-                                       timeout)
+            return self._cond.wait_for(lambda: not self.attached or not (
+                self._queue or self._busy or self._failed), timeout)
 
     def _run(self) -> None:
         while True:
@@ -171,25 +188,46 @@ class _Threaded:
                 self._cond.wait_for(lambda: self._queue)
                 items, self._chars, self._busy = list(self._queue), 0, True
                 self._queue.clear()
-            if self.attached:
-                self._write("".join(item if isinstance(item, str) else self._notice(item)
-                                    for item in items))
+            if not self.attached:
+                continue
+            text = "".join(item if isinstance(item, str) else self._notice(item, "it was not read")
+                           for item in items)
+            if self._failed is not None:  # say what the last error cost before going on
+                if self._send(self._notice(self._failed.lines, self._failed.reason)) is not None:
+                    self._failed.lines += text.count("\n")
+                    time.sleep(RETRY_AFTER)
+                    continue
+                self._failed = None
+            lost = self._send(text)
+            if lost is not None:
+                self._failed = lost
+                time.sleep(RETRY_AFTER)  # not a write per line against a full disk
 
-    def _notice(self, lines: int) -> str:
+    def _notice(self, lines: int, why: str) -> str:
         return (f"{_CLEAR if self._tty else ''}guardrun: {lines} line{'s' if lines != 1 else ''} "
-                f"not shown on this terminal (it was not read)\n")
+                f"not shown on this terminal ({why})\n")
 
-    def _write(self, text: str) -> None:
+    def _send(self, text: str) -> _Failed | None:
+        """Write all of `text`; what an error (ENOSPC under a redirected stdout, say) cost,
+        or None. An error that ends the stream (EPIPE, EIO after a hangup) detaches."""
+        if not self._at_line_start:  # a failed write stopped mid-line
+            text = "\n" + text
         data = memoryview(text.encode(self._encoding, "replace"))
         while data:
             try:
-                data = data[os.write(self._fd, data):]
+                written = os.write(self._fd, data)
             except BlockingIOError:  # someone made the fd non-blocking: wait until it drains
                 select.select([], [self._fd], [], 1.0)
+                continue
             except OSError as err:
                 if err.errno in _GONE:
                     self.attached = False
-                return
+                    return None
+                return _Failed(bytes(data).count(b"\n"), f"writing it failed: {err.strerror}")
+            if written:
+                self._at_line_start = self._tty or data[written - 1] == 10
+            data = data[written:]
+        return None
 
 
 def _sink_for(stream: TextIO, tty: bool):

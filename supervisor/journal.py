@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from .journalread import Skipped, history, read_events, read_state
-from .spacewatch import SpaceWatch, reserve, write_all
+from .spacewatch import SpaceWatch, reserve, unreserve, write_all
 from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
 
 __all__ = ["Journal", "Skipped", "StateDirError", "ensure_private_dir", "history", "job_dir",
@@ -182,6 +182,8 @@ class Journal:
         space.worked("state.json")
 
     def close(self) -> None:
+        if not self._events.closed:
+            unreserve(self._events.fileno(), JOURNAL_RESERVE)
         self._events.close()
         if self.dir_fd >= 0:
             os.close(self.dir_fd)

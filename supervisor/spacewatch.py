@@ -151,7 +151,7 @@ def write_all(fd: int, data: bytes) -> tuple[int, OSError | None]:
     return done, None
 
 
-_FALLOC_FL_KEEP_SIZE = 1
+_FALLOC_FL_KEEP_SIZE, _FALLOC_FL_PUNCH_HOLE = 1, 2
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -167,3 +167,15 @@ def reserve(fd: int, length: int) -> bool:
         return False
     fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
     return fallocate(fd, _FALLOC_FL_KEEP_SIZE, end, length) == 0
+
+
+def unreserve(fd: int, length: int) -> None:
+    """Give back what `reserve` kept past the end (FALLOC_FL_PUNCH_HOLE): a closed journal
+    must not hold disk it will never use. Best effort."""
+    try:
+        end = os.fstat(fd).st_size
+        fallocate = _libc.fallocate
+    except (OSError, AttributeError):
+        return
+    fallocate.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, end, length)

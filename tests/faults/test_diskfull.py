@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -143,3 +144,26 @@ def test_the_journal_and_state_json_ride_out_a_full_disk(small_fs, monkeypatch):
     assert resumed["lost_events"] > 0
     assert [e["event"] for e in read_events(journal.dir)][-1] == "guardrun.after"
     assert read_state(journal.dir)["number"] == "after"
+
+
+def test_a_console_log_on_the_full_disk_says_what_it_lost(small_fs):
+    from guardrun.supervisor.console import Console
+    stream = open(small_fs / "console.log", "w")  # `guardrun start`'s log, on the full disk
+    try:
+        console = Console(stream, tty=False)
+        console.say("before")
+        assert console.flush(5.0)
+        filler = fill(small_fs)
+        for number in range(2000):
+            console.output("[1] ", f"line {number} " + "x" * 100)
+        assert not console.flush(2.0)  # nothing gets through while the disk is full
+        filler.unlink()
+        console.say("after")
+        assert console.flush(10.0)
+    finally:
+        stream.close()
+    text = (small_fs / "console.log").read_text()
+    [lost] = re.findall(r"guardrun: (\d+) lines not shown on this terminal \(writing it failed: "
+                        r"No space left on device\)", text)
+    whole = re.findall(r"^\[1\] line \d+ x{100}$", text, re.M)
+    assert int(lost) + len(whole) == 2000 and text.endswith("guardrun: after\n")
