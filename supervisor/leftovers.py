@@ -89,8 +89,9 @@ class _Proc:
 class Finder:
     """The job's live processes by every handle, asked again as often as needed.
 
-    Each call scans /proc once (stat of each process, environ of the candidates: about
-    10 us a process) and returns the members, launcher first. What one call found
+    Each call scans /proc once (stat of each process, environ of the candidates: 0.55 ms
+    for the 75 processes of this project's VM, 7 us each) and returns the members,
+    launcher first. What one call found
     seeds the next, so the children of a member are followed even after the member
     is gone from every other handle.
     """
