@@ -71,7 +71,7 @@ def run(recipe: str, quiet: bool, fresh: bool) -> None:
     # dead run's leftovers) ends the run with 130, recorded as interrupted.
     early = signals.take_early()
     requests = early if early is not None else signals.Requests()
-    restore = None if early else signals.install(requests)
+    restore = None if early is not None else signals.install(requests)
     try:
         _run(recipe, quiet, fresh, requests)
     finally:

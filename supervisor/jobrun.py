@@ -43,7 +43,7 @@ class JobRun:
                  quiet: bool = False):
         self.recipe = recipe
         self.journal = journal
-        self.requests = requests or Requests()  # filled by handlers installed before the recipe
+        self.requests = requests if requests is not None else Requests()  # filled since before the recipe
         self.notifier = Notifier.from_env()
         self.console: Console = (NotifyingConsole(self.notifier, quiet=quiet)
                                  if self.notifier.enabled else Console(quiet=quiet))
