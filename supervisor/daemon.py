@@ -164,7 +164,7 @@ def wait_settled(job_dir: Path, pid: int, log_offset: int, clock: Clock,
 
 
 def _own_state(job_dir: Path, pid: int) -> dict:
-    state = read_state(job_dir)
+    state = read_state(job_dir, say=None)  # polled: a damaged old one is not worth 500 warnings
     return state if isinstance(state, dict) and state.get("pid") == pid else {}
 
 
