@@ -179,6 +179,9 @@ class OutputReader:
         if not self._write_lock.acquire(blocking=not force):
             return
         try:
+            if self._held is not None and now - self._redrawn_at >= REDRAW_EVERY:
+                self._show(self._held)  # a bar that stopped moving: its last state, in the file
+                self._held, self._redrawn_at = None, now
             self._log.flush()
             self._flushed_at = now
         finally:

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 import io
+import os
 import re
+import time
 
+from conftest import wait_until
 from guardrun.supervisor.attemptlog import AttemptLog
 from guardrun.supervisor.console import Console
 from guardrun.supervisor.output import OutputReader
@@ -60,3 +63,26 @@ def test_logs_max_size_is_a_size_with_a_floor(tmp_path):
     path.write_text("launcher: python\nscript: train.py\nlogs:\n  max_size: 4KiB\n")
     with pytest.raises(RecipeError, match=r"r.yaml:4: logs.max_size: expected a size of at least 128 KiB"):
         load_recipe(path)
+
+
+def test_a_bar_that_stops_moving_reaches_the_log(tmp_path, monkeypatch):
+    from guardrun.supervisor import output
+    monkeypatch.setattr(output, "REDRAW_EVERY", 1000.0)
+    read_end, write_end = os.pipe()
+    reader = OutputReader(os.fdopen(read_end, "rb"), tmp_path / "output.log",
+                          Console(io.StringIO(), tty=False), "").start()
+    log = tmp_path / "output.log"
+    try:
+        # tqdm writes '\r' first: the newest redraw has no end yet; the one before it is held
+        os.write(write_end, b"\r 1/9 [a]\r 2/9 [b]\r 3/9 [c]\r 4/9 [d]")  # then silence: a hung job
+        wait_until(lambda: reader.progress().lines == 3, timeout=10, what="three redraws read")
+        assert "3/9 [c]" not in log.read_text()  # held: the next piece might replace it
+        monkeypatch.setattr(output, "REDRAW_EVERY", 0.0)
+        deadline = time.monotonic() + 10
+        while "3/9 [c]" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            reader.progress()  # the watch loop's visit
+            time.sleep(0.02)
+    finally:
+        os.close(write_end)
+        assert reader.join(10)
