@@ -24,7 +24,7 @@ from guardrun.launcher.units import format_bytes
 from .spacewatch import SpaceWatch, write_all
 
 WHAT = "output.log"
-#: Flush at once past this many buffered bytes (the output thread batches ~0.1 s of lines).
+#: Flush at once past this many buffered characters (the output thread batches ~0.1 s of lines).
 BUFFER_MAX = 1 << 20
 _COPY = 1 << 20
 _NOTE = ("[guardrun] {size:>15} bytes ({lines:>12} lines) of output dropped here: logs.max_size "
@@ -37,8 +37,8 @@ class AttemptLog:
         self.max_size = max_size
         self.space = space or SpaceWatch()
         self._fd = -1
-        self._buf = bytearray()
-        self._lines = 0          # lines in the buffer
+        self._buf: list[str] = []  # lines not written yet (joined and encoded at flush: C speed)
+        self._chars = 0
         self._size = 0           # the file's size (our own offset: no O_APPEND, the tail moves)
         self._tail_at: int | None = None  # where the tail starts, once the head is full
         self._tail_lines = 0
@@ -56,17 +56,18 @@ class AttemptLog:
 
     def write(self, line: str) -> None:
         """One line (without its end). Buffered: `flush` writes it."""
-        self._buf += line.encode("utf-8", "replace") + b"\n"
-        self._lines += 1
-        if len(self._buf) >= BUFFER_MAX:
+        self._buf.append(line)
+        self._chars += len(line)
+        if self._chars >= BUFFER_MAX:
             self.flush()
 
     def flush(self) -> None:
         if not self._buf:
             return
-        data, lines = bytes(self._buf), self._lines
+        lines = len(self._buf)
+        data = ("\n".join(self._buf) + "\n").encode("utf-8", "replace")
         self._buf.clear()
-        self._lines = 0
+        self._chars = 0
         if self._fd < 0 or not self.space.may_write(WHAT):
             self.space.lost(WHAT, lines=lines, size=len(data))
             return

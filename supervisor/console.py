@@ -165,7 +165,8 @@ class _Threaded:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="guardrun-console", daemon=True)
                 self._thread.start()
-            self._cond.notify()
+            if len(self._queue) == 1:  # the writer waits only on an empty queue
+                self._cond.notify()
 
     def _dropped(self, lines: int) -> None:
         if not lines:
