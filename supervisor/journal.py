@@ -133,6 +133,8 @@ class Journal:
                             "reason": outage.reason, "since": outage.since_wall,
                             "lost_events": outage.lost_events}) + data
         with Journal._write_lock:
+            if self._events.closed:
+                return  # after close (a late helper thread): nowhere to write, nothing to raise
             if self._torn:
                 data = b"\n" + data
             fd = self._events.fileno()
