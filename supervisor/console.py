@@ -9,11 +9,12 @@ Nobody waits on the terminal. A stream with a file descriptor (the real stdout: 
 a pipe, a file) is written by a thread of its own, `guardrun-console`, from a bounded
 queue; callers (the output thread, the watch loop) only append to it. A reader that
 stops reading (`guardrun run r.yaml | sleep 600`, Ctrl-S, a stalled SSH session) then
-blocks that thread alone: the queue fills, further lines are dropped and counted, and
-once the reader takes data again the terminal says "N lines not shown on this terminal
-(it was not read)" where they were lost. Before the fix a stalled pipe held the lock the
+blocks that thread alone: the queue fills, the oldest queued lines of the job are dropped
+and counted (the newest, a crash's last lines, matter most), and once the reader takes
+data again the terminal says "N lines not shown on this terminal (it was not read)"
+where they were lost. Before the fix a stalled pipe held the lock the
 watch loop needed and a job grew to 800 MB past a 400 MiB limit. guardrun's own lines
-get a little room past the bound so they outlast a flood. A write error that does not
+are never dropped for the job's (up to OWN_ROOM of them). A write error that does not
 end the stream (ENOSPC under a stdout redirected to a full disk) costs that write's lines,
 said the same way once a write works again (retried every RETRY_AFTER). At exit the queue is given
 EXIT_DRAIN seconds to reach the terminal. A stream without a descriptor (a StringIO in
@@ -34,12 +35,15 @@ from dataclasses import dataclass
 from typing import TextIO
 
 _CLEAR = "\r\x1b[K"
-#: Queue bounds: items and characters. 2,000 lines of ~100 bytes is a few seconds of a
-#: chatty job on a terminal that is merely slow; past it the terminal is not being read.
-MAX_QUEUED = 2000
+#: Queue bounds: items and characters (~10,000 lines of 100 bytes: a few seconds of a
+#: flooding job on a terminal that reads, but slower; past it, the oldest queued lines of
+#: the job are dropped: the newest, a crash's last lines, matter most).
+MAX_QUEUED = 10_000
 MAX_CHARS = 1 << 20
-#: Extra items guardrun's own lines may use past MAX_QUEUED.
+#: At most this many of guardrun's own lines are queued (they are never dropped for the job's).
 OWN_ROOM = 200
+#: Characters the writer takes per write: what is in flight stays small.
+BATCH_CHARS = 256 * 1024
 #: Seconds given, at exit, to what is still queued.
 EXIT_DRAIN = 2.0
 #: Seconds before writing again after an error that did not end the stream.
@@ -83,7 +87,7 @@ class Console:
         if self._tty:
             with self._lock:
                 self._status = text
-                self._sink.put(_CLEAR + text, own=True)
+                self._sink.put(_CLEAR + text, own=False)  # the next redraw replaces it anyway
         elif self._last_plain is None or now - self._last_plain >= self._plain_every:
             self._last_plain = now
             self._write(f"guardrun: {text}\n", own=True)
@@ -92,7 +96,7 @@ class Console:
         if self._tty:
             with self._lock:
                 self._status = ""
-                self._sink.put(_CLEAR, own=True)
+                self._sink.put(_CLEAR, own=False)
 
     def flush(self, timeout: float) -> bool:
         """Wait up to `timeout` for what is queued to reach the stream; False if it did not
@@ -105,6 +109,10 @@ class Console:
                 self._sink.put(_CLEAR + text + self._status, own=own)
             else:
                 self._sink.put(text, own=own)
+
+
+class _Own(str):
+    """One of guardrun's own lines (or the status line): kept when the job's are dropped."""
 
 
 @dataclass
@@ -143,8 +151,10 @@ class _Threaded:
         self._encoding = encoding
         self._tty = tty
         self.attached = True
-        self._queue: deque[str | int] = deque()  # text, or a count of lines dropped there
+        self._queue: deque[str] = deque()  # the job's lines as str, guardrun's as _Own
         self._chars = 0
+        self._owned = 0      # _Own items in the queue
+        self._unread = 0     # lines dropped since the last write: said before the next one
         self._busy = False
         self._at_line_start = True
         self._failed: _Failed | None = None  # what the last write error cost, not said yet
@@ -156,43 +166,57 @@ class _Threaded:
         with self._cond:
             if not self.attached:
                 return
-            room = MAX_QUEUED + (OWN_ROOM if own else 0)
-            if len(self._queue) >= room or self._chars + len(text) > MAX_CHARS * (2 if own else 1):
-                self._dropped(text.count("\n"))
+            item = _Own(text) if own else text
+            if own and self._owned >= OWN_ROOM:
+                self._unread += text.count("\n")  # a flood of guardrun's own lines: the newest go
                 return
-            self._queue.append(text)
+            while self._queue and (len(self._queue) >= MAX_QUEUED or self._chars + len(text) > MAX_CHARS):
+                self._drop_oldest()
+            self._queue.append(item)
             self._chars += len(text)
+            self._owned += own
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="guardrun-console", daemon=True)
                 self._thread.start()
             if len(self._queue) == 1:  # the writer waits only on an empty queue
                 self._cond.notify()
 
-    def _dropped(self, lines: int) -> None:
-        if not lines:
-            return  # a status redraw: the next one replaces it anyway
-        if self._queue and isinstance(self._queue[-1], int):
-            self._queue[-1] += lines
-        else:
-            self._queue.append(lines)  # one item past the bound, once per gap
+    def _drop_oldest(self) -> None:
+        """Drop the oldest of the job's queued lines (the newest matter most: a crash's last
+        lines); guardrun's own lines are kept, in their place."""
+        kept = []
+        while self._queue:
+            item = self._queue.popleft()
+            if isinstance(item, _Own):
+                kept.append(item)
+                continue
+            self._chars -= len(item)
+            self._unread += item.count("\n")
+            break
+        self._queue.extendleft(reversed(kept))
+        if len(kept) == len(self._queue):  # nothing but our own lines: make room anyway
+            item = self._queue.popleft()
+            self._chars -= len(item)
+            self._owned -= 1
+            self._unread += item.count("\n")
 
     def drain(self, timeout: float) -> bool:
         with self._cond:
             return self._cond.wait_for(lambda: not self.attached or not (
-                self._queue or self._busy or self._failed), timeout)
+                self._queue or self._busy or self._failed or self._unread), timeout)
 
     def _run(self) -> None:
         while True:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-                self._cond.wait_for(lambda: self._queue)
-                items, self._chars, self._busy = list(self._queue), 0, True
-                self._queue.clear()
+                self._cond.wait_for(lambda: self._queue or self._unread)
+                items = self._take()
+                unread, self._unread, self._busy = self._unread, 0, True
             if not self.attached:
                 continue
-            text = "".join(item if isinstance(item, str) else self._notice(item, "it was not read")
-                           for item in items)
+            text = self._notice(unread, "it was not read") if unread else ""
+            text += "".join(items)
             if self._failed is not None:  # say what the last error cost before going on
                 if self._send(self._notice(self._failed.lines, self._failed.reason)) is not None:
                     self._failed.lines += text.count("\n")
@@ -203,6 +227,17 @@ class _Threaded:
             if lost is not None:
                 self._failed = lost
                 time.sleep(RETRY_AFTER)  # not a write per line against a full disk
+
+    def _take(self) -> list[str]:
+        """The oldest queued items, up to BATCH_CHARS: what is in flight stays small."""
+        items, size = [], 0
+        while self._queue and (not items or size + len(self._queue[0]) <= BATCH_CHARS):
+            item = self._queue.popleft()
+            size += len(item)
+            self._owned -= isinstance(item, _Own)
+            items.append(item)
+        self._chars -= size
+        return items
 
     def _notice(self, lines: int, why: str) -> str:
         return (f"{_CLEAR if self._tty else ''}guardrun: {lines} line{'s' if lines != 1 else ''} "

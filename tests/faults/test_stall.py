@@ -134,11 +134,17 @@ def timed(argv: list[str], timeout: float) -> tuple[subprocess.CompletedProcess,
     return done, time.monotonic() - began
 
 
+def status_step() -> int:
+    shown = subprocess.run([GUARDRUN, "status", "job", "--json"], capture_output=True, text=True, timeout=10)
+    return json.loads(shown.stdout).get("step") or 0 if shown.returncode == 0 else 0
+
+
 def test_status_and_stop_answer_while_nobody_reads_the_terminal(tmp_path, state_dir, stalled):
     marks_path = tmp_path / "marks"
     guard = start(recipe(tmp_path, marks_path, mark_mb=100_000, max_mb=20), stalled, tmp_path)
     try:
         wait_stalled(stalled, marks_path)
+        wait_until(lambda: status_step() > 0, timeout=10, what="a step in `guardrun status`")
         steps = []
         for _ in range(2):
             shown, took = timed([GUARDRUN, "status", "job", "--json"], timeout=2)
@@ -185,3 +191,4 @@ def test_the_console_on_an_unread_pipe_never_blocks_and_counts_what_it_dropped()
     lines = re.findall(r"^\[1\] line (\d+) ", shown, re.M)
     assert len(lines) + sum(map(int, notes)) == 50_000
     assert lines == sorted(lines, key=int) and shown.endswith("guardrun: the verdict\n")
+    assert lines[-1] == "49999"  # the oldest were dropped: the newest lines are the ones shown
