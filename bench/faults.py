@@ -7,6 +7,10 @@ Each case is one entry of CASES: a name and a function that runs it and returns 
   odd runs: a pty whose master is never read). tests/jobs/chatty_grow.py prints ~1.6 MB/s
   and grows past a 200 MiB limit; its own CLOCK_MONOTONIC marks give crossing -> SIGTERM.
   Target: the median of RUNS runs under two intervals.
+- leftovers: a `guardrun run` SIGKILLed mid-attempt, then run again. tests/jobs/leftover_job.py
+  in each of its shapes (processes that fork on SIGTERM; a worker with an empty environment
+  in the launcher's session; one behind a rank in sessions of their own), none obeying
+  SIGTERM. Target: none of the old processes alive when the next attempt starts, none after.
 - disk full: the state dir on a 4 MiB tmpfs (needs root to mount; the row says so
   otherwise); tests/jobs/flood.py prints ~11 MB and exits 0. Target: the job finished,
   guardrun exited 0, the journal says logging was suspended.
@@ -21,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -161,7 +166,98 @@ def disk_full(work: Path, args: argparse.Namespace) -> Row:
                finished and done.returncode == 0 and suspended and not traceback, left)
 
 
-CASES: list[Case] = [Case("stall", stall), Case("disk full", disk_full)]
+LEFTOVER_SHAPES = ("fork-on-term", "bare-worker", "rank-bare-worker")
+
+
+def recorded(folder: Path) -> list[tuple[int, int]]:
+    """(pid, start time) of every process leftover_job.py recorded: its workers carry no tag."""
+    out = []
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if path.name.isdigit():
+            pid, start = path.read_text().split()
+            out.append((int(pid), int(start)))
+    return out
+
+
+def alive(processes: list[tuple[int, int]]) -> list[int]:
+    def started(pid: int) -> int | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
+        except OSError:
+            return None
+        return None if fields[0] in (b"Z", b"X") else int(fields[19])
+    return [pid for pid, start in processes if started(pid) == start]
+
+
+def kill_recorded(processes: list[tuple[int, int]]) -> None:
+    """SIGKILL what the cleanup missed, through a pidfd checked against the start time."""
+    for pid, start in processes:
+        try:
+            fd = os.pidfd_open(pid)
+        except OSError:
+            continue
+        try:
+            if pid in alive([(pid, start)]):
+                signal.pidfd_send_signal(fd, signal.SIGKILL)
+        finally:
+            os.close(fd)
+
+
+def leftover_once(folder: Path, shape: str) -> tuple[int, int, float | None, tuple[int, ...]]:
+    """(alive as the next attempt started, alive after it, the cleanup's seconds, tagged left)."""
+    pids = folder / "pids"
+    pids.mkdir(parents=True)
+    tag = new_tag()
+    env = dict(os.environ, GUARDRUN_STATE_DIR=str(folder / "state"), **{TAG: tag})
+    recipe = """
+        name: left
+        launcher: python
+        script: {script}
+        args: {args}
+        monitor: {{interval: 0.1}}
+        stop_grace: 1s
+        ladder: []
+        restarts: {{max: 0}}
+        """
+    job = JOBS / "leftover_job.py"
+    first = write_recipe(folder, recipe.format(script=job, args=json.dumps(["--shape", shape, "--pids", str(pids)])))
+    out = folder / "alive-at-start.json"
+    try:
+        guard = subprocess.Popen([GUARDRUN, "run", str(first)], stdin=subprocess.DEVNULL,
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        deadline = time.monotonic() + 30
+        while not (pids / "ready").exists() and time.monotonic() < deadline and guard.poll() is None:
+            time.sleep(0.02)  # no event to wait on for a file another process creates
+        guard.kill()
+        guard.wait()
+        second = write_recipe(folder, recipe.format(
+            script=job, args=json.dumps(["--role", "probe", "--pids", str(pids), "--out", str(out)])))
+        subprocess.run([GUARDRUN, "run", str(second)], capture_output=True, env=env, timeout=120)
+        at_start = len(json.loads(out.read_text())) if out.exists() else -1
+        journal = folder / "state" / "left" / "events.jsonl"
+        stopped = [json.loads(line) for line in journal.read_text().splitlines()
+                   if '"guardrun.leftovers.stopped"' in line]
+        took = stopped[0].get("took") if stopped else None
+        after = len(alive(recorded(pids)))
+    finally:
+        kill_recorded(recorded(pids))
+    return at_start, after, took, tuple(leftovers(tag))
+
+
+def left_behind(work: Path, args: argparse.Namespace) -> Row:
+    parts, met, left = [], True, []
+    for shape in LEFTOVER_SHAPES:
+        at_start, after, took, run_left = leftover_once(work / shape, shape)
+        left += run_left
+        met = met and at_start == 0 and after == 0
+        cleanup = f"{took:.2f}s" if took is not None else "no cleanup recorded"
+        parts.append(f"{shape}: {at_start} alive at the next start, {after} after, cleanup {cleanup}")
+        progress(f"leftovers {parts[-1]}")
+    return Row("leftovers of a SIGKILLed supervisor (stop_grace 1s)", "; ".join(parts),
+               "0 alive when the next attempt starts, 0 after", met, tuple(left))
+
+
+CASES: list[Case] = [Case("stall", stall), Case("leftovers", left_behind), Case("disk full", disk_full)]
 
 
 def main() -> int:

@@ -1,11 +1,13 @@
-"""`make bench`: run the four benchmarks and write bench/RESULTS.md from what they print.
+"""`make bench`: run the five benchmarks and write bench/RESULTS.md from what they print.
 
 Each benchmark runs as its own process; its progress (stderr) goes to the terminal, its
 tables (stdout) go to the terminal and into RESULTS.md, under the machine and the versions
 they were measured with. Nothing in RESULTS.md is typed by hand: rerun `make bench`.
+With --only, just those sections are replaced; the others are kept as they were, each
+saying the commit it was measured at.
 Exits non-zero when a benchmark did (one exits 1 when a run left a process behind).
 
-    python bench/results.py [--out bench/RESULTS.md] [--only sampling,checkpoints,overhead,scenarios]
+    python bench/results.py [--out bench/RESULTS.md] [--only sampling,checkpoints,overhead,scenarios,faults]
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 # (script, whether its stdout is markdown; sampling.py prints a plain-text table)
-BENCHMARKS = (("sampling", False), ("checkpoints", True), ("overhead", True), ("scenarios", True))
+BENCHMARKS = (("sampling", False), ("checkpoints", True), ("overhead", True), ("scenarios", True),
+              ("faults", True))
 PACKAGES = ("guardrun", "torch", "transformers", "peft", "accelerate", "deepspeed", "psutil", "matplotlib")
 
 
@@ -85,23 +88,41 @@ def run(name: str) -> tuple[int, float, str]:
     return popen.wait(), time.monotonic() - started, "".join(out)
 
 
+def kept_sections(path: Path) -> dict[str, list[str]]:
+    """The `## bench/NAME.py` sections of an earlier RESULTS.md, by NAME (for --only)."""
+    sections: dict[str, list[str]] = {}
+    current = None
+    for line in path.read_text().splitlines() if path.exists() else ():
+        if line.startswith("## "):
+            current = line[len("## bench/"):-len(".py")] if line.startswith("## bench/") else None
+            if current:
+                sections[current] = []
+        if current:
+            sections[current].append(line)
+    return sections
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
-    parser.add_argument("--only", default="", help="comma-separated: sampling, checkpoints, overhead, scenarios")
+    parser.add_argument("--only", default="",
+                        help="comma-separated: sampling, checkpoints, overhead, scenarios, faults")
     args = parser.parse_args()
     chosen = [(n, md) for n, md in BENCHMARKS if not args.only or n in args.only.split(",")]
+    kept = kept_sections(Path(args.out)) if args.only else {}
     parts = ["# Benchmark results", "",
              "Written by `make bench` (bench/results.py) from what the benchmarks printed; never edited "
              "by hand. Rerun `make bench` to refresh.", "", "## Machine and versions", "", *machine(), ""]
-    failed = []
+    failed, fresh = [], {}
     for name, markdown in chosen:
         print(f"== bench/{name}.py", file=sys.stderr, flush=True)
         code, took, out = run(name)
         if code != 0:
             failed.append(name)
-        parts += [f"## bench/{name}.py", "", f"exit {code}, {took:.0f} s.", ""]
-        parts += [out.rstrip(), ""] if markdown else ["```", out.rstrip(), "```", ""]
+        fresh[name] = [f"## bench/{name}.py", "", f"exit {code}, {took:.0f} s, at commit {git_commit()}.", ""]
+        fresh[name] += [out.rstrip(), ""] if markdown else ["```", out.rstrip(), "```", ""]
+    for name, _ in BENCHMARKS:
+        parts += fresh.get(name) or kept.get(name) or []
     Path(args.out).write_text("\n".join(parts))
     print(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0
