@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO, wait_until
+from helpers_mount import tmpfs
 from guardrun.supervisor.journal import Journal, read_events, read_state
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
@@ -29,15 +30,8 @@ SUSPENDED = "state dir full: logging suspended"
 @pytest.fixture
 def small_fs(tmp_path):
     """A 4 MiB tmpfs, unmounted after the test."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m,mode=0700", "tmpfs", str(mount)],
-                          capture_output=True, text=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a 4 MiB tmpfs (needs root): {done.stderr.strip()}")
-    yield mount
-    if subprocess.run(["umount", str(mount)], capture_output=True).returncode != 0:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+    with tmpfs(tmp_path / "small", "4m", "mode=0700") as mount:
+        yield mount
 
 
 def fill(directory: Path) -> Path:

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers_mount import tmpfs
+
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 NOBODY = 65534
 #: The "trainer": says what it was asked to resume from, and what it sees to pick from.
@@ -123,18 +125,10 @@ def test_a_planted_quarantine_is_refused_by_name_and_nothing_moves(tmp_path, sta
 @pytest.fixture
 def readonly_ckpt(tmp_path):
     """A checkpoint dir on a tmpfs remounted read-only: writes fail even for root (EROFS)."""
-    ckpt = tmp_path / "out"
-    ckpt.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(ckpt)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "out") as ckpt:
         good, bad = _checkpoints(ckpt)
         subprocess.run(["mount", "-o", "remount,ro", str(ckpt)], check=True)
         yield ckpt, good, bad
-    finally:
-        subprocess.run(["umount", str(ckpt)], check=True)
 
 
 def test_a_read_only_dir_resumes_the_newest_valid_one_passed_explicitly(tmp_path, state_dir, readonly_ckpt):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
+
+from needs_gpu import GUARDRUN, pytestmark  # noqa: F401 (skips the module without a GPU)
 
 from conftest import wait_until
 
@@ -28,20 +28,6 @@ from guardrun.supervisor.gpu import gpu_holders, open_gpu_source, wait_gpus_rele
 HERE = Path(__file__).resolve().parent
 
 
-def _cuda_ready() -> str:
-    """Why the GPU tests cannot run here, or "" when they can."""
-    source, why = open_gpu_source()
-    if source is None:
-        return why
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=120)
-    return "" if probe.stdout.strip() == "True" else "torch has no CUDA here"
-
-
-SKIP = _cuda_ready()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(SKIP), reason=f"needs an NVIDIA GPU ({SKIP})")]
-_SIBLING = Path(sys.executable).parent / "guardrun"
-GUARDRUN = str(_SIBLING) if _SIBLING.exists() else shutil.which("guardrun") or "guardrun"
 
 HOLD = """
 import os, sys, time, torch

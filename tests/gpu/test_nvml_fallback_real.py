@@ -8,13 +8,13 @@ Skipped without a GPU. Prints `GPU-CHECK` lines (tests/gpu/run_gpu_checks.sh sho
 """
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from needs_gpu import GUARDRUN, pytestmark  # noqa: F401 (skips the module without a GPU)
 
 from guardrun.launcher.units import GIB
 from guardrun.supervisor import doctor
@@ -23,20 +23,6 @@ from guardrun.supervisor import gpu
 pynvml = pytest.importorskip("pynvml")
 
 
-def _cuda_ready() -> str:
-    """Why these checks cannot run here, or "" when they can."""
-    source, why = gpu.open_gpu_source()
-    if source is None:
-        return why
-    probe = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.is_available())"],
-                           capture_output=True, text=True, timeout=120)
-    return "" if probe.stdout.strip() == "True" else "torch has no CUDA here"
-
-
-SKIP = _cuda_ready()
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(bool(SKIP), reason=f"needs an NVIDIA GPU ({SKIP})")]
-_SIBLING = Path(sys.executable).parent / "guardrun"
-GUARDRUN = str(_SIBLING) if _SIBLING.exists() else shutil.which("guardrun") or "guardrun"
 FUNCTION_NOT_FOUND = pynvml.nvmlExceptionClass(pynvml.NVML_ERROR_FUNCTION_NOT_FOUND)
 
 HOLD = """
