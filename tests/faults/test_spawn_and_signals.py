@@ -21,7 +21,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 
 from conftest import wait_until
 from helpers_unattended import GATE, GUARDRUN, gate_recipe, guardrun, running, state

@@ -1,7 +1,6 @@
 """The state directory: private, atomic, and the ladder's memory across restarts."""
 from __future__ import annotations
 
-import json
 import os
 import stat
 
