@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import dsconfig, kvargs
+from . import accelerate, dsconfig, kvargs
 from .ladder import Plan
 from .recipe import Recipe
 
@@ -74,11 +74,14 @@ def rank_logs(launcher: str, log_dir: Path | None) -> tuple[tuple[str, ...], tup
     if log_dir is None:
         return (), ()
     ranks = str(log_dir / RANKS_DIR)
+    python_error_file = (("TORCHELASTIC_ERROR_FILE", str(log_dir / "error.json")),)
     if launcher == "torchrun":
         return ("--log-dir", ranks, "--redirects", "3", "--tee", "3"), ()
     if launcher == "deepspeed":
         return ("--enable_each_rank_log", ranks), ()
-    return (), (("TORCHELASTIC_ERROR_FILE", str(log_dir / "error.json")),)
+    if launcher == "accelerate":  # its torchrun path keeps the files; one process gets the env's
+        return accelerate.rank_log_flags(log_dir / RANKS_DIR), python_error_file
+    return (), python_error_file
 
 
 def _deepspeed_file(recipe: Recipe, plan: Plan, resume: Resume,
@@ -114,6 +117,8 @@ def _launcher_argv(recipe: Recipe, plan: Plan, port: int | None) -> tuple[str, .
         return tuple(argv)
     if recipe.launcher == "command":  # the tool's own launcher (llamafactory-cli, xtuner)
         return recipe.command
+    if recipe.launcher == "accelerate":
+        return accelerate.launch_argv(python, recipe.accelerate, plan.ranks, plan.gpu_ids, port)
     return (python,)
 
 

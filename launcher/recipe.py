@@ -15,7 +15,8 @@ from pathlib import Path
 
 from yaml.nodes import Node
 
-from . import dsconfig, modelspec
+from . import accelerate, dsconfig, modelspec
+from .accelerate import AccelerateCfg
 from .modelspec import Model
 from .rungs import Rung, read_ladder
 from .units import Size
@@ -26,7 +27,7 @@ from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, dur
 __all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Logs", "Monitor", "ProgressPatterns", "Recipe",
            "RecipeError", "Restarts", "Rung", "SuccessEvidence", "load_recipe"]
 
-LAUNCHERS = ("torchrun", "deepspeed", "python", "command")  # command: `command:` as given
+LAUNCHERS = ("torchrun", "deepspeed", "python", "accelerate", "command")  # command: `command:` as given
 #: logs.max_size's floor: two of the longest lines guardrun keeps (lines.MAX_LINE, 64 KiB).
 MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -142,6 +143,7 @@ class Recipe:
     preflight: bool = True           # skip rungs predicted not to fit
     warnings: tuple[str, ...] = ()   # missing paths, when loaded with missing_ok (guardrun plan)
     logs: Logs = Logs()
+    accelerate: AccelerateCfg | None = None  # launcher: accelerate (accelerate.py)
 
 
 def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
@@ -159,6 +161,7 @@ def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
             ctx = replace(ctx, workdir=_workdir(value_node, "workdir", ctx))
     values = read_fields(root, "", ctx, TOP)
     _check_target(root, ctx, values)
+    accelerate.check_launcher(root, ctx, values)
     recipe = Recipe(path=file.absolute(), **values, warnings=tuple(dict.fromkeys(ctx.missing or ())))
     _check_rungs_apply(root, ctx, recipe)
     return recipe
@@ -373,7 +376,7 @@ SUCCESS = (
 TOP = (
     Field("name", _name, default_from=_default_name),
     Field("workdir", _workdir, default_from=lambda ctx: ctx.workdir),
-    Field("launcher", choice(LAUNCHERS), hint="how to start the job: torchrun, deepspeed, python or command"),
+    Field("launcher", choice(LAUNCHERS), hint="how to start the job: torchrun, deepspeed, python, accelerate or command"),
     Field("python", text, default=sys.executable),
     Field("script", _existing_file("script"), default=None),
     Field("module", _module, default=None),
@@ -384,6 +387,7 @@ TOP = (
     Field("batch", section(Batch, BATCH), default=None),
     Field("lr", section(LearningRate, LR), default=None),
     Field("deepspeed", section(DeepSpeedCfg, DEEPSPEED), default=None),
+    Field("accelerate", accelerate.section, default=None),
     Field("checkpoints", _checkpoints, default=None),
     Field("limits", section(Limits, LIMITS), default=Limits()),
     Field("monitor", section(Monitor, MONITOR), default=Monitor()),

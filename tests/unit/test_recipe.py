@@ -177,7 +177,7 @@ BAD = [
     ("launcher: python\nmodule: pkg/train.py\n", "module", 2, "expected a python module like pkg.train"),
     ("script: train.py\ngpus: 2\n", "launcher", 1, "required key missing: how to start the job"),
     ("launcher: torchrn\nscript: train.py\n", "launcher", 1,
-     "expected one of torchrun, deepspeed, python, command, got 'torchrn' (did you mean 'torchrun'?)"),
+     "expected one of torchrun, deepspeed, python, accelerate, command, got 'torchrn' (did you mean 'torchrun'?)"),
     (BASE + "workdir: nowhere\n", "workdir", 3, "directory not found: {tmp}/nowhere"),
     (BASE + "deepspeed: {config: scripts/zero2.json}\n", "deepspeed.config", 3,
      "DeepSpeed config not found: {tmp}/scripts/zero2.json"),
