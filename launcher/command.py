@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import accelerate, dsconfig, kvargs
-from .ladder import Plan
+from .plan import Plan
 from .recipe import Recipe
+from .trainer import hf_overrides
 
 
 @dataclass(frozen=True)
@@ -145,12 +146,7 @@ def _job_args(recipe: Recipe, plan: Plan, resume: Resume, ds_path: Path | None) 
         overrides.append((recipe.lr.arg, format_number(plan.lr)))
     if recipe.deepspeed and ds_path is not None:
         overrides.append((recipe.deepspeed.arg, str(ds_path)))
-    if plan.gradient_checkpointing is not None:
-        overrides.append(("gradient_checkpointing", plan.gradient_checkpointing))
-    if plan.save_only_model is not None:
-        overrides.append(("save_only_model", plan.save_only_model))
-    if plan.dataloader_workers is not None:
-        overrides.append(("dataloader_num_workers", plan.dataloader_workers))
+    overrides.extend(hf_overrides(recipe, plan))  # none for a plain script (trainer.py)
     overrides.extend(plan.args)
     overrides.extend(_resume_args(recipe, resume))
     if recipe.args_style == kvargs.KV:

@@ -16,36 +16,13 @@ from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .failures import DEGRADING, Failure, Kind
+from .plan import Plan
+from .launchdiff import Launch, fingerprint
 from .recipe import Recipe, Rung
+from .trainer import dataloader_workers, trainer
 
-
-@dataclass(frozen=True)
-class Plan:
-    """One launch configuration: the recipe with the taken rungs applied."""
-
-    rungs: tuple[int, ...]          # 1-based numbers of the taken rungs, in the order taken
-    ranks: int
-    gpu_ids: tuple[int, ...] | None  # None: let the launcher see what it sees (CPU ranks)
-    per_device: int | None = None
-    grad_accum: int | None = None
-    global_batch: int | None = None
-    target_global_batch: int | None = None
-    lr: float | None = None
-    gradient_checkpointing: bool | None = None
-    zero_stage: int | None = None
-    zero3_offload: bool | None = None
-    offload_pin_memory: bool | None = None
-    gather_16bit_on_save: bool | None = None
-    save_only_model: bool | None = None
-    dataloader_workers: int | None = None
-    args: tuple[tuple[str, object], ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    notes: tuple[str, ...] = ()
-
-    @property
-    def rung(self) -> int:
-        """The number of the last rung taken; 0 is the recipe as written."""
-        return self.rungs[-1] if self.rungs else 0
+__all__ = ["Decision", "Plan", "apply_rung", "base_plan", "base_ranks", "decide", "default_ladder",
+           "describe_rung", "effective_ladder", "walk"]
 
 
 @dataclass(frozen=True)
@@ -61,10 +38,12 @@ def effective_ladder(recipe: Recipe, ranks: int | None = None) -> tuple[Rung, ..
     if recipe.ladder_given:
         return recipe.ladder
     return default_ladder(ranks if ranks is not None else base_ranks(recipe),
-                          deepspeed=recipe.deepspeed is not None)
+                          deepspeed=recipe.deepspeed is not None, hf=trainer(recipe).hf,
+                          batch=recipe.batch is not None, lr=recipe.lr is not None)
 
 
-def default_ladder(ranks: int, deepspeed: bool = True) -> tuple[Rung, ...]:
+def default_ladder(ranks: int, deepspeed: bool = True, hf: bool = True, batch: bool = True,
+                   lr: bool = True) -> tuple[Rung, ...]:
     """The ladder used when a recipe has no `ladder:` key (the README lists it).
 
     host_oom: fewer ranks, each rank holds its own copy of what fills host memory
@@ -73,23 +52,27 @@ def default_ladder(ranks: int, deepspeed: bool = True) -> tuple[Rung, ...]:
     gradient checkpointing, ZeRO-3, offload. save_failed: without
     the 16-bit gather (DeepSpeed only). nan_loss: halve the learning rate, twice.
 
-    Without `deepspeed:` in the recipe the DeepSpeed rungs and keys are left out: there
-    is no config to derive, so they would relaunch the same job to fail the same way.
+    Only rungs that can change the job are kept: without `deepspeed:` there is no
+    config to derive (no ZeRO, offload or gather rungs); without `batch:` or `lr:` no
+    argument to change (no halving rungs); a plain script (not an HF TrainingArguments
+    one, trainer.py) takes no --dataloader_num_workers or --gradient_checkpointing.
     """
-    ds = {"offload_pin_memory": False} if deepspeed else {}
+    host_keys: dict = {"dataloader_workers": 0} if hf else {}
+    if deepspeed:
+        host_keys["offload_pin_memory"] = False
     host = [Rung(on=(Kind.HOST_OOM,), gpus=n) for n in _fewer_ranks(ranks)]
-    host.append(Rung(on=(Kind.HOST_OOM,), dataloader_workers=0, **ds))
-    cuda = [Rung(on=(Kind.CUDA_OOM,), batch="halve"),
-            Rung(on=(Kind.CUDA_OOM,), gradient_checkpointing=True)]
+    host += [Rung(on=(Kind.HOST_OOM,), **host_keys)] if host_keys else []
+    halve = [Rung(on=(Kind.CUDA_OOM,), batch="halve")] if batch else []
+    cuda = halve + ([Rung(on=(Kind.CUDA_OOM,), gradient_checkpointing=True)] if hf else [])
     if deepspeed:
         cuda += [Rung(on=(Kind.CUDA_OOM,), zero_stage=3),
                  Rung(on=(Kind.CUDA_OOM, Kind.HOST_OOM), zero3_offload=True)]
-    cuda.append(Rung(on=(Kind.CUDA_OOM,), batch="halve"))
+    cuda += halve
     # Not save_only_model: transformers cannot resume training from a model-only
     # checkpoint (the optimizer and the lr schedule start over). A death during a plain
     # save retries the same rung from the checkpoint before it.
     save = [Rung(on=(Kind.SAVE_FAILED,), gather_16bit_on_save=False)] if deepspeed else []
-    nan = [Rung(on=(Kind.NAN_LOSS,), lr=0.5), Rung(on=(Kind.NAN_LOSS,), lr=0.5)]
+    nan = [Rung(on=(Kind.NAN_LOSS,), lr=0.5), Rung(on=(Kind.NAN_LOSS,), lr=0.5)] if lr else []
     return tuple(host + cuda + save + nan)
 
 
@@ -132,22 +115,86 @@ def base_plan(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> Plan
 
 def decide(recipe: Recipe, history: Sequence[Failure],
            visible_gpus: Sequence[int] | None = None) -> Decision:
-    """The plan for the next attempt after `history` (oldest first)."""
+    """The plan for the next attempt after `history` (oldest first).
+
+    A rung whose launch (argv, env, derived files: launchdiff.py) is one that already
+    failed is passed over, noted on the plan, and used up: it would relaunch the same job
+    to fail the same way (issue 13 §2).
+    """
     ladder = effective_ladder(recipe, base_ranks(recipe, visible_gpus))
     plan = base_plan(recipe, visible_gpus)
     taken: list[int] = []
+    failed: dict[Launch, int] = {}  # launches that failed -> the rung they ran at
     for failure in history:
-        index = _next_rung(ladder, taken, failure.kind)
-        if index is None:
-            if failure.kind in DEGRADING and failure is history[-1]:
-                return Decision(None, give_up=f"no rung left in the ladder for {failure.kind}")
-            continue
-        taken.append(index)
-        plan = apply_rung(plan, ladder[index], index + 1)
+        failed.setdefault(fingerprint(recipe, plan), plan.rung)
+        plan, changed, passed = _next_plan(recipe, ladder, taken, failure.kind, plan, failed)
+        if not changed and failure.kind in DEGRADING and failure is history[-1]:
+            return Decision(None, give_up=_nothing_left(failure.kind, passed))
     return Decision(plan)
 
 
+def _next_plan(recipe: Recipe, ladder: Sequence[Rung], taken: list[int], kind: Kind, plan: Plan,
+               failed: dict[Launch, int]) -> tuple[Plan, bool, list[str]]:
+    """(plan, whether a rung changed it, why each rung passed over was): `taken` grows."""
+    passed: list[str] = []
+    while (index := _next_rung(ladder, taken, kind)) is not None:
+        taken.append(index)
+        candidate = apply_rung(plan, ladder[index], index + 1)
+        same = failed.get(fingerprint(recipe, candidate))
+        if same is None:
+            return candidate, True, passed
+        why = skip_reason(recipe, plan, ladder[index], index + 1, same)
+        passed.append(why)
+        plan = dataclasses.replace(plan, skipped=plan.skipped + (index + 1,),
+                                   notes=plan.notes + (f"rung {index + 1} skipped: {why}",))
+    return plan, False, passed
+
+
+def _nothing_left(kind: Kind, passed: list[str]) -> str:
+    if not passed:
+        return f"no rung left in the ladder for {kind}"
+    return f"no rung left that changes anything for {kind}: " + "; ".join(passed)
+
+
+def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int) -> str:
+    """`rung 7 (batch halve) relaunches rung 4, which already failed: the micro-batch is already 1`."""
+    what = "the recipe as written" if same == 0 else f"rung {same}"
+    return f"rung {number} ({describe_rung(rung)}) relaunches {what}, which already failed" + _hint(
+        recipe, plan, rung)
+
+
+def describe_rung(rung: Rung) -> str:
+    """`batch halve, gradient_checkpointing True`: what a rung sets, in the recipe's words."""
+    parts = []
+    for field in dataclasses.fields(Rung):
+        value = getattr(rung, field.name)
+        if field.name in ("on", "line") or value is None or value == ():
+            continue
+        if field.name in ("args", "env"):
+            value = ", ".join(f"{key}={item}" for key, item in value)
+        elif field.name == "lr":
+            value = f"×{value:g}"
+        parts.append(f"{field.name} {value}")
+    return ", ".join(parts)
+
+
+def _hint(recipe: Recipe, plan: Plan, rung: Rung) -> str:
+    """Why the rung changes nothing, where it can be told."""
+    if rung.batch == "halve" and plan.per_device == 1:
+        return ": the micro-batch is already 1"
+    if rung.dataloader_workers is not None:
+        workers, source = dataloader_workers(recipe)
+        if workers == rung.dataloader_workers:
+            return f": dataloader_num_workers is already {workers} ({source})"
+    if rung.gpus is not None and recipe.launcher == "command" and not recipe.ranks_env:
+        return ": `launcher: command` without `ranks_env` tells the tool no rank count"
+    if rung.gpus is not None and plan.ranks <= rung.gpus:
+        return f": already {plan.ranks} rank(s)"
+    return ""
+
+
 def _next_rung(ladder: Sequence[Rung], taken: Iterable[int], kind: Kind) -> int | None:
+    """The first rung not taken yet that answers `kind`."""
     used = set(taken)
     for index, rung in enumerate(ladder):
         if index not in used and kind in rung.on:
@@ -158,11 +205,22 @@ def _next_rung(ladder: Sequence[Rung], taken: Iterable[int], kind: Kind) -> int 
 def walk(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> list[Plan]:
     """The base plan, then each rung of the ladder applied on top of all before it.
 
-    This is what `guardrun plan` shows: every rung, in order, as if each were taken.
+    This is what `guardrun plan` shows: every rung, in order, as if each were taken. A
+    rung that would launch what an earlier one launches is passed over as `decide` passes
+    it over: its plan is the one before, with the rung in `skipped` and a note saying why.
     """
     plans = [base_plan(recipe, visible_gpus)]
+    seen = {fingerprint(recipe, plans[0]): 0}
     for number, rung in enumerate(effective_ladder(recipe, plans[0].ranks), start=1):
-        plans.append(apply_rung(plans[-1], rung, number))
+        previous = plans[-1]
+        candidate = apply_rung(previous, rung, number)
+        launch = fingerprint(recipe, candidate)
+        if launch in seen:
+            why = skip_reason(recipe, previous, rung, number, seen[launch])
+            candidate = dataclasses.replace(previous, skipped=previous.skipped + (number,),
+                                            notes=previous.notes + (f"rung {number} skipped: {why}",))
+        seen.setdefault(launch, number)
+        plans.append(candidate)
     return plans
 
 

@@ -18,7 +18,7 @@ from yaml.nodes import Node
 from . import accelerate, dsconfig, modelspec
 from .accelerate import AccelerateCfg
 from .modelspec import Model
-from .rungs import Rung, read_ladder
+from .rungs import HF_RUNG_FLAGS, Rung, read_ladder
 from .units import Size
 from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, duration, env_pairs,
                         integer, items, kind_of, mapping_args, number, optional, pairs, read_fields,
@@ -28,6 +28,7 @@ __all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Lo
            "RecipeError", "Restarts", "Rung", "SuccessEvidence", "load_recipe"]
 
 LAUNCHERS = ("torchrun", "deepspeed", "python", "accelerate", "command")  # command: `command:` as given
+TRAINERS = ("auto", "hf", "plain")  # does the job parse HF TrainingArguments (launcher/trainer.py)
 #: logs.max_size's floor: two of the longest lines guardrun keeps (lines.MAX_LINE, 64 KiB).
 MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -134,6 +135,7 @@ class Recipe:
     success: SuccessEvidence | None = None
     nan_patience: int = 1            # logged nan/inf steps in a row before guardrun acts
     startup_window: float = 600.0    # the same error twice this soon after the start: user_error
+    trainer: str = "auto"            # hf | plain | auto: may rungs pass TrainingArguments flags
     # issue 7 (modelspec.py): a tool's own command line, and what the memory preflight needs
     command: tuple[str, ...] = ()    # launcher: command, e.g. (llamafactory-cli, train, cfg.yaml)
     args_style: str = "flags"        # flags: --key value; key=value: LLaMA-Factory, --cfg-options
@@ -393,6 +395,7 @@ TOP = (
     Field("monitor", section(Monitor, MONITOR), default=Monitor()),
     Field("logs", section(Logs, LOGS), default=Logs()),
     Field("stop_grace", duration(), default=30.0),
+    Field("trainer", choice(TRAINERS), default="auto"),
     Field("ladder", _ladder, default=((), False), into=("ladder", "ladder_given")),
     Field("restarts", section(Restarts, RESTARTS), default=Restarts()),
     Field("progress", _nonempty(ProgressPatterns, PROGRESS), default=None),
@@ -419,6 +422,11 @@ def _check_rungs_apply(root: Node, ctx: Ctx, recipe: Recipe) -> None:
     """A rung that changes what the recipe does not set would silently do nothing."""
     needs = {"batch": ("changes the micro-batch", recipe.batch), "lr": ("scales the learning rate", recipe.lr)}
     for index, rung in enumerate(recipe.ladder):
+        hf_key = next((key for key in HF_RUNG_FLAGS if getattr(rung, key) is not None), None)
+        if recipe.trainer == "plain" and hf_key:
+            ctx.fail(_rung_value_node(root, ctx, index, hf_key), f"ladder[{index}].{hf_key}",
+                     f"this rung passes --{HF_RUNG_FLAGS[hf_key]}, an HF TrainingArguments flag, but the "
+                     "recipe says `trainer: plain`: give your script's own flag in the rung's `args:`")
         for name, (does, section_value) in needs.items():
             if getattr(rung, name) is not None and section_value is None:
                 node = _rung_value_node(root, ctx, index, name)

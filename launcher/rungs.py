@@ -16,6 +16,9 @@ from .yamlnodes import (Ctx, Field, boolean, env_pairs, integer, items, kind_of,
 
 #: The kinds a rung may answer, in the order DESIGN.md lists them (for messages).
 RUNG_KIND_NAMES = tuple(kind.value for kind in Kind if kind in RUNG_KINDS)
+#: Rung keys rendered as an HF TrainingArguments flag, and the flag each becomes (trainer.py).
+HF_RUNG_FLAGS = {"gradient_checkpointing": "gradient_checkpointing", "save_only_model": "save_only_model",
+                 "dataloader_workers": "dataloader_num_workers"}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ LADDER = BASE + """
 ladder:
   - {on: [host_oom], gpus: 6}
   - {on: [cuda_oom], batch: halve}
-  - {on: [cuda_oom, host_oom], zero3_offload: true}
+  - {on: [cuda_oom, host_oom], zero3_offload: true, args: {zero_config: zero3_offload.json}}
   - {on: [nan_loss], lr: halve}
 """
 

@@ -33,10 +33,12 @@ model: {params: 7.06e9, vision_params: 3.03e8, trainable: full, seq_len: 2048,
         gradient_checkpointing: true, zero_stage: 2}
 ladder:
   - {on: [cuda_oom], batch: halve}
-  - {on: [cuda_oom], zero_stage: 3}
-  - {on: [cuda_oom], zero3_offload: true}
+  - {on: [cuda_oom], zero_stage: 3, args: {zero_config: zero3.json}}
+  - {on: [cuda_oom], zero3_offload: true, args: {zero_config: zero3_offload.json}}
   - {on: [host_oom], gpus: 4}
 """
+# No `deepspeed:` file here: each ZeRO rung names its config in `args:`, or it would launch the
+# same job as the rung before and be skipped (issue 13 §2).
 PLENTY = 2000 * GIB
 
 

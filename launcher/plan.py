@@ -1,0 +1,40 @@
+"""The Plan: one launch configuration, the recipe with the taken rungs applied.
+
+A leaf module (it imports nothing of the project) so that both the ladder, which makes
+Plans, and the command builder, which renders them, can use it without importing each
+other: the ladder needs the rendered command to tell a rung that changes nothing
+(launchdiff.py), and the command builder needs the Plan type.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One launch configuration: the recipe with the taken rungs applied."""
+
+    rungs: tuple[int, ...]          # 1-based numbers of the taken rungs, in the order taken
+    ranks: int
+    gpu_ids: tuple[int, ...] | None  # None: let the launcher see what it sees (CPU ranks)
+    per_device: int | None = None
+    grad_accum: int | None = None
+    global_batch: int | None = None
+    target_global_batch: int | None = None
+    lr: float | None = None
+    gradient_checkpointing: bool | None = None
+    zero_stage: int | None = None
+    zero3_offload: bool | None = None
+    offload_pin_memory: bool | None = None
+    gather_16bit_on_save: bool | None = None
+    save_only_model: bool | None = None
+    dataloader_workers: int | None = None
+    args: tuple[tuple[str, object], ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+    notes: tuple[str, ...] = ()
+    skipped: tuple[int, ...] = ()    # rungs taken that changed nothing (launchdiff.py): not relaunched
+
+    @property
+    def rung(self) -> int:
+        """The number of the last rung taken; 0 is the recipe as written."""
+        return self.rungs[-1] if self.rungs else 0
