@@ -146,7 +146,7 @@ def _next_plan(recipe: Recipe, ladder: Sequence[Rung], taken: list[int], kind: K
         why = skip_reason(recipe, plan, ladder[index], index + 1, same)
         passed.append(why)
         plan = dataclasses.replace(plan, skipped=plan.skipped + (index + 1,),
-                                   notes=plan.notes + (f"rung {index + 1} skipped: {why}",))
+                                   notes=plan.notes + (f"skipped: {why}",))
     return plan, False, passed
 
 
@@ -156,11 +156,13 @@ def _nothing_left(kind: Kind, passed: list[str]) -> str:
     return f"no rung left that changes anything for {kind}: " + "; ".join(passed)
 
 
-def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int) -> str:
-    """`rung 7 (batch halve) relaunches rung 4, which already failed: the micro-batch is already 1`."""
+def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, failed: bool = True) -> str:
+    """`rung 7 (batch halve) relaunches rung 4, which already failed (the micro-batch is already 1)`."""
     what = "the recipe as written" if same == 0 else f"rung {same}"
-    return f"rung {number} ({describe_rung(rung)}) relaunches {what}, which already failed" + _hint(
-        recipe, plan, rung)
+    hint = _hint(recipe, plan, rung)
+    done = f"relaunches {what}, which already failed" if failed else f"launches what {what} launches"
+    return (f"rung {number} ({describe_rung(rung)}) {done}"
+            + (f" ({hint})" if hint else ""))
 
 
 def describe_rung(rung: Rung) -> str:
@@ -181,15 +183,15 @@ def describe_rung(rung: Rung) -> str:
 def _hint(recipe: Recipe, plan: Plan, rung: Rung) -> str:
     """Why the rung changes nothing, where it can be told."""
     if rung.batch == "halve" and plan.per_device == 1:
-        return ": the micro-batch is already 1"
+        return "the micro-batch is already 1"
     if rung.dataloader_workers is not None:
         workers, source = dataloader_workers(recipe)
         if workers == rung.dataloader_workers:
-            return f": dataloader_num_workers is already {workers} ({source})"
+            return f"dataloader_num_workers is already {workers}: {source}"
     if rung.gpus is not None and recipe.launcher == "command" and not recipe.ranks_env:
-        return ": `launcher: command` without `ranks_env` tells the tool no rank count"
+        return "`launcher: command` without `ranks_env` tells the tool no rank count"
     if rung.gpus is not None and plan.ranks <= rung.gpus:
-        return f": already {plan.ranks} rank(s)"
+        return f"already {plan.ranks} rank(s)"
     return ""
 
 
@@ -216,9 +218,9 @@ def walk(recipe: Recipe, visible_gpus: Sequence[int] | None = None) -> list[Plan
         candidate = apply_rung(previous, rung, number)
         launch = fingerprint(recipe, candidate)
         if launch in seen:
-            why = skip_reason(recipe, previous, rung, number, seen[launch])
+            why = skip_reason(recipe, previous, rung, number, seen[launch], failed=False)
             candidate = dataclasses.replace(previous, skipped=previous.skipped + (number,),
-                                            notes=previous.notes + (f"rung {number} skipped: {why}",))
+                                            notes=previous.notes + (f"skipped: {why}",))
         seen.setdefault(launch, number)
         plans.append(candidate)
     return plans

@@ -66,23 +66,54 @@ def changes(before: Launch, after: Launch) -> list[str]:
 
 
 def _argv_changes(old: tuple[str, ...], new: tuple[str, ...]) -> list[str]:
-    out: list[str] = []
-    matcher = difflib.SequenceMatcher(a=old, b=new, autojunk=False)
-    for op, i1, i2, j1, j2 in matcher.get_opcodes():
-        if op == "equal":
-            continue
-        gone, came = " ".join(old[i1:i2]), " ".join(new[j1:j2])
-        if op == "insert":
-            out.append(f"+{came}")
-        elif op == "delete":
-            out.append(f"-{gone}")
-        elif i2 - i1 == j2 - j1 == 1 and "=" in old[i1] and old[i1].split("=")[0] == new[j1].split("=")[0]:
-            key = old[i1].split("=")[0]
-            out.append(f"{key}={old[i1][len(key) + 1:]}→{new[j1][len(key) + 1:]}")
+    before, after = _items(old), _items(new)
+    out = []
+    for key, value in after.items():
+        if key not in before:
+            out.append(f"+{_show(key, value)}")
+        elif before[key] != value:
+            out.append(f"{key}{'=' if key in _kv_keys(new) else ' '}{before[key]}→{value}".lstrip())
+    return out + [f"-{_show(key, value)}" for key, value in before.items() if key not in after]
+
+
+def _items(argv: tuple[str, ...]) -> dict[str, str]:
+    """argv as {flag or key=: its value(s)}: `--k v`, `--k=v`, `k=v`; words before any flag
+    (the launcher, the script) under ""; a repeated key gets `#2`, `#3`."""
+    items: dict[str, str] = {}
+    key, values = "", []
+
+    def close():
+        name, count = key, 2
+        while name in items:
+            name, count = f"{key}#{count}", count + 1
+        items[name] = " ".join(values)
+
+    for token in argv:
+        flag = token.startswith("-") and not _numeric(token)
+        if flag or ("=" in token and not token.startswith("-")):
+            close()
+            key, _, rest = token.partition("=")
+            values = [rest] if rest or "=" in token else []
         else:
-            flag = old[i1 - 1] if i1 > 0 and old[i1 - 1].startswith("-") else ""
-            out.append(f"{flag + ' ' if flag else ''}{gone}→{came}")
-    return out
+            values.append(token)
+    close()
+    return items
+
+
+def _kv_keys(argv: tuple[str, ...]) -> set[str]:
+    return {token.partition("=")[0] for token in argv if "=" in token and not token.startswith("-")}
+
+
+def _show(key: str, value: str) -> str:
+    return f"{key}={value}" if not key.startswith("-") and key else f"{key} {value}".strip()
+
+
+def _numeric(token: str) -> bool:
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
 
 
 def _env_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:
@@ -97,8 +128,12 @@ def _config_changes(old: str, new: str) -> list[str]:
     before, after = _flat(json.loads(old) if old else {}), _flat(json.loads(new) if new else {})
     out = []
     for key in sorted(set(before) | set(after)):
-        if before.get(key, "-") != after.get(key, "-"):
-            out.append(f"deepspeed {key} {before.get(key, '-')}→{after.get(key, '-')}")
+        if key not in before:
+            out.append(f"deepspeed +{key}={after[key]}")
+        elif key not in after:
+            out.append(f"deepspeed -{key}")
+        elif before[key] != after[key]:
+            out.append(f"deepspeed {key} {before[key]}→{after[key]}")
     return out
 
 

@@ -67,7 +67,7 @@ def trainer(recipe: Recipe) -> Trainer:
         key = next((k for k in HF_RUNG_FLAGS if getattr(rung, k) is not None), None)
         if key:
             return Trainer(True, f"ladder[{index}] sets {key} (--{HF_RUNG_FLAGS[key]})")
-    return Trainer(False, "no HF TrainingArguments flag in the recipe (declare `trainer: hf` if it is one)")
+    return Trainer(False, "nothing in the recipe names one; declare `trainer: hf` if the script is one")
 
 
 def hf_overrides(recipe: Recipe, plan: Plan) -> list[tuple[str, object]]:

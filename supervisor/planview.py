@@ -20,6 +20,8 @@ from guardrun.launcher import checkpoints as ckpts
 from guardrun.launcher import dsconfig, kvargs
 from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
 from guardrun.launcher.ladder import Plan, effective_ladder, walk
+from guardrun.launcher.launchdiff import changes, fingerprint
+from guardrun.launcher.trainer import trainer
 from guardrun.launcher.preflight import (Fit, Known, Resources, first_fitting, fits, gather, workload,
                                          zero_settings)
 from guardrun.launcher.recipe import Recipe, load_recipe
@@ -58,6 +60,7 @@ def render(view: View, rung: int | None = None, show_all: bool = False) -> list[
     source = "the recipe's ladder" if recipe.ladder_given else "the default ladder (no `ladder:` in the recipe)"
     lines = [f"job {recipe.name}: {len(view.plans) - 1} rung(s) from {source}"]
     lines += [f"warning: {w} (plan runs nothing; `guardrun run` needs it)" for w in recipe.warnings]
+    lines += _trainer_lines(recipe)
     lines += _model_lines(view)
     if recipe.checkpoints:
         lines.append(f"resume: {view.resume or 'no valid checkpoint yet: starts from scratch'}")
@@ -71,6 +74,18 @@ def render(view: View, rung: int | None = None, show_all: bool = False) -> list[
     for index in chosen:
         lines.append("")
         lines += details(view, index, first)
+    return lines
+
+
+def _trainer_lines(recipe: Recipe) -> list[str]:
+    """Whether rungs may pass HF TrainingArguments flags, and why (launcher/trainer.py)."""
+    found = trainer(recipe)
+    lines = [("trainer: HF TrainingArguments script" if found.hf else
+              "trainer: plain script: rungs pass no HF TrainingArguments flag") + f" ({found.why})"]
+    ladder = effective_ladder(recipe)
+    if recipe.launcher == "command" and not recipe.ranks_env and any(r.gpus for r in ladder):
+        lines.append("note: `launcher: command` without `ranks_env`: a gpus rung tells the tool no rank "
+                     "count, it only narrows CUDA_VISIBLE_DEVICES where there are GPUs")
     return lines
 
 
@@ -97,8 +112,9 @@ def _model_lines(view: View) -> list[str]:
 def table(view: View) -> list[str]:
     """One row per rung."""
     header = ("rung", "on", "ranks", "micro", "accum", "global", "lr", "zero", "offload",
-              "GPU/rank", "host", "fits")
+              "GPU/rank", "host", "fits", "changes (against the rung before)")
     ladder = effective_ladder(view.recipe, view.plans[0].ranks)
+    changed = rung_changes(view.recipe, view.plans)
     rows = [header]
     for index, (plan, verdict) in enumerate(zip(view.plans, view.verdicts)):
         stage, opt, params = zero_settings(view.recipe, plan, view.known)
@@ -112,7 +128,7 @@ def table(view: View) -> list[str]:
                      str(stage) if deepspeed else "-",
                      ("all" if params else "optimizer" if opt else "none") if deepspeed else "-",
                      format_bytes(estimate.gpu) if estimate else "?",
-                     format_bytes(estimate.host) if estimate else "?", _fits(verdict)))
+                     format_bytes(estimate.host) if estimate else "?", _fits(verdict), changed[index]))
     widths = [max(len(row[col]) for row in rows) for col in range(len(header))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
     if any(p.global_batch != p.target_global_batch for p in view.plans):
@@ -120,7 +136,25 @@ def table(view: View) -> list[str]:
     for index, verdict in enumerate(view.verdicts):
         if not verdict.fits:
             lines.append(f"rung {index} does not fit: {verdict.reason}")
+    final = view.plans[-1].notes
+    lines += [note.replace("skipped: rung", "rung", 1) + "; `guardrun run` skips it"
+              for note in final if note.startswith("skipped: ")]
     return lines
+
+
+def rung_changes(recipe: Recipe, plans: Sequence[Plan]) -> list[str]:
+    """Per rung, what its launch changes against the rung before: argv, env, DeepSpeed config.
+
+    Rung 0 is the recipe as written; a rung that changes nothing says so (`guardrun run`
+    skips it: launcher/ladder.py)."""
+    launches = [fingerprint(recipe, plan) for plan in plans]
+    out = ["-"]
+    for index in range(1, len(plans)):
+        if index in plans[index].skipped:
+            out.append("none: skipped")
+            continue
+        out.append(", ".join(changes(launches[index - 1], launches[index])) or "none")
+    return out
 
 
 def _uses_deepspeed(recipe: Recipe, plan: Plan) -> bool:
@@ -148,7 +182,8 @@ def details(view: View, index: int, first: int | None) -> list[str]:
     fitted = view.verdicts[index].estimate is not None
     tag = " (the first that fits)" if index == first and fitted else ""
     lines = [f"== rung {index}{tag}: {what}", "   " + summary(plan)]
-    lines += [f"   note: {note}" for note in plan.notes if note.startswith(f"rung {index}:")]
+    lines += [f"   note: {note}" for note in plan.notes
+              if note.startswith((f"rung {index}:", f"skipped: rung {index} "))]
     argv, env, cwd, ds_lines = _launch(recipe, plan, view.resume)
     lines += ["   command: " + shlex.join(argv), "   cwd: " + str(cwd),
               "   env: " + " ".join(f"{k}={shlex.quote(v)}" for k, v in env)]

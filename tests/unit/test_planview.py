@@ -43,8 +43,10 @@ def test_table_then_the_first_rung_that_fits(tmp_path):
     out = result.output.splitlines()
     header = next(i for i, line in enumerate(out) if line.startswith("rung  on"))
     assert out[header].split() == ["rung", "on", "ranks", "micro", "accum", "global", "lr", "zero",
-                                   "offload", "GPU/rank", "host", "fits"]
-    rows = [line.split() for line in out[header + 1:header + 4]]
+                                   "offload", "GPU/rank", "host", "fits", "changes", "(against", "the",
+                                   "rung", "before)"]
+    column = out[header].index("changes")
+    rows = [line[:column].split() for line in out[header + 1:header + 4]]
     assert [row[:9] for row in rows] == [
         ["0", "-", "4", "8", "1", "32", "0.0001", "2", "none"],
         ["1", "cuda_oom", "4", "4", "2", "32", "0.0001", "2", "none"],
@@ -99,3 +101,64 @@ def test_a_missing_script_is_a_warning_for_plan_only(tmp_path):
     assert result.exit_code == 0
     assert f"warning: {path}:3: script: script not found: {tmp_path}/gone.py" in result.output
     assert CliRunner().invoke(main, ["run", path]).exit_code == 2  # run refuses it
+
+
+def _changes(output: str) -> dict[int, str]:
+    """{rung: its `changes` cell} from the table."""
+    out = output.splitlines()
+    header = next(i for i, line in enumerate(out) if line.startswith("rung  on"))
+    column = out[header].index("changes")
+    rows = {}
+    for line in out[header + 1:]:
+        if not line[:1].isdigit():
+            break
+        rows[int(line.split()[0])] = line[column:]
+    return rows
+
+
+def test_table_shows_each_rungs_exact_changes(tmp_path):
+    result = plan(write(tmp_path), "--gpu-free", "80GiB")
+    assert result.exit_code == 0, result.output
+    rows = _changes(result.output)
+    assert rows[0] == "-"
+    assert rows[1] == "--per_device_train_batch_size 8→4, --gradient_accumulation_steps 1→2"
+    assert rows[2].startswith(f"--deepspeed {tmp_path}/ds.json→<attempt dir>/deepspeed.json, ")
+    assert 'deepspeed +zero_optimization.offload_param.device="cpu"' in rows[2]
+    assert "deepspeed zero_optimization.stage 2→3" in rows[2]
+
+
+def test_rungs_that_change_nothing_are_marked_skipped_with_why(tmp_path):
+    """HF script (it takes --per_device_train_batch_size), no `ladder:`: the loader rung sets
+    what TrainingArguments already defaults to; a tool told no rank count ignores gpus rungs."""
+    body = ("launcher: python\nscript: train.py\nargs: {output_dir: out}\n"
+            "batch: {per_device: 1, grad_accum: 1}\n")
+    result = plan(write(tmp_path, body))
+    assert result.exit_code == 0, result.output
+    assert ("trainer: HF TrainingArguments script (the recipe passes --per_device_train_batch_size, an HF "
+            "TrainingArguments flag)") in result.output
+    rows = _changes(result.output)
+    assert rows == {0: "-", 1: "none: skipped", 2: "none: skipped", 3: "+--gradient_checkpointing True",
+                    4: "none: skipped"}
+    assert ("rung 1 (dataloader_workers 0) launches what the recipe as written launches "
+            "(dataloader_num_workers is already 0: TrainingArguments' default); `guardrun run` skips it"
+            ) in result.output
+    assert ("rung 2 (batch halve) launches what the recipe as written launches (the micro-batch is "
+            "already 1); `guardrun run` skips it") in result.output
+    command = ("launcher: command\ncommand: [mytool, train]\ngpus: 2\n")
+    tool = plan(write(tmp_path, command))
+    assert _changes(tool.output) == {0: "-", 1: "none: skipped"}
+    assert ("rung 1 (gpus 1) launches what the recipe as written launches (`launcher: command` without "
+            "`ranks_env` tells the tool no rank count)") in tool.output
+    assert "note: `launcher: command` without `ranks_env`: a gpus rung tells the tool no rank count" in tool.output
+
+
+def test_a_plain_script_is_planned_without_hf_flags(tmp_path):
+    body = ("launcher: torchrun\nscript: train.py\nargs: {steps: 10}\ngpus: 2\n"
+            "batch: {per_device: 4, per_device_arg: --batch_size, grad_accum_arg: --accum}\n")
+    result = plan(write(tmp_path, body), "--all")
+    assert result.exit_code == 0, result.output
+    assert ("trainer: plain script: rungs pass no HF TrainingArguments flag (nothing in the recipe names "
+            "one; declare `trainer: hf` if the script is one)") in result.output
+    assert _changes(result.output) == {0: "-", 1: "--nproc-per-node 2→1, --accum 1→2",
+                                       2: "--batch_size 4→2, --accum 2→4", 3: "--batch_size 2→1, --accum 4→8"}
+    assert "dataloader_num_workers" not in result.output and "--gradient_checkpointing" not in result.output
