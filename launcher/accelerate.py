@@ -48,6 +48,8 @@ from .yamlnodes import Ctx, Field, integer, items, kind_of, pairs, read_fields, 
 TEE_ALL = "3"
 #: Engines a config file's `distributed_type` can name that run without `--multi_gpu`.
 _NO_ENGINE = (None, "NO")
+#: A config file that could not be read names, most likely, its engine: `plan` shows no --multi_gpu.
+UNREAD = "(config file not read)"
 #: Launch flags that choose the engine themselves (accelerate refuses two of them).
 ENGINE_FLAGS = ("--use_deepspeed", "--use_fsdp", "--use_megatron_lm", "--tpu", "--multi_gpu")
 #: Flags guardrun writes from the rung or the section; in `flags:` they would fight it.
@@ -69,7 +71,8 @@ class AccelerateCfg:
     main_process_ip: str | None = None
     main_process_port: int | None = None
     port_in_file: bool = False        # the config file names main_process_port
-    engine: str | None = None         # the file's distributed_type, or an engine flag in `flags:`
+    engine: str | None = None         # the file's distributed_type, or an engine flag in `flags:`;
+    #                                   UNREAD: a config file missing (guardrun plan on another machine)
     flags: tuple[str, ...] = ()       # more `accelerate launch` flags, as given
 
 
@@ -156,7 +159,8 @@ def section(node: Node, key: str, ctx: Ctx) -> AccelerateCfg:
         ctx.fail(given.get("machine_rank", node), f"{key}.machine_rank",
                  f"machine_rank {rank} is not below num_machines {machines} (ranks count from 0)")
     flag_engine = next((f for f in values["flags"] if f in ENGINE_FLAGS), None)
-    engine = flag_engine or _text(file.get("distributed_type"))
+    unread = values["config_file"] is not None and not values["config_file"].is_file()
+    engine = flag_engine or (UNREAD if unread else _text(file.get("distributed_type")))
     return AccelerateCfg(config_file=values["config_file"], num_machines=machines,
                          machine_rank=values["machine_rank"], main_process_ip=values["main_process_ip"],
                          main_process_port=values["main_process_port"],

@@ -14,6 +14,7 @@ from guardrun.launcher.recipe import RecipeError
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from recipes_util import make_recipe  # noqa: E402
+from test_golden_recipes import HOME, argv, plan  # noqa: E402
 
 ACCELERATE = """
 launcher: accelerate
@@ -143,3 +144,19 @@ def test_accelerate_section_needs_the_accelerate_launcher(tmp_path):
         make_recipe(tmp_path, body)
     assert (err.value.line, err.value.key) == (9, "accelerate")
     assert "launcher: accelerate" in err.value.message and "torchrun" in err.value.message
+
+
+def test_the_ready_recipe_is_llamafactorys_fsdp_command_with_the_counts_explicit():
+    """recipes/accelerate_lora.yaml: LLaMA-Factory's examples/extras/fsdp_qlora/train.sh on the
+    8 GPUs of its #6486; the config file's own engine (FSDP) stays, so no --multi_gpu."""
+    workdir = HOME / "LLaMA-Factory"
+    rungs = plan("accelerate_lora.yaml")
+    head = [sys.executable, "-m", "accelerate.commands.launch",
+            "--config_file", str(workdir / "examples/accelerate/fsdp_config.yaml")]
+    job = [str(workdir / "src/train.py"), "examples/extras/fsdp_qlora/llama3_lora_sft.yaml"]
+    assert argv(rungs[0]) == [*head, "--num_processes", "8", "--num_machines", "1",
+                              "--main_process_port", "0", *job]
+    assert argv(rungs[1]) == [*head, "--num_processes", "6", "--num_machines", "1",
+                              "--main_process_port", "0", *job, "gradient_accumulation_steps=11"]
+    assert argv(rungs[2])[6] == "4" and argv(rungs[2])[-1] == "gradient_accumulation_steps=16"
+    assert "accelerate config not found" in rungs[-1]["all"]
