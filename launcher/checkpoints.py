@@ -224,6 +224,8 @@ class Saved:
     universal: Path | None = None        # its finished universal conversion, if any
     scheduler: Path | None = None        # HF's scheduler.pt: it restores the saved learning rate
     model_only: bool = False             # an HF checkpoint without optimizer state (save_only_model)
+    global_step: int | None = None       # trainer_state.json: the optimizer steps done
+    max_steps: int | None = None         # trainer_state.json: the steps the run was set to do
 
 
 #: HF Trainer's learning-rate scheduler and optimizer state inside checkpoint-N/.
@@ -242,24 +244,34 @@ def inspect(path: Path) -> Saved:
     A universal conversion counts once `latest_universal` names it: ds_to_universal
     writes that file last (deepspeed/checkpoint/ds_to_universal.py, main()).
     """
-    batch = None
     state = path / "trainer_state.json"
-    if state.is_file():
-        try:
-            value = json.loads(state.read_text()).get("train_batch_size")
-        except (OSError, ValueError, AttributeError):
-            value = None
-        batch = value if isinstance(value, int) and not isinstance(value, bool) else None
-    scheduler = path / SCHEDULER if (path / SCHEDULER).is_file() else None
+    written = trainer_state(path)
+    counts = {key: _whole(written.get(key)) for key in ("train_batch_size", "global_step", "max_steps")}
+    same = {"train_batch_size": counts["train_batch_size"], "global_step": counts["global_step"],
+            "max_steps": counts["max_steps"],
+            "scheduler": path / SCHEDULER if (path / SCHEDULER).is_file() else None}
     tag = _deepspeed_tag(path)
     if tag is None:
         model_only = state.is_file() and not any((path / name).is_file() for name in OPTIMIZER_NAMES)
-        return Saved(train_batch_size=batch, scheduler=scheduler, model_only=model_only)
+        return Saved(**same, model_only=model_only)
     universal = universal_dir(tag)
     marker = tag.parent / "latest_universal"
     done = marker.is_file() and marker.read_text(errors="replace").strip() == universal.name
-    return Saved(train_batch_size=batch, ds_tag=tag, world_size=saved_world_size(tag),
-                 universal=universal if done and universal.is_dir() else None, scheduler=scheduler)
+    return Saved(**same, ds_tag=tag, world_size=saved_world_size(tag),
+                 universal=universal if done and universal.is_dir() else None)
+
+
+def trainer_state(path: Path) -> dict:
+    """A checkpoint's trainer_state.json as a dict; {} when it is missing, unreadable or not an object."""
+    try:
+        value = json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError, UnicodeDecodeError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _whole(value: object) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _deepspeed_tag(path: Path) -> Path | None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Sequence
 
 from .checkpoints import Checkpoint, Saved
+from .command import render_mapping
 from .ladder import Plan
 
 WORLD_SIZE_POLICIES = ("universal", "weights_only", "fail")
@@ -41,6 +42,49 @@ class Adaptation:
     refuse: str = ""               # non-empty: this checkpoint cannot be resumed as configured
     set_lr: float | None = None    # rescale the saved scheduler so its base learning rate is this
     notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Target:
+    """A training run's end as its trainer recorded it: `step` of `total` optimizer steps."""
+
+    step: int
+    total: int
+
+    def __str__(self) -> str:
+        return f"step {self.step}/{self.total}"
+
+
+def reached(saved: Saved, max_steps: int | None = None) -> Target | None:
+    """The Target when the checkpoint is at or past the end of training, else None.
+
+    The end is the recipe's own `max_steps` when it names one (a recipe that raised it
+    trains on from a checkpoint of the old run), else the `max_steps` the trainer wrote
+    into trainer_state.json (HF computes it from the epochs when only those were given).
+    Resuming such a checkpoint has nothing left to train, and HF Trainer may still run a
+    step past it: issue 13 saw step 31 of `max_steps 30` after a relaunch from checkpoint-30.
+    """
+    total = max_steps if max_steps is not None else saved.max_steps
+    if saved.global_step is None or total is None or total <= 0 or saved.global_step < total:
+        return None
+    return Target(saved.global_step, total)
+
+
+def declared_max_steps(args: tuple, args_is_list: bool) -> int | None:
+    """The `max_steps` a recipe's `args:` give the script (`--max_steps N`, `--max_steps=N`,
+    `max_steps=N`), or None when they give none (or -1, HF's "from the epochs")."""
+    tokens = [str(token) for token in args] if args_is_list else render_mapping(args)
+    value = None
+    for index, token in enumerate(tokens):
+        name, equals, rest = token.lstrip("-").partition("=")
+        if name.replace("-", "_") != "max_steps":
+            continue
+        value = rest if equals else (tokens[index + 1] if index + 1 < len(tokens) else None)
+    try:
+        number = int(str(value)) if value is not None else None
+    except ValueError:
+        return None
+    return number if number is not None and number > 0 else None
 
 
 def choose(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from guardrun.launcher import checkpoints
 from guardrun.launcher.command import LaunchSpec
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
@@ -27,7 +28,7 @@ from .memory import ProcfsMemory
 from .memtrail import MemoryTrail
 from .output import MAX_LOG, OutputReader, Progress
 from .patterns import Patterns
-from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory
+from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge_memory, target_of
 from .signals import Requests
 from .spacewatch import SpaceWatch
 
@@ -116,7 +117,7 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
                      progressed=progress.step is not None or progress.loss is not None,
                      attempt=number, last_step=progress.step,
                      incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
-                     building=builds,
+                     building=builds, reached_target=_reached(progress, seen),
                      **(diagnosis.end_facts(reader) if diagnosis else {}))
     return end, peaks
 
@@ -158,6 +159,16 @@ def _incomplete(seen: Seen | None) -> str | None:
         return None
     last = seen.incomplete[-1]
     return f"{last.name} is incomplete ({last.reason})"
+
+
+def _reached(progress: Progress, seen: Seen | None) -> str:
+    """"step 30/30" when the attempt trained to its end (policy.target_of): judged from the
+    trainer_state.json of a checkpoint it wrote, else from its progress output. A checkpoint
+    from before the attempt does not count: a recipe may have raised max_steps since."""
+    saved = (checkpoints.inspect(seen.newest.path)
+             if seen is not None and seen.newest is not None and seen.newest_at is not None else None)
+    return target_of(progress.step, progress.total, progress.per_epoch,
+                     saved.global_step if saved else None, saved.max_steps if saved else None)
 
 
 def _measure(root_pid: int, watch: Watch) -> MemoryReading:

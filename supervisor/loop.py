@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 import socket
 import sys
 import time
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from guardrun.launcher.command import Resume, build
 from guardrun.launcher.executable import launch_problem
+from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import Plan, decide
 from guardrun.launcher.recipe import Recipe
@@ -34,11 +36,12 @@ from .leftovers import start_time as process_start_time
 from .memory import ProcfsMemory
 from .output import Progress
 from .policy import MemoryLimits, MemoryReading, backoff, classify
+from .resume import AtTarget, ResumeError
 from .resume import Context as ResumeContext
-from .resume import ResumeError
 from .resume import prepare as prepare_resume
 from .spacewatch import RETRY_EVERY, SUSPENDED
 from .states import State, check_transition
+from .target import LastRun, already_finished, last_run
 
 EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -116,24 +119,23 @@ class Supervisor:
     def _run(self) -> int:
         limits = self._limits()
         failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
+        earlier = None if self.options.fresh else last_run(self.journal.dir)
         self.journal.emit("run.started", recipe=str(self.recipe.path), digest=self.digest,
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
-        if self.requests.stop:  # asked before the first attempt (during startup or the leftovers)
-            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request before the first attempt")
-        unlaunchable = launch_problem(self.recipe, os.environ)
-        if unlaunchable:  # issue 12 §6: `python:` or `command[0]` missing, said with file:line
-            return self._give_up(unlaunchable, EXIT_USAGE)
+        early = self._before_launching(earlier)
+        if early is not None:
+            return early
         pick = self._choose_gpus()
         if pick.interrupted:
             return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
         if pick.give_up:
             return self._give_up(pick.give_up)
-        restarts, same_rung, last_plan = 0, 0, None
+        restarts, same_rung, last_plan, attempts = 0, 0, None, 0
         while True:
             decision = decide(self.recipe, failures, pick.ids)
             if decision.plan is None:
-                return self._give_up(decision.give_up)
+                return self._give_up(_no_rung(decision.give_up, len(failures), attempts))
             same_rung = same_rung + 1 if decision.plan == last_plan else 0
             if not self._wait_backoff(same_rung):
                 return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted during backoff")
@@ -148,7 +150,11 @@ class Supervisor:
                 plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
                                       self.gpu.source if self.gpu else None, self.memory,
                                       self.console.say, self.journal.emit)
-                failure = self._attempt(plan, limits, failures)
+                attempts += 1
+                failure = self._attempt(plan, limits, failures, fresh=self.options.fresh and attempts == 1)
+            except AtTarget as done:  # issue 13 §1: never resume at or past the end of training
+                return self._finish(State.FINISHED, EXIT_FINISHED, f"the newest checkpoint {done}: the "
+                                    "run is finished, not resumed")
             except ResumeError as err:
                 if self.requests.stop:
                     return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
@@ -167,11 +173,28 @@ class Supervisor:
                 return self._give_up(f"restarts used up ({self.recipe.restarts.max})")
             self._move(State.BACKOFF)
 
-    def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure]) -> Failure | None:
+    def _before_launching(self, earlier: LastRun | None) -> int | None:
+        """The exit code when the run ends before any attempt: a stop asked for already, a
+        recipe that cannot launch or whose limits this machine cannot meet, a job finished before."""
+        if self.requests.stop:  # asked before the first attempt (during startup or the leftovers)
+            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request before the first attempt")
+        unlaunchable = launch_problem(self.recipe, os.environ)
+        if unlaunchable:  # issue 12 §6: `python:` or `command[0]` missing, said with file:line
+            return self._give_up(unlaunchable, EXIT_USAGE)
+        unmeetable = limits_problem(self.recipe, self.memory.host().total)
+        if unmeetable:  # issue 13 §7: a limit at or above MemTotal
+            return self._give_up(unmeetable, EXIT_USAGE)
+        done = "" if self.options.fresh else already_finished(self.recipe, self.digest, earlier)
+        if done:  # issue 13 §7: said, nothing launched
+            return self._finish(State.FINISHED, EXIT_FINISHED, done)
+        return None
+
+    def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure],
+                 fresh: bool = False) -> Failure | None:
         number = self._next_attempt_number()
         self._move(State.STARTING)
         attempt_dir = self.journal.attempt_dir(number)
-        resume = self._prepare_resume(plan, failures, attempt_dir)
+        resume = self._prepare_resume(plan, failures, attempt_dir, fresh)
         spec = build(self.recipe, plan, attempt=number, resume=resume, files_dir=attempt_dir,
                      port=free_port() if self.recipe.launcher == "deepspeed" else None,
                      log_dir=attempt_dir)
@@ -202,6 +225,7 @@ class Supervisor:
                           step=failure.step if failure else end.last_step, rung=plan.rung,
                           root_cause=cause.as_dict() if cause else None, peak_tree=peaks.tree,
                           peak_pss=peaks.pss, min_available=peaks.min_available,
+                          reached_target=end.reached_target or None,
                           took=round(self.clock.monotonic() - started, 3))
         self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "",
                               root_cause=cause.as_dict() if cause else None)
@@ -209,7 +233,10 @@ class Supervisor:
         self.console.say(f"attempt {number} ended: {kind}"
                          + (f" ({failure.evidence})" if failure and failure.evidence else "")
                          + (f" (the success evidence was seen, then it exited with code {end.exit_code})"
-                            if failure is None and end.exit_code != 0 else ""))
+                            if failure is None and end.exit_code != 0 and end.success_seen else ""))
+        if failure is None and end.exit_code != 0 and not end.success_seen and end.reached_target:
+            self.console.say(f"warning: the job reached its target ({end.reached_target}), then exited "
+                             f"with {_exit(end.exit_code)} in teardown: not relaunched")
         for line in cause.lines() if cause else ():
             self.console.say(line)
         return failure
@@ -222,14 +249,15 @@ class Supervisor:
             tree=limits.host_memory.resolve(total) if limits.host_memory else None,
             min_available=limits.min_available.resolve(total) if limits.min_available else None)
 
-    def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path) -> Resume:
+    def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path,
+                        fresh: bool = False) -> Resume:
         """The checkpoint to resume, set aside what must not be picked, convert if needed."""
         last = failures[-1] if failures else None
         # After a NaN, resume from before it: later checkpoints may hold NaN weights.
         before = last.step if last and last.kind is Kind.NAN_LOSS and last.step is not None else None
         ctx = ResumeContext(clock=self.clock, emit=self.journal.emit, say=self.console.say,
                             attempt_dir=attempt_dir, should_stop=lambda: self.requests.stop)
-        return prepare_resume(self.recipe, plan, ctx, before_step=before)
+        return prepare_resume(self.recipe, plan, ctx, before_step=before, fresh=fresh)
 
     def _announce(self, number: int, plan: Plan, resume_spec: Resume) -> None:
         resume = resume_spec.path
@@ -358,6 +386,25 @@ class Supervisor:
         if code == EXIT_USAGE:  # a bad recipe, said where bad recipes are said
             _error_line(why)
         return code
+
+
+def _no_rung(why: str, remembered: int, attempts: int) -> str:
+    """The ladder's give-up, plus how to forget the history when this run made no attempt:
+    the rungs were used up by earlier runs of the same recipe."""
+    if attempts or not remembered:
+        return why
+    return (f"{why}, from the {remembered} failure(s) that earlier runs of this recipe recorded; "
+            f"nothing was launched: `guardrun run --fresh` forgets them and starts at rung 0")
+
+
+def _exit(code: int | None) -> str:
+    """'code 1' or 'signal 6 (SIGABRT)' for an exit status (negative: killed by that signal)."""
+    if code is None or code >= 0:
+        return f"code {code}"
+    try:
+        return f"signal {-code} ({signal.Signals(-code).name})"
+    except ValueError:
+        return f"signal {-code}"
 
 
 def _error_line(text: str) -> None:

@@ -14,6 +14,7 @@ next piece replaces it (as on a terminal), and at most one per REDRAW_EVERY is w
 """
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import deque
@@ -67,6 +68,11 @@ class Progress:
     total: int | None = None
     loss: float | None = None
     lines: int = 0
+    per_epoch: bool = False  # the total is one epoch's (Lightning's `Epoch 0: ...| 10/10`), not the run's
+
+
+#: A progress line whose total counts one epoch, not the whole run (policy.target_of).
+_PER_EPOCH = re.compile(r"\bepoch\b", re.IGNORECASE)
 
 
 class OutputReader:
@@ -197,13 +203,14 @@ class OutputReader:
             return
         with self._lock:
             progress = self._progress
-            step, total, loss = progress.step, progress.total, progress.loss
+            step, total, loss, per_epoch = progress.step, progress.total, progress.loss, progress.per_epoch
             for event in events:
                 if event.step is not None and event.kind in ("progress", "loss", "nan"):
                     step = event.step
                     self._nan.see_step(event.step)
                 if event.total is not None:
                     total = event.total
+                    per_epoch = _PER_EPOCH.search(event.text) is not None
                 if event.loss is not None:
                     loss = event.loss
                 if event.kind in ("loss", "nan"):
@@ -213,4 +220,4 @@ class OutputReader:
             self._traces.feed(line, events)
             self._success = self._success or success
             self._lines += 1
-            self._progress = Progress(step, total, loss)
+            self._progress = Progress(step, total, loss, per_epoch=per_epoch)

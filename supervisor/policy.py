@@ -14,6 +14,7 @@ from guardrun.launcher.gpus import GpuProcess, GpuReading
 from guardrun.launcher.units import Size, format_bytes
 
 from .logs import Event, first_failure
+from .rootcause import judged
 
 #: The fast figure (summed anonymous RSS) over-counts a forked tree's copy-on-write pages
 #: (FIELD_NOTES: 65 forked processes summed to 322 MB RSS). Above this share of the limit
@@ -120,6 +121,7 @@ class AttemptEnd:
     success_seen: bool = False      # this attempt printed the recipe's success line (and any file is there)
     traces: Sequence = ()           # rootcause.Trace: failure lines with their frames (root cause)
     building: Sequence = ()         # extlocks.Build: the tree's torch-extension builds at its end
+    reached_target: str = ""        # the training ran to its end ("step 30/30"): see target_of
 
 
 def classify(end: AttemptEnd, history: Sequence[Failure] = (),
@@ -148,7 +150,12 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
         # rank aborting in teardown: "terminate called without an active exception").
         # Relaunching would only redo the end, from a checkpoint that may not resume cleanly.
         return None
-    events = end.events
+    if end.reached_target and end.incomplete_save is None:
+        # The same without a `success:` section (issue 13: a 2-rank HF run logged 30/30, a
+        # rank aborted in teardown, and the relaunch from checkpoint-30 ran a 31st step).
+        # A save cut off on the way is not the end: resuming before it trains no step twice.
+        return None
+    events = judged(end.events, end.traces)  # whose fault, from the frames (issue 13 §3)
     if end.progressed:
         # An ImportError printed by a library that then trained fine is not why it died.
         events = [event for event in events if event.kind != "user_error"]
@@ -164,6 +171,22 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
     if crash_loop(kind, evidence, end, history, startup_window):
         return failure(Kind.USER_ERROR, f"the same error twice before any progress: {evidence}")
     return _while_saving(failure(kind, evidence), end)
+
+
+def target_of(step: int | None, total: int | None, per_epoch: bool,
+              saved_step: int | None, saved_total: int | None) -> str:
+    """"step 30/30" when the attempt trained to its end, else ''.
+
+    The trainer's own record wins: `saved_step`/`saved_total` are the global_step and
+    max_steps of a checkpoint this attempt wrote (trainer_state.json). Without one, the
+    output's progress counts when it reached its total, unless that total is one epoch's
+    (Lightning's `Epoch 0: 100%| 10/10` ends every epoch): a death between epochs is no end.
+    """
+    if saved_step is not None and saved_total is not None and saved_total > 0:
+        return f"step {saved_step}/{saved_total}" if saved_step >= saved_total else ""
+    if step is not None and total and not per_epoch and step >= total:
+        return f"step {step}/{total}"
+    return ""
 
 
 #: Kinds a death during a save turns into save_failed: the save is the likelier culprit

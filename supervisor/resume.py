@@ -20,7 +20,8 @@ from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal
 from guardrun.launcher.command import Resume
 from guardrun.launcher.ladder import Plan
 from guardrun.launcher.recipe import Recipe
-from guardrun.launcher.resume import Choice, adapt, choose, left_in_place
+from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, choose, declared_max_steps,
+                                      left_in_place, reached)
 
 from . import proc
 from .clock import Clock
@@ -63,6 +64,15 @@ class ResumeError(Exception):
     """The checkpoint cannot be made ready: the attempt must not start on it."""
 
 
+class AtTarget(Exception):
+    """The checkpoint to resume is at or past the end of training: the run is finished, and
+    no attempt starts on it (resuming could only train past the target)."""
+
+    def __init__(self, checkpoint: Checkpoint, target: Target):
+        super().__init__(f"{checkpoint.name} is at the target ({target})")
+        self.checkpoint, self.target = checkpoint, target
+
+
 @dataclass(frozen=True)
 class Context:
     """What preparing needs from the supervisor."""
@@ -74,17 +84,37 @@ class Context:
     should_stop: Callable[[], bool] = lambda: False
 
 
-def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = None) -> Resume:
-    """Resume for the next attempt: the checkpoint and how to load it (none: from scratch)."""
+def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = None,
+            fresh: bool = False) -> Resume:
+    """Resume for the next attempt: the checkpoint and how to load it (none: from scratch).
+
+    AtTarget when the checkpoint it would resume is at the end of training, unless `fresh`
+    (`guardrun run --fresh`): then every checkpoint of that finished run is set aside and
+    the training starts over.
+    """
     spec = recipe.checkpoints
     if spec is None:
         return Resume()
     found = checkpoints.find(spec.dir, spec.pattern)
     choice = choose(found, before_step)
+    target = at_target(recipe, choice.checkpoint)
+    if target is not None and fresh:
+        choice = Choice(None, tuple(SetAside(each, "finished", f"of a run finished at {target}; --fresh "
+                                             "starts over") for each in found))
+    elif target is not None:
+        raise AtTarget(choice.checkpoint, target)
     _set_aside(choice, spec.resume_arg, ctx)
     if choice.checkpoint is None:
         return Resume()
     return _adapt(choice.checkpoint, recipe, plan, ctx)
+
+
+def at_target(recipe: Recipe, checkpoint: Checkpoint | None) -> Target | None:
+    """The Target when `checkpoint`'s trainer_state.json says its training is over, judged
+    against the recipe's own `max_steps` when its args give one (launcher.resume.reached)."""
+    if checkpoint is None:
+        return None
+    return reached(checkpoints.inspect(checkpoint.path), declared_max_steps(recipe.args, recipe.args_is_list))
 
 
 def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:

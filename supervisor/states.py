@@ -24,7 +24,9 @@ class State(str, enum.Enum):
 TERMINAL = frozenset({State.FINISHED, State.GAVE_UP, State.INTERRUPTED})
 
 ALLOWED: dict[State, frozenset[State]] = {
-    State.STARTING: frozenset({State.RUNNING, State.GAVE_UP, State.INTERRUPTED}),
+    # STARTING -> FINISHED: nothing was left to train (issue 13: the checkpoint to resume
+    # is at the end of training); said and recorded, nothing launched.
+    State.STARTING: frozenset({State.RUNNING, State.FINISHED, State.GAVE_UP, State.INTERRUPTED}),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.FINISHED, State.GAVE_UP,
                               State.INTERRUPTED}),
     State.STOPPING: frozenset({State.BACKOFF, State.GAVE_UP, State.INTERRUPTED}),

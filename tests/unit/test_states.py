@@ -9,6 +9,7 @@ from guardrun.supervisor.states import State, TransitionError, check_transition
     (State.RUNNING, State.BACKOFF),
     (State.BACKOFF, State.STARTING),
     (State.RUNNING, State.FINISHED),
+    (State.STARTING, State.FINISHED),  # nothing left to train: the checkpoint is at the target
     (State.BACKOFF, State.GAVE_UP),
     (State.RUNNING, State.INTERRUPTED),
 ])
@@ -19,7 +20,7 @@ def test_allowed(source, target):
 @pytest.mark.parametrize("source,target", [
     (State.FINISHED, State.RUNNING),
     (State.GAVE_UP, State.STARTING),
-    (State.STARTING, State.FINISHED),
+    (State.BACKOFF, State.FINISHED),
     (State.BACKOFF, State.RUNNING),
 ])
 def test_illegal(source, target):
