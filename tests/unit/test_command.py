@@ -72,3 +72,60 @@ def test_python_module_launcher(tmp_path):
     recipe = make_recipe(tmp_path, body)
     spec = build(recipe, decide(recipe, []).plan)
     assert spec.argv[:3] == ("/venv/bin/python", "-m", "pkg.train")
+
+
+# -- issue 13 §2: which rung keys become flags -------------------------------------------------
+
+import dataclasses  # noqa: E402
+
+import pytest  # noqa: E402
+
+from guardrun.launcher.ladder import walk  # noqa: E402
+from guardrun.launcher.recipe import RecipeError  # noqa: E402
+
+HF_KEYS = {"gradient_checkpointing": True, "save_only_model": True, "dataloader_workers": 0}
+
+
+@pytest.mark.parametrize("body, job_args", [
+    # a plain script: nothing in the recipe says it takes TrainingArguments flags
+    ("launcher: python\nscript: train.py\nargs: {steps: 3}\n", ["--steps", "3"]),
+    ("launcher: python\nscript: train.py\ntrainer: plain\nargs: {report_to: none}\n", ["--report_to", "none"]),
+    # an HF script: the flags, but not --dataloader_num_workers 0, TrainingArguments' own default
+    ("launcher: python\nscript: train.py\nargs: {report_to: none}\n",
+     ["--report_to", "none", "--gradient_checkpointing", "True", "--save_only_model", "True"]),
+    ("launcher: python\nscript: train.py\ntrainer: hf\nargs: {dataloader_num_workers: 4}\n",
+     ["--dataloader_num_workers", "0", "--gradient_checkpointing", "True", "--save_only_model", "True"]),
+])
+def test_hf_rung_keys_become_flags_only_for_an_hf_script(tmp_path, body, job_args):
+    recipe = make_recipe(tmp_path, body)
+    spec = build(recipe, dataclasses.replace(walk(recipe)[0], **HF_KEYS))
+    assert list(spec.argv[2:]) == job_args
+
+
+def test_llamafactory_config_decides_whether_the_loader_rung_changes_anything(tmp_path):
+    body = """
+launcher: command
+command: [llamafactory-cli, train, cfg.yaml]
+args_style: key=value
+ranks_env: NPROC_PER_NODE
+"""
+    (tmp_path / "cfg.yaml").write_text("dataloader_num_workers: 4\nper_device_train_batch_size: 1\n")
+    recipe = make_recipe(tmp_path, body)
+    decision = decide(recipe, [Failure(Kind.HOST_OOM)])
+    assert build(recipe, decision.plan).argv[3:] == ("dataloader_num_workers=0",)
+    (tmp_path / "cfg.yaml").write_text("dataloader_num_workers: 0\n")
+    decision = decide(recipe, [Failure(Kind.HOST_OOM)])
+    assert decision.plan is None
+    assert decision.give_up.endswith(f"(dataloader_num_workers is already 0: {tmp_path}/cfg.yaml)")
+
+
+def test_a_plain_recipe_with_an_hf_rung_is_a_recipe_error(tmp_path):
+    body = "launcher: python\nscript: train.py\ntrainer: plain\nladder:\n  - {on: [host_oom], dataloader_workers: 0}\n"
+    with pytest.raises(RecipeError) as err:
+        make_recipe(tmp_path, body)
+    assert str(err.value) == (
+        f"{tmp_path}/job.yaml:5: ladder[0].dataloader_workers: this rung passes --dataloader_num_workers, "
+        "an HF TrainingArguments flag, but the recipe says `trainer: plain`: give your script's own flag "
+        "in the rung's `args:`")
+    with pytest.raises(RecipeError, match=r"job.yaml:3: trainer: expected one of auto, hf, plain, got 'hugging'"):
+        make_recipe(tmp_path, "launcher: python\nscript: train.py\ntrainer: hugging\n")

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings, strategies as st, HealthCheck
 
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.ladder import decide, default_ladder, walk
+from guardrun.launcher.ladder import decide, default_ladder, effective_ladder, walk
 
 sys.path.insert(0, __import__("os").path.dirname(__file__) + "/..")
 from recipes_util import make_recipe  # noqa: E402
@@ -120,3 +120,91 @@ def test_any_rung_sequence_keeps_the_global_batch_when_divisible(tmp_path, ranks
             assert plan.global_batch == target
         else:
             assert plan.notes, "an inexact global batch must be said"
+
+
+# -- issue 13 §2: HF flags only for HF scripts; a rung that changes nothing is skipped ------------
+
+from guardrun.launcher.trainer import trainer  # noqa: E402
+
+PLAIN = "launcher: python\nscript: train.py\n"
+
+
+@pytest.mark.parametrize("body, hf, why", [
+    (PLAIN, False, "nothing in the recipe names one"),
+    (PLAIN + "trainer: hf\n", True, "declared (trainer: hf)"),
+    (PLAIN + "trainer: plain\nargs: {per_device_train_batch_size: 2}\n", False, "declared (trainer: plain)"),
+    (PLAIN + "args: {per_device_train_batch_size: 2}\n", True, "--per_device_train_batch_size"),
+    (PLAIN + "args: ['--report_to=none', --steps, '3']\n", True, "--report_to"),
+    (PLAIN + "args: {output_dir: out, steps: 3}\n", False, "nothing in the recipe names one"),
+    (PLAIN + "batch: {per_device: 2}\n", True, "--per_device_train_batch_size"),
+    (PLAIN + "batch: {per_device: 2, per_device_arg: --bs, grad_accum_arg: --accum}\n", False, "nothing"),
+    (PLAIN + "ladder: [{on: [cuda_oom], gradient_checkpointing: true}]\n", True,
+     "ladder[0] sets gradient_checkpointing (--gradient_checkpointing)"),
+    ("launcher: command\ncommand: [llamafactory-cli, train, cfg.yaml]\n", True, "llamafactory-cli parses"),
+    ("launcher: command\ncommand: [xtuner, train, cfg]\n", False, "nothing in the recipe names one"),
+])
+def test_whether_a_job_takes_hf_flags(tmp_path, body, hf, why):
+    found = trainer(make_recipe(tmp_path, body))
+    assert found.hf is hf and why in found.why
+
+
+def test_the_default_ladder_of_a_plain_script_passes_no_hf_flag(tmp_path):
+    plain = make_recipe(tmp_path, PLAIN + "gpus: 4\nbatch: {per_device: 8, per_device_arg: --bs}\n")
+    hf_keys = ("gradient_checkpointing", "save_only_model", "dataloader_workers")
+    rungs = effective_ladder(plain)
+    assert not [r for r in rungs if any(getattr(r, key) is not None for key in hf_keys)]
+    # fewer ranks, then halve the micro-batch twice; no `lr:` section, so no lr rungs
+    assert [(r.on, r.gpus, r.batch) for r in rungs] == [
+        ((Kind.HOST_OOM,), 3, None), ((Kind.HOST_OOM,), 2, None), ((Kind.HOST_OOM,), 1, None),
+        ((Kind.CUDA_OOM,), None, "halve"), ((Kind.CUDA_OOM,), None, "halve")]
+    hf = default_ladder(4, deepspeed=False)
+    assert [key for r in hf for key in hf_keys if getattr(r, key) is not None] == [
+        "dataloader_workers", "gradient_checkpointing"]
+
+
+HF_ONE = PLAIN + "args: {output_dir: out}\nbatch: {per_device: 2}\n"
+
+
+@pytest.mark.parametrize("body, history, rungs, skipped, give_up", [
+    # micro-batch 2 -> 1 (rung 2), gradient checkpointing (3), then halving 1 changes nothing (4)
+    (HF_ONE, ["cuda_oom"] * 3, None, None,
+     "no rung left that changes anything for cuda_oom: rung 4 (batch halve) relaunches rung 3, which "
+     "already failed (the micro-batch is already 1)"),
+    (HF_ONE, ["cuda_oom"] * 2, (2, 3), (), ""),
+    # TrainingArguments' default is 0 workers: `dataloader_workers: 0` changes nothing
+    (HF_ONE, ["host_oom"], None, None,
+     "no rung left that changes anything for host_oom: rung 1 (dataloader_workers 0) relaunches the recipe "
+     "as written, which already failed (dataloader_num_workers is already 0: TrainingArguments' default)"),
+    (HF_ONE.replace("{output_dir: out}", "{output_dir: out, dataloader_num_workers: 4}"), ["host_oom"],
+     (1,), (), ""),
+    # a tool given no rank count: the gpus rung relaunches the same job
+    ("launcher: command\ncommand: [tool]\ngpus: 2\n", ["host_oom"], None, None,
+     "no rung left that changes anything for host_oom: rung 1 (gpus 1) relaunches the recipe as written, "
+     "which already failed (`launcher: command` without `ranks_env` tells the tool no rank count)"),
+    ("launcher: command\ncommand: [tool]\nranks_env: NPROC_PER_NODE\ngpus: 2\n", ["host_oom"], (1,), (), ""),
+    # not a degrading kind: a rung that changes nothing is passed over, the same job restarts
+    (PLAIN + "batch: {per_device: 1}\nladder: [{on: [unknown], batch: halve}]\n", ["unknown"], (), (1,), ""),
+    # a later rung still answers after a skipped one
+    (PLAIN + "batch: {per_device: 1, per_device_arg: --bs}\nladder: [{on: [cuda_oom], batch: halve},"
+     " {on: [cuda_oom], args: {--small: 1}}]\n", ["cuda_oom"], (2,), (1,), ""),
+])
+def test_a_rung_that_launches_a_failed_configuration_is_skipped(tmp_path, body, history, rungs, skipped, give_up):
+    decision = decide(make_recipe(tmp_path, body), fail(*history))
+    assert decision.give_up == give_up
+    if rungs is not None:
+        assert (decision.plan.rungs, decision.plan.skipped) == (rungs, skipped)
+    for number in skipped or ():
+        assert any(note.startswith(f"skipped: rung {number} (") for note in decision.plan.notes)
+
+
+def test_a_rung_matching_an_older_failed_configuration_is_skipped_too(tmp_path):
+    body = PLAIN + """batch: {per_device: 2, per_device_arg: --bs}
+ladder:
+  - {on: [cuda_oom], args: {--mode: a}}
+  - {on: [cuda_oom], args: {--mode: b}}
+  - {on: [cuda_oom], args: {--mode: a}}
+  - {on: [cuda_oom], args: {--mode: c}}
+"""
+    decision = decide(make_recipe(tmp_path, body), fail("cuda_oom", "cuda_oom", "cuda_oom"))
+    assert (decision.plan.rungs, decision.plan.skipped) == ((1, 2, 4), (3,))
+    assert "skipped: rung 3 (args --mode=a) relaunches rung 1, which already failed" in decision.plan.notes
