@@ -14,6 +14,7 @@ from guardrun.launcher.gpus import GpuProcess, GpuReading
 from guardrun.launcher.units import Size, format_bytes
 
 from .logs import Event, first_failure
+from .rootcause import judged
 
 #: The fast figure (summed anonymous RSS) over-counts a forked tree's copy-on-write pages
 #: (FIELD_NOTES: 65 forked processes summed to 322 MB RSS). Above this share of the limit
@@ -154,7 +155,7 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
         # rank aborted in teardown, and the relaunch from checkpoint-30 ran a 31st step).
         # A save cut off on the way is not the end: resuming before it trains no step twice.
         return None
-    events = end.events
+    events = judged(end.events, end.traces)  # whose fault, from the frames (issue 13 §3)
     if end.progressed:
         # An ImportError printed by a library that then trained fine is not why it died.
         events = [event for event in events if event.kind != "user_error"]

@@ -265,6 +265,63 @@ def _exception_of(message: str) -> str:
     return found.group(1) if found else ""
 
 
+# -- whose fault ---------------------------------------------------------------------------
+
+#: A library's cache or build machinery. An error raised in there is about the library's own
+#: files, not the user's, and a retry can succeed. Both captured here for real
+#: (tests/data/outputs/real_torch_file_baton_*): FileNotFoundError in file_baton.py's release()
+#: when another job removed the build lock; ImportError of the half-built .so from
+#: cpp_extension.py when a waiter woke because the lock vanished before the build was done.
+_MACHINERY = ("torch/utils/file_baton.py", "torch/utils/cpp_extension.py", "torch/_inductor/",
+              "triton/runtime/", "deepspeed/ops/op_builder/", "filelock/")
+#: Cache folders a message may name ('/root/.cache/torch_extensions/py311_cpu/x/lock').
+_CACHES = ("torch_extensions", "torchinductor_", "/.triton/", "/.cache/")
+#: Exceptions that say the code is wrong when the user's own code raised them: a retry of
+#: the same code fails the same way. (RuntimeError and OSError are not among them: torch's
+#: C++ errors and the machine's surface as those in the user's frames too.)
+_CODE_ERRORS = frozenset({"NameError", "AttributeError", "TypeError", "KeyError", "IndexError",
+                          "ValueError", "UnboundLocalError", "NotImplementedError", "ZeroDivisionError"})
+_LIBRARY_PATHS = ("site-packages/", "dist-packages/", "/lib/python3")
+
+
+def judged(events: Sequence[Event], traces: Iterable[Trace]) -> list[Event]:
+    """The events with each failure's owner judged from its traceback, not its class alone.
+
+    A user_error (FileNotFoundError, ImportError) raised inside a library's cache or build
+    machinery is transient; a plain exception (ValueError, KeyError, ...) raised in the
+    user's own code is a user_error. The classifier (policy.classify) reads these.
+    """
+    frames = {trace.event: trace.frames for trace in traces}
+    return [_judge(event, frames.get(event, ())) for event in events]
+
+
+def _judge(event: Event, frames: tuple[str, ...]) -> Event:
+    if event.kind == "user_error" and _in_machinery(event.text, frames):
+        return replace(event, kind="transient")
+    if (event.kind == "error" and frames and event.detail.rsplit(".", 1)[-1] in _CODE_ERRORS
+            and not _is_library(_frame_path(frames[-1]))):
+        return replace(event, kind="user_error")
+    return event
+
+
+def _in_machinery(text: str, frames: tuple[str, ...]) -> bool:
+    """The innermost frame that is a file (not `<frozen importlib._bootstrap>`) is in a
+    library's build machinery, or the message names a cache folder."""
+    if any(cache in text for cache in _CACHES):
+        return True
+    paths = [path for path in map(_frame_path, frames) if not path.startswith("<")]
+    return bool(paths) and any(part in paths[-1] for part in _MACHINERY)
+
+
+def _frame_path(frame: str) -> str:
+    found = _FRAME.match(frame)
+    return found.group(1) if found else ""
+
+
+def _is_library(path: str) -> bool:
+    return not path or path.startswith("<") or any(part in path for part in _LIBRARY_PATHS)
+
+
 # -- choosing ------------------------------------------------------------------------------
 
 def choose(error_files: Iterable[RootCause], traces: Iterable[Trace], evidence: str = "") -> RootCause | None:
