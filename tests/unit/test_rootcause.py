@@ -13,8 +13,8 @@ from guardrun.supervisor.extlocks import Build
 from guardrun.supervisor.lines import iter_lines, strip_ansi
 from guardrun.supervisor.logs import first_failure, parse_line
 from guardrun.supervisor.policy import AttemptEnd
-from guardrun.supervisor.rootcause import (MAX_FRAMES, RootCause, TraceTracker, choose, read_error_files,
-                                           settle)
+from guardrun.supervisor.rootcause import (MAX_FRAMES, RootCause, Trace, TraceTracker, choose, judged,
+                                           read_error_files, settle)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
 
@@ -59,6 +59,13 @@ ROOT_CAUSES = {
     "hand_nccl_watchdog_timeout.txt": ("transient", 3, "", "[E1124 10:42:17.553170416 ProcessGroupNCCL.cpp:632]",
                                        None),
     "real_gpu_hf_nan_filtered.txt": ("nan", None, "", "{'loss': '0', 'grad_norm': 'nan'", None),
+    # rank 0's torch.save error, not rank 1's gloo echo that followed it (issue 13 §3)
+    "real_torchrun_save_error_gloo_echo.txt": ("error", 0, "RuntimeError",
+                                               "RuntimeError: Parent directory /tmp/i3-cap/no_such_dir does not exist.",
+                                               'torch/serialization.py", line 828, in __init__'),
+    "real_llamafactory_undefined_dataset_torchrun.txt": ("user_error", 1, "ValueError",
+                                                         "ValueError: Undefined dataset no_such_set",
+                                                         'llamafactory/data/parser.py", line 126, in get_dataset_list'),
 }
 
 
@@ -188,3 +195,37 @@ def test_a_host_limit_crossed_while_compiling_names_the_extension(tmp_path, kind
     assert (cause.kind, cause.source) == (kind, "guardrun")
     hint = "compiling torch extension deepspeed_shm_comm: pre-build it or raise the limit"
     assert cause.message == (f"{hint} ({evidence})" if expect_compile else evidence)
+
+
+# -- whose fault: judged from the frames (issue 13 §3) -------------------------------------
+
+LIB = "/venv/lib/python3.11/site-packages"
+
+
+def judged_kind(line: str, *frames: str) -> str:
+    [event] = [e for e in parse_line(line) if e.kind not in ("progress", "loss")]
+    [out] = judged([event], [Trace(event, tuple(f'File "{f}", line 1, in f' for f in frames))])
+    return out.kind
+
+
+@pytest.mark.parametrize("line,frames,kind", [
+    # torch's build machinery and its caches: not the user's
+    ("FileNotFoundError: [Errno 2] No such file or directory: '/x/lock'",
+     ("/work/train.py", f"{LIB}/torch/utils/cpp_extension.py", f"{LIB}/torch/utils/file_baton.py"), "transient"),
+    ("ImportError: /root/.cache/torch_extensions/py311_cpu/shm/shm.so: cannot open shared object file", (),
+     "transient"),
+    ("ImportError: x.so: undefined symbol", (f"{LIB}/torch/utils/cpp_extension.py", "<frozen importlib._bootstrap>"),
+     "transient"),
+    # the user's files and modules
+    ("FileNotFoundError: [Errno 2] No such file or directory: '/data/train.json'", ("/work/train.py",), "user_error"),
+    ("ModuleNotFoundError: No module named 'flash_attn'", ("/work/train.py",), "user_error"),
+    ("FileNotFoundError: [Errno 2] No such file or directory: '/data/x.json'", (f"{LIB}/datasets/load.py",),
+     "user_error"),
+    # a plain exception raised by the user's own code is theirs; by a library's, unknown
+    ("KeyError: 'labels'", ("/work/train.py",), "user_error"),
+    ("ValueError: bad shape", ("/work/train.py", f"{LIB}/torch/nn/functional.py"), "error"),
+    ("RuntimeError: boom", ("/work/train.py",), "error"),
+    ("ValueError: no frames", (), "error"),
+])
+def test_whose_fault(line, frames, kind):
+    assert judged_kind(line, *frames) == kind
