@@ -19,6 +19,9 @@ On top, test knobs that make it fail the ways real jobs fail (see ``Knobs``):
   first attempt (not when env ``GUARDRUN_ATTEMPT`` > 1). Only the rank that writes
   ``trainer_state.json`` stalls; the others block in the next collective.
 * ``--step_seconds T``: sleep after each optimizer step, so a supervisor can watch the ramp.
+* ``--abort_in_teardown_rank R``: after ``trainer.train()`` returned (the last checkpoint saved), rank R
+  calls ``os.abort()`` on its way out, as a rank dying in teardown does (issue 13: torchrun's
+  ChildFailedError after ``30/30``).
 * ``--oom_above_batch N``: ``per_device_train_batch_size > N`` raises ``torch.OutOfMemoryError`` with
   torch's CUDA message at the first training step.
 * ``--nan_at_step S [--nan_lr_above X]``: from global step S on, the loss is NaN while the configured
@@ -76,6 +79,7 @@ class Knobs:
     nan_lr_above: float = field(default=0.0, metadata={"help": "... while --learning_rate > this"})
     step_seconds: float = field(default=0.0, metadata={"help": "sleep after each optimizer step, so a supervisor can watch"})
     num_samples: int = field(default=512, metadata={"help": "synthetic dataset size"})
+    abort_in_teardown_rank: int = field(default=-1, metadata={"help": "this rank calls os.abort() after training"})
     seq_len: int = field(default=16, metadata={"help": "tokens per sample"})
 
 
@@ -236,6 +240,8 @@ def main():
     trainer.train(resume_from_checkpoint=resume)
     if trainer.is_world_process_zero():
         print(f"[hf_lora_train] finished at step {trainer.state.global_step}", flush=True)
+    if args.process_index == knobs.abort_in_teardown_rank:
+        os.abort()
 
 
 if __name__ == "__main__":
