@@ -25,7 +25,7 @@ from typing import IO, Generic, TypeVar
 from .attemptlog import AttemptLog
 from .console import Console
 from .lines import iter_pieces, strip_ansi
-from .logs import Event, parse_line
+from .logs import Event
 from .patterns import Patterns
 from .ranklogs import RankLogs
 from .rootcause import Trace, TraceTracker
@@ -194,7 +194,7 @@ class OutputReader:
             self._write_lock.release()
 
     def _take(self, line: str) -> None:
-        events = parse_line(line) + self._patterns.scan(line)
+        events = self._patterns.events(line)  # the built-in recognisers', then the recipe's
         success = self._patterns.succeeded(line)
         if not events and not success:  # nearly every line: count it, follow tracebacks, done
             with self._lock:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
 
-from .logs import SCAN_CAP, TEXT_CAP, Event
+from .logs import SCAN_CAP, TEXT_CAP, Event, parse_line
 
 
 @dataclass(frozen=True)
@@ -36,6 +36,20 @@ class Patterns:
     @property
     def empty(self) -> bool:
         return self.step is None and self.loss is None and self.success is None
+
+    def events(self, line: str) -> tuple[Event, ...]:
+        """The line's events: the built-in recognisers' (logs.parse_line) and the recipe's.
+
+        The recipe's own regexes win: with a `step_regex` the built-in progress events are
+        dropped (a script that prints both its own counter and, say, an inner `step 3` of
+        something else is followed by the counter the user named), with a `loss_regex` the
+        built-in losses. Built-in NaN events stay: they are a safety net, not a reading.
+        """
+        builtin = parse_line(line)
+        if self.step is None and self.loss is None:
+            return builtin
+        dropped = ({"progress"} if self.step is not None else set()) | ({"loss"} if self.loss is not None else set())
+        return tuple(e for e in builtin if e.kind not in dropped) + self.scan(line)
 
     def scan(self, line: str) -> tuple[Event, ...]:
         """Progress, loss and nan events from the recipe's regexes (none when they do not match)."""

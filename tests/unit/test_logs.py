@@ -497,3 +497,24 @@ def test_first_failure_takes_the_earliest_of_equals():
     events = [ev("error", "first"), ev("cuda_oom", "rank 1 oom"), ev("host_oom", "later sigkill"),
               ev("cuda_oom", "rank 0 oom")]
     assert first_failure(events).text == "rank 1 oom"
+
+
+def test_a_recipes_own_regexes_win_over_the_built_in_recognisers(tmp_path):
+    """A script printing its own counter and an inner 'step 3 loss 0.1' of something else: with
+    `progress: {step_regex, loss_regex}` the reader follows the recipe's, whatever the order."""
+    import io
+
+    from guardrun.launcher.recipe import ProgressPatterns
+    from guardrun.supervisor.console import Console
+    from guardrun.supervisor.output import OutputReader
+    from guardrun.supervisor.patterns import Patterns
+
+    patterns = Patterns.from_recipe(ProgressPatterns(r"global it (\d+)/(\d+)", r"L=(\S+)"), None)
+    data = b"global it 120/500 L=0.7\nstep 3 loss 0.1\n"
+    reader = OutputReader(io.BytesIO(data), tmp_path / "output.log", Console(io.StringIO(), quiet=True), "",
+                          patterns=patterns).start()
+    assert reader.join(5)
+    progress = reader.progress()
+    assert (progress.step, progress.total, progress.loss) == (120, 500, 0.7)
+    # without the recipe's regexes the plain line is read
+    assert [e.step for e in Patterns().events("step 3 loss 0.1") if e.kind == "progress"] == [3]
