@@ -8,15 +8,14 @@ trainer's own start line, and trainer_state.json.
 """
 from __future__ import annotations
 
-import re
 import signal
 import subprocess
 import textwrap
-import threading
 
 import pytest
 from conftest import wait_until
-from test_hf_trainer import GUARDRUN, TRAINER, final_state, journal, logged_steps, recipe, run, trainer_line
+from test_hf_trainer import (GUARDRUN, assert_one_rank_resumed_and_finished, host_oom_at_two_ranks, journal,
+                             recipe, run)
 
 pytestmark = pytest.mark.slow
 
@@ -26,37 +25,12 @@ def test_accelerate_host_oom_drops_to_one_process_and_resumes(tmp_path, state_di
     # (agent 175 + 2 x 327), 1 process 540 MiB (accelerate 186 + the script 354). A ballast
     # ramping to 400 MiB per process by step 8 takes 2 processes over 1.2 GiB near step 5;
     # one process peaks near 940 MiB.
-    path = recipe(tmp_path, f"""
-        launcher: accelerate
-        script: {TRAINER}
-        gpus: 2
-        args: {{output_dir: ./out, use_cpu: true, max_steps: 12, save_steps: 2, logging_steps: 1,
-                report_to: none, ballast_mb: 400, ballast_ramp_steps: 8, step_seconds: 0.3,
-                num_samples: 256}}
-        batch: {{per_device: 4, grad_accum: 1}}
-        checkpoints: {{dir: ./out}}
-        limits: {{host_memory: 1.2GiB}}
-        monitor: {{interval: 0.25}}
-        stop_grace: 10s
-        restarts: {{max: 2, backoff: [0.1s, 0.2s]}}
-        ladder: [{{on: [host_oom], gpus: 1}}]
-        """)
-    result = run(path, timeout=600)
+    result = run(host_oom_at_two_ranks(tmp_path, "accelerate"), timeout=600)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert [e["kind"] for e in journal(state_dir, "attempt.ended")] == ["host_oom", "success"]
+    assert_one_rank_resumed_and_finished(state_dir, tmp_path / "out")
     spawned = [e["argv"] for e in journal(state_dir, "attempt.spawned")]
     assert [argv[argv.index("--num_processes") + 1] for argv in spawned] == ["2", "1"]
     assert "--multi_gpu" in spawned[0] and "--multi_gpu" not in spawned[1]
-    started = journal(state_dir, "attempt.started")
-    resumed = started[1]["resume_from"]
-    assert resumed and re.search(r"/out/checkpoint-\d+$", resumed), resumed
-    first, second = trainer_line(state_dir, 1), trainer_line(state_dir, 2)
-    assert (first["world_size"], first["grad_accum"], first["global_batch"]) == ("2", "1", "8")
-    assert (second["world_size"], second["per_device"], second["grad_accum"], second["global_batch"]) \
-        == ("1", "4", "2", "8")
-    assert second["resume_from"] == resumed
-    state = final_state(tmp_path / "out", 12)
-    assert state["global_step"] == 12 and logged_steps(state) == list(range(1, 13))
     # accelerate's torchrun path kept each rank's output in the attempt's folder
     ranks = list((state_dir / "job" / "attempts" / "1" / "ranks").glob("*/attempt_0/*/stdout.log"))
     assert len(ranks) == 2, ranks
@@ -89,22 +63,19 @@ def test_a_stop_reaches_every_process_of_accelerate_launch(tmp_path, state_dir, 
         monitor: {{interval: 0.1}}
         stop_grace: 20s
         """)
-    guard = subprocess.Popen([GUARDRUN, "run", str(path)], stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(guard.stdout), daemon=True)
-    reader.start()
+    log = tmp_path / "guardrun.out"
+    with log.open("w") as sink:
+        guard = subprocess.Popen([GUARDRUN, "run", str(path)], stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: sum("working" in line for line in lines) == processes, timeout=120,
-                   interval=0.1, what=f"{processes} process(es) working")
+        wait_until(lambda: log.read_text().count(" working") == processes, timeout=120, interval=0.1,
+                   what=f"{processes} process(es) working")
         guard.send_signal(signal.SIGTERM)
-        assert guard.wait(60) == 130, "".join(lines)[-3000:]
+        assert guard.wait(60) == 130, log.read_text()[-3000:]
     finally:
         if guard.poll() is None:
             guard.kill()
             guard.wait()
-        reader.join(10)
-    out = "".join(lines)
-    assert sum("got SIGTERM" in line for line in out.splitlines()) == processes, out[-3000:]
+    out = log.read_text()
+    assert out.count("got SIGTERM") == processes, out[-3000:]
     [stopped] = journal(state_dir, "attempt.stopped")
     assert stopped["was_running"] and (stopped["killed"], stopped["left"]) == ([], []), stopped

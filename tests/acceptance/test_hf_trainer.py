@@ -64,8 +64,16 @@ def run(path: Path, timeout: float) -> subprocess.CompletedProcess:
 def test_torchrun_host_oom_drops_to_one_rank_and_resumes(tmp_path, state_dir):
     # One LoRA rank is ~290 MiB and the torchrun agent ~150 MiB; each rank's ballast ramps
     # to 400 MiB by step 8, so 2 ranks cross 1.2 GiB near step 5, one rank never does.
-    path = recipe(tmp_path, f"""
-        launcher: torchrun
+    result = run(host_oom_at_two_ranks(tmp_path, "torchrun"), timeout=600)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+    assert_one_rank_resumed_and_finished(state_dir, tmp_path / "out")
+
+
+def host_oom_at_two_ranks(tmp_path: Path, launcher: str) -> Path:
+    """2 ranks whose ballast crosses a 1.2 GiB tree limit near step 5; `gpus: 1` on host_oom.
+    Shared by the launchers that start ranks themselves (torchrun, accelerate)."""
+    return recipe(tmp_path, f"""
+        launcher: {launcher}
         script: {TRAINER}
         gpus: 2
         args: {{output_dir: ./out, use_cpu: true, max_steps: 12, save_steps: 2, logging_steps: 1,
@@ -79,8 +87,11 @@ def test_torchrun_host_oom_drops_to_one_rank_and_resumes(tmp_path, state_dir):
         restarts: {{max: 2, backoff: [0.1s, 0.2s]}}
         ladder: [{{on: [host_oom], gpus: 1}}]
         """)
-    result = run(path, timeout=600)
-    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def assert_one_rank_resumed_and_finished(state_dir: Path, out: Path) -> None:
+    """host_oom at 2 ranks, then 1 rank with doubled accumulation (global batch 8 kept),
+    resumed from a checkpoint of attempt 1, every step 1..12 logged once."""
     assert [e["kind"] for e in journal(state_dir, "attempt.ended")] == ["host_oom", "success"]
     started = journal(state_dir, "attempt.started")
     resumed = started[1]["resume_from"]
@@ -90,7 +101,7 @@ def test_torchrun_host_oom_drops_to_one_rank_and_resumes(tmp_path, state_dir):
     assert (second["world_size"], second["per_device"], second["grad_accum"], second["global_batch"]) \
         == ("1", "4", "2", "8")
     assert second["resume_from"] == resumed
-    state = final_state(tmp_path / "out", 12)
+    state = final_state(out, 12)
     assert state["global_step"] == 12 and logged_steps(state) == list(range(1, 13))
 
 
