@@ -119,31 +119,49 @@ def decide(recipe: Recipe, history: Sequence[Failure],
 
     A rung whose launch (argv, env, derived files: launchdiff.py) is one that already
     failed is passed over, noted on the plan, and used up: it would relaunch the same job
-    to fail the same way (issue 13 §2).
+    to fail the same way (issue 13 §2). An attempt whose output showed more ranks than it
+    was asked for (`Failure.ranks_seen`: a tool that starts its own torchrun and ignores
+    the rank count) undoes the rank change, and later gpus rungs change ranks no more
+    (issue 13 §6).
     """
     ladder = effective_ladder(recipe, base_ranks(recipe, visible_gpus))
-    plan = base_plan(recipe, visible_gpus)
+    base = plan = base_plan(recipe, visible_gpus)
     taken: list[int] = []
     failed: dict[Launch, int] = {}  # launches that failed -> the rung they ran at
+    ignored = ""  # why ranks are not the job's to change, once an attempt showed it
     for failure in history:
         failed.setdefault(fingerprint(recipe, plan), plan.rung)
-        plan, changed, passed = _next_plan(recipe, ladder, taken, failure.kind, plan, failed)
+        if not ignored and failure.ranks_seen is not None and failure.ranks_seen > plan.ranks:
+            ignored = (f"attempt {failure.attempt} ran {failure.ranks_seen} ranks when asked for "
+                       f"{plan.ranks}: the tool ignores the rank count")
+            plan = _keep_ranks(plan, base, ignored)
+        plan, changed, passed = _next_plan(recipe, ladder, taken, failure.kind, plan, failed, ignored)
         if not changed and failure.kind in DEGRADING and failure is history[-1]:
-            return Decision(None, give_up=_nothing_left(failure.kind, passed))
+            why = passed or ([ignored] if ignored else [])
+            return Decision(None, give_up=_nothing_left(failure.kind, why))
     return Decision(plan)
 
 
+def _keep_ranks(plan: Plan, base: Plan, why: str) -> Plan:
+    """`plan` at the recipe's own rank count again: fewer ranks were asked and not run."""
+    kept, note = rebalance(dataclasses.replace(plan, ranks=base.ranks, gpu_ids=base.gpu_ids))
+    notes = plan.notes + (f"{why}; back to {base.ranks} rank(s), gpus rungs change nothing",)
+    return dataclasses.replace(kept, notes=notes + ((note,) if note else ()))
+
+
 def _next_plan(recipe: Recipe, ladder: Sequence[Rung], taken: list[int], kind: Kind, plan: Plan,
-               failed: dict[Launch, int]) -> tuple[Plan, bool, list[str]]:
-    """(plan, whether a rung changed it, why each rung passed over was): `taken` grows."""
+               failed: dict[Launch, int], ignored: str = "") -> tuple[Plan, bool, list[str]]:
+    """(plan, whether a rung changed it, why each rung passed over was): `taken` grows.
+    With `ignored` (ranks are not the job's to change) a rung's `gpus` is left out."""
     passed: list[str] = []
     while (index := _next_rung(ladder, taken, kind)) is not None:
         taken.append(index)
-        candidate = apply_rung(plan, ladder[index], index + 1)
+        rung = dataclasses.replace(ladder[index], gpus=None) if ignored else ladder[index]
+        candidate = apply_rung(plan, rung, index + 1)
         same = failed.get(fingerprint(recipe, candidate))
         if same is None:
             return candidate, True, passed
-        why = skip_reason(recipe, plan, ladder[index], index + 1, same)
+        why = skip_reason(recipe, plan, ladder[index], index + 1, same, hint=ignored if ladder[index].gpus else "")
         passed.append(why)
         plan = dataclasses.replace(plan, skipped=plan.skipped + (index + 1,),
                                    notes=plan.notes + (f"skipped: {why}",))
@@ -156,10 +174,11 @@ def _nothing_left(kind: Kind, passed: list[str]) -> str:
     return f"no rung left that changes anything for {kind}: " + "; ".join(passed)
 
 
-def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, failed: bool = True) -> str:
+def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, failed: bool = True,
+                hint: str = "") -> str:
     """`rung 7 (batch halve) relaunches rung 4, which already failed (the micro-batch is already 1)`."""
     what = "the recipe as written" if same == 0 else f"rung {same}"
-    hint = _hint(recipe, plan, rung)
+    hint = hint or _hint(recipe, plan, rung)
     done = f"relaunches {what}, which already failed" if failed else f"launches what {what} launches"
     return (f"rung {number} ({describe_rung(rung)}) {done}"
             + (f" ({hint})" if hint else ""))

@@ -12,7 +12,6 @@ Pure, like command.build (which reads the recipe's DeepSpeed config file).
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 from typing import NamedTuple
 

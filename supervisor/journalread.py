@@ -175,7 +175,9 @@ def _failure(event: dict) -> tuple[Failure | None, str]:
         return None, "evidence is not a string"
     if not _integer(attempt) or not (step is None or _integer(step)):
         return None, "attempt or step is not a whole number"
-    return Failure(Kind(kind), evidence, attempt=attempt, step=step), ""
+    ranks = event.get("ranks_seen")  # issue 13 §6; absent in older journals
+    return Failure(Kind(kind), evidence, attempt=attempt, step=step,
+                   ranks_seen=ranks if _integer(ranks) and ranks > 0 else None), ""
 
 
 def _integer(value: Any) -> bool:

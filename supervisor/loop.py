@@ -5,6 +5,7 @@ module owns the clock, the processes, the journal and the terminal.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import signal
@@ -36,6 +37,7 @@ from .leftovers import start_time as process_start_time
 from .memory import ProcfsMemory
 from .output import Progress
 from .policy import MemoryLimits, MemoryReading, backoff, classify
+from .rankcount import ranks_in_file
 from .resume import AtTarget, ResumeError
 from .resume import Context as ResumeContext
 from .resume import prepare as prepare_resume
@@ -218,6 +220,8 @@ class Supervisor:
         if self.gpu is not None:
             self.gpu.attempt_ended()
         failure = classify(end, failures, startup_window=self.recipe.startup_window)
+        if failure is not None:  # issue 13 §6: ranks the tool really ran, for the ladder's gpus rungs
+            failure = dataclasses.replace(failure, ranks_seen=ranks_in_file(attempt_dir / "output.log"))
         cause = root_cause(end, failure, attempt_dir)
         kind = str(failure.kind) if failure else "success"
         self.journal.emit("attempt.ended", attempt=number, kind=kind,
@@ -226,6 +230,7 @@ class Supervisor:
                           root_cause=cause.as_dict() if cause else None, peak_tree=peaks.tree,
                           peak_pss=peaks.pss, min_available=peaks.min_available,
                           reached_target=end.reached_target or None,
+                          ranks_seen=failure.ranks_seen if failure else None,
                           took=round(self.clock.monotonic() - started, 3))
         self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "",
                               root_cause=cause.as_dict() if cause else None)

@@ -82,3 +82,25 @@ def test_micro_batch_already_1_gives_up_saying_no_rung_changes_anything(tmp_path
     # the same configuration is never run twice
     assert [(a["batch_size"], a["end"]) for a in attempts(record)] == [
         (2, "started"), (2, "cuda_oom"), (1, "started"), (1, "cuda_oom")]
+
+
+def test_a_tool_that_ignores_its_rank_count_is_not_relaunched_with_fewer_again(tmp_path, state_dir):
+    """`launcher: command` with `ranks_env`, but the tool runs its own 2 ranks: the gpus rung's
+    attempt shows 2 ranks again in its output, and guardrun gives up saying so (issue 13 §6)."""
+    record = tmp_path / "record.jsonl"
+    recipe = write_recipe(tmp_path, f"""
+        launcher: command
+        command: [{sys.executable}, {PLAIN}, --world_size, "2"]
+        args: {{steps: 400, grow_mb: 8, step_seconds: 0.02, record: {record}}}
+        ranks_env: NPROC_PER_NODE
+        gpus: 2
+        limits: {{host_memory: 200MiB}}
+        monitor: {{interval: 0.1}}
+        restarts: {{max: 4, backoff: [0.1s, 0.1s]}}
+        """)
+    result = run_guardrun(recipe)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert ("giving up: no rung left that changes anything for host_oom: attempt 2 ran 2 ranks when "
+            "asked for 1: the tool ignores the rank count") in out
+    assert [a["end"] for a in attempts(record)] == ["started", "started"]

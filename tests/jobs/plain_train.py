@@ -23,7 +23,10 @@ def main() -> None:
     parser.add_argument("--grow_mb", type=int, default=0)  # host memory added per step
     parser.add_argument("--step_seconds", type=float, default=0.05)
     parser.add_argument("--record", required=True)
+    parser.add_argument("--world_size", type=int, default=0)  # a tool that runs its own rank count
     args = parser.parse_args()
+    if args.world_size:  # LLaMA-Factory's line, whatever NPROC_PER_NODE says
+        print(f"Process rank: 0, world size: {args.world_size}, device: cpu", flush=True)
     entry = {"batch_size": args.batch_size, "accum": args.accum, "argv": sys.argv[1:]}
     _record(args.record, dict(entry, end="started"))
     need = args.batch_size * args.mb_per_sample

@@ -1,13 +1,16 @@
 """The exact command of a plan: what `guardrun plan` prints is what runs."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
-from pathlib import Path
+
+import pytest
 
 from guardrun.launcher.command import Resume, build, set_arg
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.ladder import decide
+from guardrun.launcher.ladder import decide, walk
+from guardrun.launcher.recipe import RecipeError
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from recipes_util import make_recipe  # noqa: E402
@@ -75,13 +78,6 @@ def test_python_module_launcher(tmp_path):
 
 
 # -- issue 13 §2: which rung keys become flags -------------------------------------------------
-
-import dataclasses  # noqa: E402
-
-import pytest  # noqa: E402
-
-from guardrun.launcher.ladder import walk  # noqa: E402
-from guardrun.launcher.recipe import RecipeError  # noqa: E402
 
 HF_KEYS = {"gradient_checkpointing": True, "save_only_model": True, "dataloader_workers": 0}
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings, strategies as st, HealthCheck
 
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import decide, default_ladder, effective_ladder, walk
+from guardrun.launcher.trainer import trainer
 
 sys.path.insert(0, __import__("os").path.dirname(__file__) + "/..")
 from recipes_util import make_recipe  # noqa: E402
@@ -123,8 +124,6 @@ def test_any_rung_sequence_keeps_the_global_batch_when_divisible(tmp_path, ranks
 
 
 # -- issue 13 §2: HF flags only for HF scripts; a rung that changes nothing is skipped ------------
-
-from guardrun.launcher.trainer import trainer  # noqa: E402
 
 PLAIN = "launcher: python\nscript: train.py\n"
 
