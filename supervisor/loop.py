@@ -36,7 +36,7 @@ from .journal import Journal, history
 from .leftovers import start_time as process_start_time
 from .memory import ProcfsMemory
 from .output import Progress
-from .policy import MemoryLimits, MemoryReading, backoff, classify
+from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
 from .rankcount import ranks_in_file
 from .resume import AtTarget, ResumeError
 from .resume import Context as ResumeContext
@@ -240,8 +240,7 @@ class Supervisor:
                          + (f" (the success evidence was seen, then it exited with code {end.exit_code})"
                             if failure is None and end.exit_code != 0 and end.success_seen else ""))
         if failure is None and end.exit_code != 0 and not end.success_seen and end.reached_target:
-            self.console.say(f"warning: the job reached its target ({end.reached_target}), then exited "
-                             f"with {_exit(end.exit_code)} in teardown: not relaunched")
+            self.console.say(_teardown_warning(end))
         for line in cause.lines() if cause else ():
             self.console.say(line)
         return failure
@@ -400,6 +399,13 @@ def _no_rung(why: str, remembered: int, attempts: int) -> str:
         return why
     return (f"{why}, from the {remembered} failure(s) that earlier runs of this recipe recorded; "
             f"nothing was launched: `guardrun run --fresh` forgets them and starts at rung 0")
+
+
+def _teardown_warning(end: AttemptEnd) -> str:
+    """What a user is told when the job reached its target and then failed on the way out."""
+    how = (f"hung in teardown ({end.stopped_for.evidence}) and was stopped" if end.stopped_for
+           else f"exited with {_exit(end.exit_code)} in teardown")
+    return f"warning: the job reached its target ({end.reached_target}), then {how}: not relaunched"
 
 
 def _exit(code: int | None) -> str:

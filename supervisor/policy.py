@@ -140,6 +140,8 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
         return failure(Kind.INTERRUPTED, "stopped on request")
     if end.stopped_for is not None:
         stopped = end.stopped_for
+        if stopped.kind is Kind.HANG and end.reached_target and end.incomplete_save is None:
+            return None  # hung on the way out after the last step (a process group's teardown)
         return _while_saving(failure(stopped.kind, stopped.evidence, stopped.step), end)
     if end.exit_code == 0:
         if end.success_missing:  # XTuner's `xtuner train` exits 0 after a failed run

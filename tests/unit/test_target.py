@@ -10,11 +10,11 @@ import pytest
 from recipes_util import make_recipe
 
 from guardrun.launcher.checkpoints import Saved, inspect
-from guardrun.launcher.failures import Kind
+from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.resume import Target, declared_max_steps, reached
 from guardrun.supervisor.console import Console
-from guardrun.supervisor.loop import _exit, _no_rung
+from guardrun.supervisor.loop import _exit, _no_rung, _teardown_warning
 from guardrun.supervisor.output import OutputReader
 from guardrun.supervisor.policy import AttemptEnd, classify, target_of
 from guardrun.supervisor.target import LastRun, already_finished, last_run
@@ -42,6 +42,24 @@ def test_a_save_cut_off_after_the_last_step_is_no_end():
 def test_a_stop_or_guardrun_limit_still_wins_over_the_target():
     assert classify(AttemptEnd(exit_code=-15, interrupted=True, reached_target="step 30/30")).kind \
         is Kind.INTERRUPTED
+    oom = Failure(Kind.HOST_OOM, "job memory 9 GiB (PSS) reached the limit 8 GiB")
+    assert classify(AttemptEnd(exit_code=-15, stopped_for=oom, reached_target="step 30/30")).kind \
+        is Kind.HOST_OOM  # the next attempt finds checkpoint-30 at the target (supervisor.resume)
+
+
+def test_a_hang_after_the_target_is_a_teardown_hang():
+    hang = Failure(Kind.HANG, "no progress for 30m")
+    end = AttemptEnd(exit_code=-15, stopped_for=hang, progressed=True, reached_target="step 30/30")
+    assert classify(end) is None
+    assert _teardown_warning(end) == ("warning: the job reached its target (step 30/30), then hung in "
+                                      "teardown (no progress for 30m) and was stopped: not relaunched")
+    assert classify(AttemptEnd(exit_code=-15, stopped_for=hang, progressed=True)).kind is Kind.HANG
+
+
+def test_the_teardown_warning_names_the_exit():
+    end = AttemptEnd(exit_code=1, reached_target="step 30/30")
+    assert _teardown_warning(end) == ("warning: the job reached its target (step 30/30), then exited with "
+                                      "code 1 in teardown: not relaunched")
 
 
 @pytest.mark.parametrize("progress,saved,expected", [
