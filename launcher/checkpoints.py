@@ -226,6 +226,7 @@ class Saved:
     model_only: bool = False             # an HF checkpoint without optimizer state (save_only_model)
     global_step: int | None = None       # trainer_state.json: the optimizer steps done
     max_steps: int | None = None         # trainer_state.json: the steps the run was set to do
+    num_train_epochs: int | None = None  # trainer_state.json: the epochs it was set to do
 
 
 #: HF Trainer's learning-rate scheduler and optimizer state inside checkpoint-N/.
@@ -246,10 +247,9 @@ def inspect(path: Path) -> Saved:
     """
     state = path / "trainer_state.json"
     written = trainer_state(path)
-    counts = {key: _whole(written.get(key)) for key in ("train_batch_size", "global_step", "max_steps")}
-    same = {"train_batch_size": counts["train_batch_size"], "global_step": counts["global_step"],
-            "max_steps": counts["max_steps"],
-            "scheduler": path / SCHEDULER if (path / SCHEDULER).is_file() else None}
+    counts = ("train_batch_size", "global_step", "max_steps", "num_train_epochs")
+    same: dict = {key: _whole(written.get(key)) for key in counts}
+    same["scheduler"] = path / SCHEDULER if (path / SCHEDULER).is_file() else None
     tag = _deepspeed_tag(path)
     if tag is None:
         model_only = state.is_file() and not any((path / name).is_file() for name in OPTIMIZER_NAMES)

@@ -55,17 +55,20 @@ class Target:
         return f"step {self.step}/{self.total}"
 
 
-def reached(saved: Saved, max_steps: int | None = None) -> Target | None:
+def reached(saved: Saved, max_steps: int | None = None, epochs: float | None = None) -> Target | None:
     """The Target when the checkpoint is at or past the end of training, else None.
 
     The end is the recipe's own `max_steps` when it names one (a recipe that raised it
     trains on from a checkpoint of the old run), else the `max_steps` the trainer wrote
-    into trainer_state.json (HF computes it from the epochs when only those were given).
+    into trainer_state.json (HF computes it from the epochs when only those were given),
+    unless the recipe's `num_train_epochs` differs from the saved one: more epochs, more steps.
     Resuming such a checkpoint has nothing left to train, yet HF Trainer runs a step past
     it. Measured here (transformers 5.24, torch 2.13 CPU, 2 ranks, same world size): each
     resume of checkpoint-6 of `max_steps 6` trained one more step and saved checkpoint-7,
     then checkpoint-8 (tests/acceptance/test_past_target_hf.py, on the code before this).
     """
+    if max_steps is None and epochs is not None and saved.num_train_epochs not in (None, epochs):
+        return None
     total = max_steps if max_steps is not None else saved.max_steps
     if saved.global_step is None or total is None or total <= 0 or saved.global_step < total:
         return None
@@ -75,18 +78,29 @@ def reached(saved: Saved, max_steps: int | None = None) -> Target | None:
 def declared_max_steps(args: tuple, args_is_list: bool) -> int | None:
     """The `max_steps` a recipe's `args:` give the script (`--max_steps N`, `--max_steps=N`,
     `max_steps=N`), or None when they give none (or -1, HF's "from the epochs")."""
+    number = _declared(args, args_is_list, "max_steps", int)
+    return number if number is not None and number > 0 else None
+
+
+def declared_epochs(args: tuple, args_is_list: bool) -> float | None:
+    """The `num_train_epochs` a recipe's `args:` give the script, or None."""
+    number = _declared(args, args_is_list, "num_train_epochs", float)
+    return number if number is not None and number > 0 else None
+
+
+def _declared(args: tuple, args_is_list: bool, key: str, kind: type) -> float | None:
+    """The last value `args` give `key` (`--key V`, `--key=V`, `key=V`), None if none or not a `kind`."""
     tokens = [str(token) for token in args] if args_is_list else render_mapping(args)
     value = None
     for index, token in enumerate(tokens):
         name, equals, rest = token.lstrip("-").partition("=")
-        if name.replace("-", "_") != "max_steps":
+        if name.replace("-", "_") != key:
             continue
         value = rest if equals else (tokens[index + 1] if index + 1 < len(tokens) else None)
     try:
-        number = int(str(value)) if value is not None else None
+        return kind(str(value)) if value is not None else None
     except ValueError:
         return None
-    return number if number is not None and number > 0 else None
 
 
 def choose(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:

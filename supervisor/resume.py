@@ -20,8 +20,8 @@ from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal
 from guardrun.launcher.command import Resume
 from guardrun.launcher.ladder import Plan
 from guardrun.launcher.recipe import Recipe
-from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, choose, declared_max_steps,
-                                      left_in_place, reached)
+from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, choose, declared_epochs,
+                                      declared_max_steps, left_in_place, reached)
 
 from . import proc
 from .clock import Clock
@@ -111,10 +111,11 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = 
 
 def at_target(recipe: Recipe, checkpoint: Checkpoint | None) -> Target | None:
     """The Target when `checkpoint`'s trainer_state.json says its training is over, judged
-    against the recipe's own `max_steps` when its args give one (launcher.resume.reached)."""
+    against the recipe's own `max_steps` or epochs when its args give them (launcher.resume.reached)."""
     if checkpoint is None:
         return None
-    return reached(checkpoints.inspect(checkpoint.path), declared_max_steps(recipe.args, recipe.args_is_list))
+    return reached(checkpoints.inspect(checkpoint.path), declared_max_steps(recipe.args, recipe.args_is_list),
+                   declared_epochs(recipe.args, recipe.args_is_list))
 
 
 def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:

@@ -12,7 +12,7 @@ from recipes_util import make_recipe
 from guardrun.launcher.checkpoints import Saved, inspect
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
-from guardrun.launcher.resume import Target, declared_max_steps, reached
+from guardrun.launcher.resume import Target, declared_epochs, declared_max_steps, reached
 from guardrun.supervisor.console import Console
 from guardrun.supervisor.loop import _exit, _no_rung, _teardown_warning
 from guardrun.supervisor.output import OutputReader
@@ -107,6 +107,19 @@ def test_reached(saved, recipe_max, expected):
     assert reached(saved, recipe_max) == expected
 
 
+@pytest.mark.parametrize("recipe_epochs,expected", [(None, Target(30, 30)), (3.0, Target(30, 30)),
+                                                    (6.0, None)])   # more epochs: train on
+def test_reached_against_the_recipes_epochs(recipe_epochs, expected):
+    assert reached(Saved(global_step=30, max_steps=30, num_train_epochs=3), None, recipe_epochs) == expected
+    assert reached(Saved(global_step=30, max_steps=30, num_train_epochs=3), 30, 6.0) == Target(30, 30)
+
+
+def test_declared_epochs():
+    assert declared_epochs((("num_train_epochs", 2.5),), False) == 2.5
+    assert declared_epochs(("--num_train_epochs", "3"), True) == 3.0
+    assert declared_epochs((("max_steps", 3),), False) is None
+
+
 def test_target_reads_like_the_trainer():
     assert str(Target(30, 30)) == "step 30/30"
 
@@ -137,8 +150,8 @@ def hf_checkpoint(out: Path, step: int, max_steps: int, state: str | None = None
 
 
 def test_inspect_reads_the_trainers_record(tmp_path):
-    saved = inspect(hf_checkpoint(tmp_path, 30, 30))
-    assert (saved.global_step, saved.max_steps) == (30, 30)
+    saved = inspect(hf_checkpoint(tmp_path, 30, 30, state='{"global_step": 30, "max_steps": 30, "num_train_epochs": 2}'))
+    assert (saved.global_step, saved.max_steps, saved.num_train_epochs) == (30, 30, 2)
     for text in ('{"global_step": "30", "max_steps": true}', "[30]"):
         odd = inspect(hf_checkpoint(tmp_path / text[:2], 30, 30, state=text))
         assert (odd.global_step, odd.max_steps) == (None, None)
