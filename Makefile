@@ -13,6 +13,12 @@ CONSTRAINTS = tests/constraints.txt
 # other DeepSpeed builds ran. tests/conftest.py points the pytest session at the same folder.
 EXTENSIONS = $(abspath $(VENV))/torch_extensions
 
+# tests/thirdparty runs real LLaMA-Factory 0.9.5, which resolves an older transformers (5.6.0)
+# than the suite: it gets a venv of its own, rebuilt when its pins change. A venv that cannot
+# be built (no registry) leaves $(LF_VENV)/BUILD-FAILED and those tests skip, naming it.
+LF_VENV        ?= .venv-lf
+LF_CONSTRAINTS ?= tests/thirdparty/constraints-lf.txt
+
 .PHONY: demo test bench clean
 
 $(VENV)/.base: setup.cfg pyproject.toml
@@ -34,13 +40,16 @@ $(EXTENSIONS)/.built: $(VENV)/.test
 	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $@
 
+$(LF_VENV)/.built: $(LF_CONSTRAINTS) tests/thirdparty/build_lf_venv.sh setup.cfg pyproject.toml
+	tests/thirdparty/build_lf_venv.sh $(PYTHON) $(LF_VENV) $(LF_CONSTRAINTS)
+
 # The demo starts over each time: its checkpoints go to build/demo-cpu.
 demo: $(VENV)/.base
 	rm -rf build/demo-cpu
 	$(VENV)/bin/guardrun run --fresh recipes/demo_cpu.yaml
 
 # pytest exits 5 when it collects no test: that is a failure here, not a pass.
-test: $(VENV)/.test $(EXTENSIONS)/.built
+test: $(VENV)/.test $(EXTENSIONS)/.built $(LF_VENV)/.built
 	@TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test (exit 5): failing" >&2; fi; \
 	exit $$rc
@@ -51,4 +60,4 @@ bench: $(VENV)/.test $(EXTENSIONS)/.built
 	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) bench/results.py
 
 clean:
-	rm -rf $(VENV) build .pytest_cache
+	rm -rf $(VENV) $(LF_VENV) build .pytest_cache
