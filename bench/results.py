@@ -88,18 +88,32 @@ def run(name: str) -> tuple[int, float, str]:
     return popen.wait(), time.monotonic() - started, "".join(out)
 
 
-def kept_sections(path: Path) -> dict[str, list[str]]:
-    """The `## bench/NAME.py` sections of an earlier RESULTS.md, by NAME (for --only)."""
+def kept_sections(path: Path) -> tuple[list[str], dict[str, list[str]]]:
+    """An earlier RESULTS.md split for --only: its header (machine and versions, which stay
+    true of the sections kept) and its `## bench/NAME.py` sections, by NAME."""
+    header: list[str] = []
     sections: dict[str, list[str]] = {}
     current = None
     for line in path.read_text().splitlines() if path.exists() else ():
-        if line.startswith("## "):
-            current = line[len("## bench/"):-len(".py")] if line.startswith("## bench/") else None
-            if current:
-                sections[current] = []
+        if line.startswith("## bench/"):
+            current = line[len("## bench/"):-len(".py")]
+            sections[current] = []
         if current:
             sections[current].append(line)
-    return sections
+        else:
+            header.append(line)
+    for lines in sections.values():
+        while lines and not lines[-1]:
+            lines.pop()
+        lines.append("")
+    return header, sections
+
+
+def machine_line() -> str:
+    """The machine in one line, for a section measured apart from the table above it."""
+    load = os.getloadavg()[0]
+    return (f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, {cpu_model()}, {os.cpu_count()} cores, "
+            f"load average at start {load:.2f}")
 
 
 def main() -> int:
@@ -109,18 +123,21 @@ def main() -> int:
                         help="comma-separated: sampling, checkpoints, overhead, scenarios, faults")
     args = parser.parse_args()
     chosen = [(n, md) for n, md in BENCHMARKS if not args.only or n in args.only.split(",")]
-    kept = kept_sections(Path(args.out)) if args.only else {}
+    header, kept = kept_sections(Path(args.out)) if args.only else ([], {})
     parts = ["# Benchmark results", "",
              "Written by `make bench` (bench/results.py) from what the benchmarks printed; never edited "
              "by hand. Rerun `make bench` to refresh.", "", "## Machine and versions", "", *machine(), ""]
     failed, fresh = [], {}
     for name, markdown in chosen:
         print(f"== bench/{name}.py", file=sys.stderr, flush=True)
+        where = f"at commit {git_commit()}" + (f", {machine_line()}" if header else "")
         code, took, out = run(name)
         if code != 0:
             failed.append(name)
-        fresh[name] = [f"## bench/{name}.py", "", f"exit {code}, {took:.0f} s, at commit {git_commit()}.", ""]
+        fresh[name] = [f"## bench/{name}.py", "", f"exit {code}, {took:.0f} s, {where}.", ""]
         fresh[name] += [out.rstrip(), ""] if markdown else ["```", out.rstrip(), "```", ""]
+    if header:  # --only: the machine table describes the sections kept; each fresh one says its own
+        parts = header
     for name, _ in BENCHMARKS:
         parts += fresh.get(name) or kept.get(name) or []
     Path(args.out).write_text("\n".join(parts))
