@@ -17,7 +17,7 @@ from guardrun.launcher import checkpoints
 from guardrun.launcher.recipe import Recipe
 from guardrun.launcher.resume import choose
 
-from .journalread import read_events
+from .journalread import Skipped, read_events
 from .resume import at_target
 
 
@@ -33,9 +33,11 @@ class LastRun:
 
 
 def last_run(directory: Path) -> LastRun | None:
-    """The journal's last run (call before this run's run.started), or None when there was none."""
-    run = None
-    for event in read_events(directory):
+    """The journal's last run (call before this run's run.started), or None when there was none.
+    A damaged journal (more than a torn last line) tells nothing: what was lost may be the
+    run's end. Its lines are skipped in silence: `history`, read just before, has said so."""
+    run, skipped = None, Skipped(directory / "events.jsonl")
+    for event in read_events(directory, skipped):
         name = event.get("event")
         if name == "guardrun.run.started":
             run = LastRun(number=(run.number if run else 0) + 1, finished=False, digest=event.get("digest"))
@@ -49,7 +51,7 @@ def last_run(directory: Path) -> LastRun | None:
                           step if isinstance(step, int) and not isinstance(step, bool) else None)
         elif name == "guardrun.run.finished":
             run = LastRun(run.number, True, run.digest, run.checkpoint, run.step)
-    return run
+    return None if skipped.damaged else run
 
 
 def already_finished(recipe: Recipe, digest: str, last: LastRun | None) -> str:

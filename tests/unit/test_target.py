@@ -182,6 +182,10 @@ def test_last_run_counts_runs_and_keeps_the_last_checkpoint(tmp_path):
                    ev("attempt.ended", kind="success", step=30), ev("run.finished"))
     assert last_run(path) == LastRun(2, True, "b", "/o/checkpoint-20", 30)
     assert last_run(journal(tmp_path / "k")) is None
+    damaged = journal(tmp_path / "d", ev("run.started", digest="b"), ev("run.finished"))
+    with open(damaged / "events.jsonl", "ab") as log:
+        log.write(b"\xff not an event\n" + json.dumps(ev("backoff")).encode() + b"\n")
+    assert last_run(damaged) is None     # what was lost may be the run's end
 
 
 def test_already_finished_from_the_trainer_state(tmp_path):
