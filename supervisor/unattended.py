@@ -23,11 +23,13 @@ from typing import Callable
 import click
 
 from guardrun.launcher.executable import launch_problem
+from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
 
 from . import control, daemon, jobview, lock, logview, tmux
 from .clock import MonotonicClock
 from .journal import StateDirError, ensure_private_dir, job_dir, read_state, state_root
+from .memory import ProcfsMemory
 from .statedir import warn
 
 EXIT_FAILED, EXIT_USAGE = 1, 2
@@ -78,7 +80,7 @@ def _refuse_if_supervised(name: str, directory: Path) -> None:
 def start(recipe: str, fresh: bool) -> None:
     """Run RECIPE detached from the terminal; print how to follow it."""
     loaded = _recipe(recipe)
-    unlaunchable = launch_problem(loaded, os.environ)
+    unlaunchable = launch_problem(loaded, os.environ) or limits_problem(loaded, ProcfsMemory().host().total)
     if unlaunchable:  # said here, before detaching, as `run` would say it (exit 2)
         _error(unlaunchable, EXIT_USAGE)
     directory = _private_dir(loaded.name)

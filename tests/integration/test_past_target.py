@@ -7,13 +7,16 @@ max_steps) and every step it runs into steps.log, then rank 1 aborts in teardown
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
 from conftest import REPO
-from test_supervise import events, named, run_guardrun, write_recipe
+from test_supervise import GUARDRUN, events, named, run_guardrun, write_recipe
+
+from guardrun.launcher.units import format_bytes
 
 JOB = REPO / "tests" / "jobs" / "teardown_abort.py"
 MAX_STEPS = 6
@@ -125,7 +128,8 @@ def test_zero_attempts_because_of_the_history_says_fresh_forgets_it(tmp_path, st
     assert len(named(events(state_dir), "attempt.started")) == 1
 
 
-def test_a_limit_above_the_machines_memory_is_a_recipe_error(tmp_path, state_dir):
+@pytest.mark.parametrize("command", ["run", "start"])
+def test_a_limit_above_the_machines_memory_is_a_recipe_error(tmp_path, state_dir, command):
     recipe = write_recipe(tmp_path, f"""
         launcher: python
         python: {sys.executable}
@@ -133,11 +137,11 @@ def test_a_limit_above_the_machines_memory_is_a_recipe_error(tmp_path, state_dir
         limits:
           min_available: 100TiB
         """)
-    result = run_guardrun(recipe)
+    result = subprocess.run([GUARDRUN, command, str(recipe)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     total = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal:"))) << 10
-    from guardrun.launcher.units import format_bytes
     assert (f"guardrun: error: {recipe}:6: limits.min_available: 100TiB is not below the machine's memory: "
             f"this machine has {format_bytes(total)} of memory (MemTotal)") in result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    assert not named(events(state_dir), "attempt.started")
+    journal = state_dir / "job" / "events.jsonl"
+    assert not journal.exists() or not named(events(state_dir), "attempt.started")
