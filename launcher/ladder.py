@@ -129,17 +129,31 @@ def decide(recipe: Recipe, history: Sequence[Failure],
     taken: list[int] = []
     failed: dict[Launch, int] = {}  # launches that failed -> the rung they ran at
     ignored = ""  # why ranks are not the job's to change, once an attempt showed it
+    before: tuple[int, int | None] = (plan.ranks, None)  # the last failure's (asked, seen) ranks
     for failure in history:
         failed.setdefault(fingerprint(recipe, plan), plan.rung)
-        if not ignored and failure.ranks_seen is not None and failure.ranks_seen > plan.ranks:
-            ignored = (f"attempt {failure.attempt} ran {failure.ranks_seen} ranks when asked for "
-                       f"{plan.ranks}: the tool ignores the rank count")
-            plan = _keep_ranks(plan, base, ignored)
+        if not ignored:
+            ignored = _ranks_ignored(failure, plan.ranks, before)
+            plan = _keep_ranks(plan, base, ignored) if ignored else plan
+        before = (plan.ranks, failure.ranks_seen)
         plan, changed, passed = _next_plan(recipe, ladder, taken, failure.kind, plan, failed, ignored)
         if not changed and failure.kind in DEGRADING and failure is history[-1]:
-            why = passed or ([ignored] if ignored else [])
-            return Decision(None, give_up=_nothing_left(failure.kind, why))
+            return Decision(None, give_up=_nothing_left(failure.kind, passed, ignored))
     return Decision(plan)
+
+
+def _ranks_ignored(failure: Failure, asked: int, before: tuple[int, int | None]) -> str:
+    """Why the output says the job does not run the ranks it is asked for, or "".
+
+    More ranks than asked, or as many as the attempt before when fewer were asked: LLaMA-
+    Factory's "world size: 2" whatever NPROC_PER_NODE said."""
+    seen = failure.ranks_seen
+    if seen is None:
+        return ""
+    if seen > asked or (before[1] == seen and before[0] > asked):
+        return (f"attempt {failure.attempt} ran {seen} rank(s) when asked for {asked}: the tool "
+                "ignores the rank count")
+    return ""
 
 
 def _keep_ranks(plan: Plan, base: Plan, why: str) -> Plan:
@@ -161,24 +175,27 @@ def _next_plan(recipe: Recipe, ladder: Sequence[Rung], taken: list[int], kind: K
         same = failed.get(fingerprint(recipe, candidate))
         if same is None:
             return candidate, True, passed
-        why = skip_reason(recipe, plan, ladder[index], index + 1, same, hint=ignored if ladder[index].gpus else "")
+        if ignored and ladder[index].gpus is not None:  # said once, in the give-up or the note
+            why = f"rung {index + 1} ({describe_rung(ladder[index])}) changes only the rank count"
+        else:
+            why = skip_reason(recipe, plan, ladder[index], index + 1, same)
         passed.append(why)
         plan = dataclasses.replace(plan, skipped=plan.skipped + (index + 1,),
                                    notes=plan.notes + (f"skipped: {why}",))
     return plan, False, passed
 
 
-def _nothing_left(kind: Kind, passed: list[str]) -> str:
-    if not passed:
+def _nothing_left(kind: Kind, passed: list[str], ignored: str = "") -> str:
+    """The give-up line: every rung passed over and why, after the ranks evidence if any."""
+    if not passed and not ignored:
         return f"no rung left in the ladder for {kind}"
-    return f"no rung left that changes anything for {kind}: " + "; ".join(passed)
+    return f"no rung left that changes anything for {kind}: " + "; ".join(([ignored] if ignored else []) + passed)
 
 
-def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, failed: bool = True,
-                hint: str = "") -> str:
+def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, failed: bool = True) -> str:
     """`rung 7 (batch halve) relaunches rung 4, which already failed (the micro-batch is already 1)`."""
     what = "the recipe as written" if same == 0 else f"rung {same}"
-    hint = hint or _hint(recipe, plan, rung)
+    hint = _hint(recipe, plan, rung)
     done = f"relaunches {what}, which already failed" if failed else f"launches what {what} launches"
     return (f"rung {number} ({describe_rung(rung)}) {done}"
             + (f" ({hint})" if hint else ""))

@@ -101,6 +101,6 @@ def test_a_tool_that_ignores_its_rank_count_is_not_relaunched_with_fewer_again(t
     result = run_guardrun(recipe)
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
-    assert ("giving up: no rung left that changes anything for host_oom: attempt 2 ran 2 ranks when "
+    assert ("giving up: no rung left that changes anything for host_oom: attempt 2 ran 2 rank(s) when "
             "asked for 1: the tool ignores the rank count") in out
     assert [a["end"] for a in attempts(record)] == ["started", "started"]

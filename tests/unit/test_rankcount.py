@@ -60,14 +60,13 @@ def test_a_tool_that_ignores_the_rank_count_gets_no_more_gpus_rungs(tmp_path):
     assert (plan.ranks, plan.rungs, plan.skipped, plan.dataloader_workers) == (4, (1, 4), (2, 3), 0)
     assert dict(build(recipe, plan).env)["NPROC_PER_NODE"] == "4"
     assert build(recipe, plan).argv[3:] == ("dataloader_num_workers=0",)
-    assert ("attempt 2 ran 4 ranks when asked for 3: the tool ignores the rank count; back to 4 rank(s), "
+    assert ("attempt 2 ran 4 rank(s) when asked for 3: the tool ignores the rank count; back to 4 rank(s), "
             "gpus rungs change nothing") in plan.notes
-    assert any(n.startswith("skipped: rung 2 (gpus 2) relaunches") and n.endswith(
-        "(attempt 2 ran 4 ranks when asked for 3: the tool ignores the rank count)") for n in plan.notes)
+    assert "skipped: rung 2 (gpus 2) changes only the rank count" in plan.notes
     # nothing else left for host memory: give up, saying why
     gave_up = decide(recipe, history_ + [Failure(Kind.HOST_OOM, attempt=3, ranks_seen=4)])
     assert gave_up.plan is None and gave_up.give_up == (
-        "no rung left that changes anything for host_oom: attempt 2 ran 4 ranks when asked for 3: the tool "
+        "no rung left that changes anything for host_oom: attempt 2 ran 4 rank(s) when asked for 3: the tool "
         "ignores the rank count")
 
 
@@ -78,3 +77,21 @@ def test_the_journal_keeps_the_ranks_seen(tmp_path):
              {"event": "guardrun.attempt.ended", "attempt": 3, "kind": "host_oom"}]
     (tmp_path / "events.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     assert [f.ranks_seen for f in history(tmp_path, "d")] == [4, None, None]
+
+
+@pytest.mark.parametrize("seen, ignored_at", [
+    ((2, 2), 2),      # the tool runs 2 ranks whatever it is told: attempt 2 (asked 3) shows it
+    ((4, 3), None),   # it followed NPROC_PER_NODE: the gpus rungs keep going
+    ((None, None), None),  # no rank count in the output: nothing to judge from
+    ((4, 4), 2),      # asked 3, ran 4
+])
+def test_ranks_ignored_when_fewer_were_asked_and_the_output_shows_no_fewer(tmp_path, seen, ignored_at):
+    (tmp_path / "cfg.yaml").write_text("dataloader_num_workers: 4\n")
+    recipe = make_recipe(tmp_path, TOOL)
+    failures = [Failure(Kind.HOST_OOM, attempt=n + 1, ranks_seen=s) for n, s in enumerate(seen)]
+    plan = decide(recipe, failures).plan
+    notes = [n for n in plan.notes if "the tool ignores the rank count;" in n]
+    if ignored_at is None:
+        assert (plan.ranks, notes) == (2, [])
+    else:
+        assert plan.ranks == 4 and notes[0].startswith(f"attempt {ignored_at} ran {seen[1]} rank(s) when asked for 3")
