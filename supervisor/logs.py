@@ -84,8 +84,10 @@ _FAILURE_RULES = (
           r"|CUBLAS_STATUS_ALLOC_FAILED|cudaErrorMemoryAllocation|Failed to CUDA calloc"
           r"|NCCL.{0,200}out of memory|Cuda failure[^']{0,20}'out of memory'"),
     _rule("host_oom", "illed", r"^Killed\s*$|^\S+: line \d+:\s+\d+ Killed\b", "Killed"),
-    _rule("host_oom", "-9|SIGKILL", r"exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\) received|return code = -9\b",
-          "SIGKILL"),
+    # accelerate launch with one process (its simple_launcher): "CalledProcessError: Command
+    # '[...]' died with <Signals.SIGKILL: 9>." (accelerate 1.15, measured).
+    _rule("host_oom", "-9|SIGKILL", r"exitcode\s*:\s*-9\b|Signal 9 \(SIGKILL\) received|return code = -9\b"
+          r"|died with <Signals\.SIGKILL: 9>", "SIGKILL"),
     _rule("host_oom", "emory|bad_alloc|illed",
           r"Out of memory: Kill|std::bad_alloc|DefaultCPUAllocator: can't allocate memory"
           r"|Cannot allocate memory|MemoryError\b|is killed by signal: Killed", "host memory"),

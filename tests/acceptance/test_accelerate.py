@@ -8,6 +8,8 @@ trainer's own start line, and trainer_state.json.
 """
 from __future__ import annotations
 
+import os
+import re
 import signal
 import subprocess
 import textwrap
@@ -79,3 +81,33 @@ def test_a_stop_reaches_every_process_of_accelerate_launch(tmp_path, state_dir, 
     assert out.count("got SIGTERM") == processes, out[-3000:]
     [stopped] = journal(state_dir, "attempt.stopped")
     assert stopped["was_running"] and (stopped["killed"], stopped["left"]) == ([], []), stopped
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_a_process_the_kernel_kills_is_host_oom(tmp_path, state_dir, processes):
+    """What the kernel's OOM killer does (SIGKILL) to one process under accelerate. One process:
+    accelerate's simple launcher ends with `CalledProcessError: ... died with <Signals.SIGKILL: 9>`
+    and exit 1; two: its torch.distributed.run reports `exitcode : -9`."""
+    (tmp_path / "graceful.py").write_text(GRACEFUL.replace('working"', 'working pid={os.getpid()}"'))
+    path = recipe(tmp_path, f"""
+        launcher: accelerate
+        script: graceful.py
+        gpus: {processes}
+        monitor: {{interval: 0.1}}
+        stop_grace: 10s
+        restarts: {{max: 0}}
+        """)
+    log = tmp_path / "guardrun.out"
+    with log.open("w") as sink:
+        guard = subprocess.Popen([GUARDRUN, "run", str(path)], stdout=sink, stderr=subprocess.STDOUT)
+    try:
+        pids = wait_until(lambda: re.findall(r"working pid=(\d+)", log.read_text()), timeout=120,
+                          interval=0.1, what="a process working")
+        os.kill(int(pids[0]), signal.SIGKILL)
+        assert guard.wait(60) == 1, log.read_text()[-3000:]
+    finally:
+        if guard.poll() is None:
+            guard.kill()
+            guard.wait()
+    [ended] = journal(state_dir, "attempt.ended")
+    assert ended["kind"] == "host_oom", (ended, log.read_text()[-3000:])
