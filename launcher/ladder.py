@@ -201,6 +201,22 @@ def skip_reason(recipe: Recipe, plan: Plan, rung: Rung, number: int, same: int, 
             + (f" ({hint})" if hint else ""))
 
 
+def added_flag_rejected(recipe: Recipe, plan: Plan, evidence: str) -> str:
+    """What to add to a user error whose argparse message names a flag a rung added.
+
+    A script misjudged as HF (trainer.py) rejects the rung's flag with `unrecognized
+    arguments`: that is guardrun's doing, not the user's, so say which rung and the fix."""
+    rejected = evidence.partition("unrecognized arguments:")[2].split()
+    if not rejected or not plan.rungs:
+        return ""
+    written = set(fingerprint(recipe, base_plan(recipe)).argv)
+    added = [flag.split("=")[0] for flag in rejected if flag.startswith("-") and flag.split("=")[0] not in written]
+    if not added:
+        return ""
+    return (f" ({added[0]} was added by rung {plan.rung}, and the script does not take it: set "
+            "`trainer: plain` in the recipe, or give the script's own flag in a `ladder:` rung's `args:`)")
+
+
 def describe_rung(rung: Rung) -> str:
     """`batch halve, gradient_checkpointing True`: what a rung sets, in the recipe's words."""
     parts = []

@@ -19,7 +19,7 @@ from guardrun.launcher.command import Resume, build
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.ladder import Plan, decide
+from guardrun.launcher.ladder import Plan, added_flag_rejected, decide
 from guardrun.launcher.recipe import Recipe
 
 from . import proc, signals
@@ -168,7 +168,8 @@ class Supervisor:
             if failure.kind is Kind.INTERRUPTED:
                 return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
             if failure.kind is Kind.USER_ERROR:
-                return self._give_up(f"user error, not retried: {failure.evidence}")
+                return self._give_up(f"user error, not retried: {failure.evidence}"
+                                     + added_flag_rejected(self.recipe, plan, failure.evidence))
             failures.append(failure)
             restarts += 1
             if restarts > self.recipe.restarts.max:

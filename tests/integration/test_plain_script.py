@@ -104,3 +104,24 @@ def test_a_tool_that_ignores_its_rank_count_is_not_relaunched_with_fewer_again(t
     assert ("giving up: no rung left that changes anything for host_oom: attempt 2 ran 2 rank(s) when "
             "asked for 1: the tool ignores the rank count") in out
     assert [a["end"] for a in attempts(record)] == ["started", "started"]
+
+
+def test_a_rejected_flag_a_rung_added_is_said_to_be_guardruns(tmp_path, state_dir):
+    """Declared `trainer: hf` wrongly: the rung's --gradient_checkpointing is rejected; the give-up
+    names the rung and the fix instead of blaming the script alone."""
+    record = tmp_path / "record.jsonl"
+    recipe = write_recipe(tmp_path, f"""
+        launcher: python
+        python: {sys.executable}
+        script: {PLAIN}
+        trainer: hf
+        args: {{steps: 3, mb_per_sample: 8, gpu_budget_mb: 4, record: {record}}}
+        batch: {{per_device: 2, grad_accum: 1, per_device_arg: --batch_size, grad_accum_arg: --accum}}
+        restarts: {{max: 4, backoff: [0.1s, 0.1s]}}
+        """)
+    result = run_guardrun(recipe)
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert ("unrecognized arguments: --gradient_checkpointing True (--gradient_checkpointing was added by "
+            "rung 3, and the script does not take it: set `trainer: plain` in the recipe") in out
+    assert [a["end"] for a in attempts(record)] == ["started", "cuda_oom", "started", "cuda_oom"]

@@ -207,3 +207,14 @@ ladder:
     decision = decide(make_recipe(tmp_path, body), fail("cuda_oom", "cuda_oom", "cuda_oom"))
     assert (decision.plan.rungs, decision.plan.skipped) == ((1, 2, 4), (3,))
     assert "skipped: rung 3 (args --mode=a) relaunches rung 1, which already failed" in decision.plan.notes
+
+
+def test_a_rejected_flag_is_blamed_on_the_rung_only_when_a_rung_added_it(tmp_path):
+    from guardrun.launcher.ladder import added_flag_rejected
+    recipe = make_recipe(tmp_path, PLAIN + "trainer: hf\nargs: {steps: 3}\nbatch: {per_device: 2}\n")
+    plan = decide(recipe, fail("cuda_oom", "cuda_oom")).plan  # rung 3: gradient checkpointing
+    error = "train.py: error: unrecognized arguments: --gradient_checkpointing True"
+    assert added_flag_rejected(recipe, plan, error).startswith(
+        " (--gradient_checkpointing was added by rung 3, and the script does not take it: set `trainer: plain`")
+    assert added_flag_rejected(recipe, plan, "train.py: error: unrecognized arguments: --steps 3") == ""
+    assert added_flag_rejected(recipe, decide(recipe, []).plan, error) == ""  # rung 0: the user's own command
