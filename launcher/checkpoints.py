@@ -57,7 +57,7 @@ def find(directory: Path, pattern: str | None = None) -> list[Checkpoint]:
         return []
     for entry in entries:
         step = _step_of(entry.name, regex)
-        if step is None or not (regex or entry.is_dir(follow_symlinks=False)):
+        if step is None or not (regex or entry.is_dir(follow_symlinks=False) or _is_lightning(entry)):
             continue
         path = Path(entry.path)
         reason = validate(path)
@@ -65,9 +65,38 @@ def find(directory: Path, pattern: str | None = None) -> list[Checkpoint]:
     return sorted(found, key=lambda c: (c.step, c.name))
 
 
+def step_of(name: str, pattern: str | None = None) -> int | None:
+    """The step a checkpoint's name says (`checkpoint-40`, `global_step40`,
+    `epoch=0-step=40.ckpt`, or the recipe's `pattern`), None for any other name."""
+    return _step_of(name, re.compile(pattern) if pattern else None)
+
+
 def _step_of(name: str, regex: re.Pattern[str] | None) -> int | None:
+    if regex is None and name.endswith(LIGHTNING_SUFFIX):
+        return lightning_step(name)
     match = regex.match(name) if regex else HF_PATTERN.match(name) or DS_PATTERN.match(name)
     return int(match.group(1)) if match else None
+
+
+#: PyTorch Lightning's ModelCheckpoint writes one file per save, named from its default
+#: filename template '{epoch}-{step}': `epoch=0-step=10.ckpt`; a metric in the template adds
+#: `-val_loss=0.50`, a name taken twice gets `-v1` (lightning 2.6.6, real_lightning_ok.txt).
+LIGHTNING_SUFFIX = ".ckpt"
+
+
+def lightning_step(name: str) -> int | None:
+    """The step of a Lightning checkpoint file's name, read without a regex; None when the
+    name carries none (`last.ckpt`)."""
+    if not name.endswith(LIGHTNING_SUFFIX):
+        return None
+    for part in name[:-len(LIGHTNING_SUFFIX)].split("-"):
+        if part.startswith("step=") and part[5:].isdigit() and part[5:].isascii():
+            return int(part[5:])
+    return None
+
+
+def _is_lightning(entry: os.DirEntry) -> bool:
+    return entry.name.endswith(LIGHTNING_SUFFIX) and entry.is_file(follow_symlinks=False)
 
 
 def newest_valid(directory: Path, pattern: str | None = None) -> Checkpoint | None:
@@ -159,7 +188,7 @@ def file_problem(file: Path) -> str:
             return "empty file"
         if file.suffix == ".safetensors":
             return _safetensors_problem(file, size)
-        if file.suffix in (".pt", ".pth", ".bin"):
+        if file.suffix in (".pt", ".pth", ".bin", LIGHTNING_SUFFIX):  # .ckpt: Lightning's torch.save
             return _torch_zip_problem(file, size)
         if file.suffix == ".json":
             return _json_problem(file)

@@ -1,13 +1,19 @@
 """Follow the checkpoint folder while an attempt runs.
 
-inotify (through watchdog) tells when anything under the folder changes; once it has
-been quiet for `settle` seconds the folder is validated again (headers and sizes only:
-bench/checkpoints.py). So the newest complete checkpoint is known the moment its
-writer is done, a relaunch never waits on validation, and a checkpoint that appeared
-during the attempt and stayed incomplete is there as evidence when the job dies.
+inotify (through watchdog) tells when anything under the folder changes. Each entry of
+the folder (`checkpoint-40/` and everything inside it, `epoch=0-step=10.ckpt`, `latest`)
+settles on its own: once a checkpoint's entry has been quiet for `settle` seconds the
+folder is validated again (headers and sizes only: bench/checkpoints.py), leaving out the
+entries still being written. Settling the folder as a whole never happened when the
+trainer also wrote there every step (LLaMA-Factory appends `trainer_log.jsonl` in its
+output_dir at every log step: issue 13 saw only checkpoint-30 of 5..30, at the job's end).
+So the newest complete checkpoint is known within `settle` + one poll of its writer being
+done, a relaunch never waits on validation, and a checkpoint that appeared during the
+attempt and stayed incomplete is there as evidence when the job dies.
 """
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +30,9 @@ from .clock import Clock
 #: Quiet time before a rescan. HF writes a checkpoint's files back to back, the
 #: trainer_state.json last; a second of silence means the writer is done or stalled.
 SETTLE = 1.0
+#: Entries followed one by one; past this many changed names at once (a trainer writing a
+#: file per step into the folder) the folder settles as a whole again.
+MAX_PENDING = 1024
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,33 @@ class Seen:
     incomplete: tuple[Checkpoint, ...] = ()  # appeared during the attempt, newer than `newest`, invalid
 
 
+#: The folder itself changed (or the watch just began): every entry is looked at.
+WHOLE = ""
+#: watchdog (7.x) also reports opens and read-only closes. Those are no change, and the
+#: follower's own validation makes them: counted, each rescan kept the checkpoints it read
+#: busy for one more settle (checkpoint-10 recorded 2.5 s after its last write, not 1.3 s).
+_READS = frozenset({"opened", "closed_no_write"})
+
+
 class _Changed(FileSystemEventHandler):
-    def __init__(self, touch: Callable[[], None]):
-        self._touch = touch
+    def __init__(self, directory: Path, touch: Callable[[str], None]):
+        self._directory, self._touch = str(directory), touch
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        self._touch()
+        if event.event_type in _READS:
+            return
+        for path in (event.src_path, getattr(event, "dest_path", "")):
+            if path:
+                self._touch(entry_of(self._directory, os.fsdecode(path)))
+
+
+def entry_of(directory: str, path: str) -> str:
+    """The folder's entry a changed path lies in: 'checkpoint-5' for
+    '<dir>/checkpoint-5/global_step5/x.pt'; WHOLE for the folder itself."""
+    if not path.startswith(directory):
+        return WHOLE
+    rest = path[len(directory):].lstrip(os.sep)
+    return rest.split(os.sep, 1)[0]
 
 
 class CheckpointFollower:
@@ -51,7 +81,7 @@ class CheckpointFollower:
         self.directory, self.pattern, self.clock, self.emit = directory, pattern, clock, emit
         self.settle = settle
         self._lock = threading.Lock()
-        self._changed_at: float | None = None  # last change not yet rescanned
+        self._changed: dict[str, float] = {}    # entry -> its last change not yet rescanned
         self._activity_at: float | None = None  # last change seen at all
         self._observer = None
         before = checkpoints.find(directory, pattern)
@@ -60,17 +90,21 @@ class CheckpointFollower:
         self.seen = Seen(newest=valid[-1] if valid else None)
 
     # -- watching ------------------------------------------------------------------------
-    def _touch(self) -> None:
+    def _touch(self, entry: str = WHOLE) -> None:
         now = self.clock.monotonic()
         with self._lock:
-            self._changed_at = self._activity_at = now
+            if entry in self._changed or len(self._changed) < MAX_PENDING:
+                self._changed[entry] = now
+            else:
+                self._changed[WHOLE] = now  # a flood of new names: look at everything once quiet
+            self._activity_at = now
 
     def _ensure_observer(self) -> None:
         """Watch once the folder exists: the trainer creates it only when it starts."""
         if self._observer is not None or not self.directory.is_dir():
             return
         observer = Observer()
-        observer.schedule(_Changed(self._touch), str(self.directory), recursive=True)
+        observer.schedule(_Changed(self.directory, self._touch), str(self.directory), recursive=True)
         observer.daemon = True
         observer.start()
         self._observer = observer
@@ -93,19 +127,26 @@ class CheckpointFollower:
 
     # -- rescanning ----------------------------------------------------------------------
     def poll(self) -> Seen:
-        """Called every sample interval: rescan when changes have settled."""
+        """Called every sample interval: rescan when a checkpoint's entry has settled."""
         self._ensure_observer()
         now = self.clock.monotonic()
         with self._lock:
-            due = self._changed_at is not None and now - self._changed_at >= self.settle
-            if due:
-                self._changed_at = None
-        if due:
-            self._rescan()
+            settled = [entry for entry, at in self._changed.items() if now - at >= self.settle]
+            for entry in settled:
+                del self._changed[entry]
+            busy = frozenset(self._changed)
+        if any(self._may_be_checkpoint(entry) for entry in settled):
+            self._rescan(busy)
         return self.seen
 
-    def _rescan(self) -> None:
-        found = checkpoints.find(self.directory, self.pattern)
+    def _may_be_checkpoint(self, entry: str) -> bool:
+        """Whether a settled entry can change what the folder holds: a checkpoint's name,
+        DeepSpeed's `latest`, or the folder itself; not a log the trainer appends to."""
+        return entry in (WHOLE, "latest") or checkpoints.step_of(entry, self.pattern) is not None
+
+    def _rescan(self, busy: frozenset[str] = frozenset()) -> None:
+        """Validate the folder; entries still being written (`busy`) are left for later."""
+        found = [c for c in checkpoints.find(self.directory, self.pattern) if c.name not in busy]
         valid = [c for c in found if c.valid]
         newest = valid[-1] if valid else None
         seen = self.seen
