@@ -69,8 +69,7 @@ def test_a_stop_reaches_every_process_of_accelerate_launch(tmp_path, state_dir, 
     with log.open("w") as sink:
         guard = subprocess.Popen([GUARDRUN, "run", str(path)], stdout=sink, stderr=subprocess.STDOUT)
     try:
-        wait_until(lambda: log.read_text().count(" working") == processes, timeout=120, interval=0.1,
-                   what=f"{processes} process(es) working")
+        _wait_for_output(log, lambda out: out.count(" working") == processes, f"{processes} process(es) working")
         guard.send_signal(signal.SIGTERM)
         assert guard.wait(60) == 130, log.read_text()[-3000:]
     finally:
@@ -101,8 +100,7 @@ def test_a_process_the_kernel_kills_is_host_oom(tmp_path, state_dir, processes):
     with log.open("w") as sink:
         guard = subprocess.Popen([GUARDRUN, "run", str(path)], stdout=sink, stderr=subprocess.STDOUT)
     try:
-        pids = wait_until(lambda: re.findall(r"working pid=(\d+)", log.read_text()), timeout=120,
-                          interval=0.1, what="a process working")
+        pids = _wait_for_output(log, lambda out: re.findall(r"working pid=(\d+)", out), "a process working")
         os.kill(int(pids[0]), signal.SIGKILL)
         assert guard.wait(60) == 1, log.read_text()[-3000:]
     finally:
@@ -111,3 +109,11 @@ def test_a_process_the_kernel_kills_is_host_oom(tmp_path, state_dir, processes):
             guard.wait()
     [ended] = journal(state_dir, "attempt.ended")
     assert ended["kind"] == "host_oom", (ended, log.read_text()[-3000:])
+
+
+def _wait_for_output(log, seen, what: str):
+    """wait_until on guardrun's output so far; on a timeout the assertion shows that output."""
+    try:
+        return wait_until(lambda: seen(log.read_text()), timeout=120, interval=0.1, what=what)
+    except AssertionError as err:
+        raise AssertionError(f"{err}; guardrun said:\n{log.read_text()[-3000:]}") from None
