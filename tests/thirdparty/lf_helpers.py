@@ -28,22 +28,23 @@ HERE = Path(__file__).resolve().parent
 SHIM = HERE / "lf_shim"          # test-only knobs (ballast, stall in save): see its docstring
 
 
-def venv_or_skip() -> None:
+def venv_or_skip(venv: Path = LF_VENV) -> None:
     """Skip, saying why, unless `make test` built the venv (build_lf_venv.sh)."""
-    if (LF_VENV / ".built").is_file() and (BIN / "llamafactory-cli").is_file():
+    if (venv / ".built").is_file() and (venv / "bin" / "llamafactory-cli").is_file():
         return
-    failed = LF_VENV / "BUILD-FAILED"
+    failed = venv / "BUILD-FAILED"
     if failed.is_file():
         first = failed.read_text(errors="replace").splitlines()[:1] or ["?"]
         pytest.skip(f"the LLaMA-Factory venv could not be built ({first[0]}): see {failed}")
-    pytest.skip(f"no LLaMA-Factory venv at {LF_VENV}: `make test` builds it (make {LF_VENV}/.built)")
+    pytest.skip(f"no LLaMA-Factory venv at {venv}: `make test` builds it (make {venv}/.built)")
 
 
 def build_tiny(root: Path) -> Path:
     """The tiny Llama, tokenizer and alpaca rows (tiny_llama.py), built by the venv's transformers."""
-    subprocess.run([str(BIN / "python"), str(HERE / "tiny_llama.py"), str(root)], check=True,
-                   env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf")},
-                   capture_output=True, timeout=300)
+    done = subprocess.run([str(BIN / "python"), str(HERE / "tiny_llama.py"), str(root)],
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf")},
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     return root
 
 

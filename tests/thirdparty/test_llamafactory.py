@@ -3,6 +3,13 @@
 Each case is judged by what LLaMA-Factory itself left (its checkpoints' trainer_state.json,
 trainer_log.jsonl, its log lines) and by guardrun's exit code and journal. The venv is
 `make test`'s .venv-lf (tests/thirdparty/build_lf_venv.sh); without it the cases skip, saying why.
+
+Test-only shim: tests/thirdparty/lf_shim (on the job's PYTHONPATH) adds hf_lora_train's ballast
+and step sleep, and a stall in one save, to LLaMA-Factory's Trainer; what LLaMA-Factory computes
+and saves is its own. No case resumes on 2 ranks: with transformers 5.6 every 2-rank CPU resume
+fails upstream in torch.load(optimizer.pt, map_location='cpu:0') (FIELD_NOTES), so the host-OOM
+case resumes on 1 rank, as its ladder says, and the save death runs on 1 process.
+Measured here (2 cores, shared): the 5 cases take ~90 s together, the tiny model ~4 s.
 """
 from __future__ import annotations
 
