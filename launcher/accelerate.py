@@ -19,14 +19,17 @@ flags, read in accelerate/commands/launch.py and checked on CPU:
   `distributed_type`, so a FSDP job would silently run as plain DDP.
 - One process runs through `simple_launcher` (a Popen): it does not forward SIGTERM and
   dies of it, leaving the script running; guardrun's stop then signals each process left
-  (supervisor/proc.py), measured: the script got its own SIGTERM and exited.
+  (supervisor/proc.py), measured: the script got its own SIGTERM and exited. A script the
+  kernel kills there shows only as "CalledProcessError: ... died with <Signals.SIGKILL: 9>"
+  and exit 1 (supervisor/logs.py reads it as host_oom).
 - Under torch.distributed.run a SIGTERM to accelerate stops every rank (measured: exit 1
   after 0.3 s, no process left), like torchrun.
 - `--main_process_port 0` picks a free port; guardrun passes it on one machine unless the
   recipe or the config file names a port (a port chosen per node would break a
   multi-machine rendezvous, so there nothing is passed).
 - `--gpu_ids all`: guardrun's CUDA_VISIBLE_DEVICES picks the GPUs; a config file's own
-  `gpu_ids` list would override it, and a MULTI_GPU file with one id is refused.
+  `gpu_ids` list would override it, and a MULTI_GPU file with one id is refused (measured:
+  "ValueError: Less than two GPU ids were configured", with `--num_processes 1 --gpu_ids 0`).
 
 The config file is read when the recipe is loaded for what changes the command (machines,
 port, engine); accelerate reads it again itself. Its default config
@@ -43,22 +46,23 @@ from yaml.nodes import Node
 
 from .yamlnodes import Ctx, Field, integer, items, kind_of, pairs, read_fields, scalar, text
 
-#: What a one-machine launch's rank logs look like: torchrun's `--log-dir` and `--tee`,
-#: spelt accelerate's way (it has no `--redirects`; `--tee 3` still writes each rank's files).
+#: `--tee 3`: both streams of every rank into its own file under `--log_dir`, and still shown
+#: (torchrun's `--redirects 3 --tee 3`; accelerate has no `--redirects`, and needs none: measured).
 TEE_ALL = "3"
 #: Engines a config file's `distributed_type` can name that run without `--multi_gpu`.
 _NO_ENGINE = (None, "NO")
 #: A config file that could not be read names, most likely, its engine: `plan` shows no --multi_gpu.
 UNREAD = "(config file not read)"
 #: Launch flags that choose the engine themselves (accelerate refuses two of them).
-ENGINE_FLAGS = ("--use_deepspeed", "--use_fsdp", "--use_megatron_lm", "--tpu", "--multi_gpu")
+ENGINE_FLAGS = ("--use_deepspeed", "--use_fsdp", "--use_megatron_lm", "--tpu")
 #: Flags guardrun writes from the rung or the section; in `flags:` they would fight it.
 OWNED = {"--num_processes": "from the rung's gpus", "--num_machines": "from accelerate.num_machines",
          "--machine_rank": "from accelerate.machine_rank", "--main_process_ip": "from accelerate.main_process_ip",
          "--main_process_port": "from accelerate.main_process_port", "--config_file": "from accelerate.config_file",
          "--gpu_ids": "to all: CUDA_VISIBLE_DEVICES picks the rung's GPUs", "--log_dir": "to the attempt's folder",
          "--tee": "to keep each rank's output", "-t": "to keep each rank's output",
-         "-m": "from the recipe's module:", "--module": "from the recipe's module:"}
+         "-m": "from the recipe's module:", "--module": "from the recipe's module:",
+         "--multi_gpu": "for more than one process; accelerate refuses it for one"}
 
 
 @dataclass(frozen=True)

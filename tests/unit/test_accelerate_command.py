@@ -70,6 +70,12 @@ def test_config_file_without_an_engine_still_gets_multi_gpu(tmp_path):
     assert argv[3:8] == ["--config_file", str(tmp_path / "acc.yaml"), "--multi_gpu", "--num_processes", "2"]
 
 
+def test_an_engine_flag_is_the_engine(tmp_path):
+    argv = _argv(tmp_path, ACCELERATE + "accelerate: {flags: [--use_fsdp, --fsdp_version, '2']}\n")
+    assert argv[3:12] == ["--num_processes", "2", "--num_machines", "1", "--main_process_port", "0",
+                          "--use_fsdp", "--fsdp_version", "2"]
+
+
 def test_two_machines_count_every_process_and_keep_the_given_port(tmp_path):
     body = ACCELERATE + ("accelerate: {num_machines: 2, machine_rank: 1, main_process_ip: 10.0.0.1,"
                          " main_process_port: 29555}\n")
@@ -120,6 +126,8 @@ def test_rank_logs_go_to_the_attempt_folder(tmp_path):
     ("accelerate: {main_process_port: 70000}", 9, "accelerate.main_process_port", "expected an integer"),
     ("accelerate: {flags: [--num_processes, '3']}", 9, "accelerate.flags[0]", "guardrun sets --num_processes"),
     ("accelerate: {flags: [--cpu]}", 9, "accelerate.flags[0]", "--cpu starts one process"),
+    ("accelerate: {flags: [--mixed_precision, bf16, --multi_gpu]}", 9, "accelerate.flags[2]",
+     "guardrun sets --multi_gpu"),
     ("accelerate: {flags: [mixed_precision]}", 9, "accelerate.flags[0]", "expected a flag"),
     ("accelerate: {confg_file: a.yaml}", 9, "accelerate.confg_file", "config_file"),
 ])
