@@ -80,7 +80,7 @@ def test_every_checkpoint_is_recorded_within_2s_while_a_file_is_appended_every_1
         wait_until(lambda: log.exists() and log.stat().st_size > 100, timeout=10, what="the appender to write")
         for step in (5, 10, 15):
             written = write_checkpoint(out, step)
-            wait_until(lambda: step in recorder.saved, timeout=WITHIN + 3, what=f"checkpoint-{step} recorded")
+            wait_until(lambda step=step: step in recorder.saved, timeout=WITHIN + 3, what=f"checkpoint-{step} recorded")
             assert recorder.saved[step] - written <= WITHIN, (step, recorder.saved[step] - written)
         assert writer.poll() is None  # the folder was busy the whole time
     finally:

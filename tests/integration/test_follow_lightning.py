@@ -65,7 +65,7 @@ def test_the_follower_records_lightning_saves_as_they_land(tmp_path):
         shutil.copy(REAL / name, tmp_path / name)
         written = time.monotonic()
         step = checkpoints.step_of(name)
-        wait_until(lambda: follower.poll().newest is not None and follower.seen.newest.step == step,
+        wait_until(lambda step=step: follower.poll().newest is not None and follower.seen.newest.step == step,
                    timeout=5, interval=0.1, what=f"{name} recorded")
         assert saved[-1][0] == step and saved[-1][1] - written <= 2.0
     follower.stop()
