@@ -293,7 +293,9 @@ def _plain(line: str) -> tuple[int | None, int | None, int | None, str | None] |
     """(step, total, epoch, loss text) of a plain script's progress line: `step 12 loss 0.53`,
     `Step 12/40`, `iter 12/40 loss=0.5`, `[rank0]: epoch 1 step 12`. Without a regex: the line's
     head split into words. The line must begin with the counter (after a rank tag, a time
-    stamp or a level name), so a step named in prose ('saving at step 12') is no progress.
+    stamp or a level name), so a step named in prose ('saving at step 12') is no progress,
+    and a step needs a total, an epoch or a loss beside it: a banner ('Step 1: loading the
+    data') taken for progress would hide a crash loop (no progress -> the crash-loop guard).
     None when the line is not one."""
     _, body = split_rank(line) if "]:" in line else (None, line)
     if body.lstrip()[:1] in _NOT_PLAIN:
@@ -318,8 +320,8 @@ def _plain(line: str) -> tuple[int | None, int | None, int | None, str | None] |
                 step, total = int(count), int(of) if of.isdigit() and of.isascii() else None
         elif word in _LOSSES and loss is None:
             loss = value
-    if step is None and loss is None:
-        return None
+    if loss is None and (step is None or (total is None and epoch is None)):
+        return None  # 'Step 1: loading the data' is a script's banner, not a training step
     return step, total, epoch, loss
 
 

@@ -260,6 +260,7 @@ def test_plain_script_nan_loss_is_nan():
     "stepping into the void 12",
     "iterable dataset: 12/40 shards",
     "Epoch 3: loss unknown",
+    "Step 1: loading the data",                 # a banner: no total, loss or epoch with it
 ])
 def test_not_plain_script_progress(line):
     assert [event for event in parse_line(line) if event.kind in ("progress", "loss")] == []
