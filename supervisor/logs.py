@@ -174,17 +174,21 @@ def first_failure(events: Iterable[Event]) -> Event | None:
     A transient error after an exception that ended a traceback is that death's echo, never
     the cause: rank 0 raised in torch.save and rank 1's gloo then said "Connection closed by
     peer ... typically caused by a remote worker crashing" (real_torchrun_save_error_gloo_echo.txt);
-    the first traceback in the output is the cause.
+    the first traceback in the output is the cause. gloo's line says it is an echo, so it is
+    one whenever another exception is there, even printed first.
     """
+    events = list(events)
     best, best_rank = None, len(SPECIFICITY)
     traced: set[int | None] = set()   # ranks that printed a traceback header
     died = False                      # an exception has ended a traceback before this event
+    # gloo names its own echo; ranks' streams are buffered apart, so it may come first
+    other_death = any(e.kind in _ENDS_TRACEBACK and e.kind != "transient" for e in events)
     for event in events:
         kind = event.kind
         if kind == "traceback":
             traced.add(event.rank)
-        elif kind == "transient" and died:
-            continue  # the echo of an earlier death
+        elif kind == "transient" and (died or (other_death and _ECHO in event.text)):
+            continue  # the echo of another death
         elif kind in _ENDS_TRACEBACK and event.rank in traced:
             died = True
         rank = SPECIFICITY.get(kind)
@@ -193,6 +197,9 @@ def first_failure(events: Iterable[Event]) -> Event | None:
     return best
 
 
+#: gloo's own words for a peer's death (pair.cc, torch 2.13: "Connection closed by peer
+#: [127.0.0.1]:PORT. This is typically caused by a remote worker crashing.").
+_ECHO = "caused by a remote worker crashing"
 #: Failure kinds an exception line that ends a traceback can have.
 _ENDS_TRACEBACK = frozenset({"cuda_oom", "host_oom", "user_error", "transient", "error"})
 

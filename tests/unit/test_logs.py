@@ -519,3 +519,19 @@ def test_a_recipes_own_regexes_win_over_the_built_in_recognisers(tmp_path):
     assert (progress.step, progress.total, progress.loss) == (120, 500, 0.7)
     # without the recipe's regexes the plain line is read
     assert [e.step for e in Patterns().events("step 3 loss 0.1") if e.kind == "progress"] == [3]
+
+
+def test_the_gloo_echo_printed_before_the_cause_is_still_the_echo():
+    """Each rank's stream is buffered on its own: rank 1's echo may reach the pipe first.
+    The real capture with rank 1's block moved before rank 0's."""
+    with open(OUTPUTS / "real_torchrun_save_error_gloo_echo.txt", "rb") as handle:
+        lines = list(iter_lines(handle))
+    rank0 = [line for line in lines if line.startswith("[rank0]:")]
+    rank1 = [line for line in lines if line.startswith("[rank1]:")]
+    rest = [line for line in lines if not line.startswith(("[rank0]:", "[rank1]:"))]
+    events = [event for line in rank1 + rank0 + rest for event in parse_line(line)]
+    found = first_failure(events)
+    assert (found.kind, found.rank) == ("error", 0)
+    assert "Parent directory" in found.text
+    # alone (the other rank's error lost), the echo is what there is
+    assert first_failure([e for line in rank1 for e in parse_line(line)]).kind == "transient"
