@@ -50,13 +50,15 @@ def test_clean_two_rank_run_finishes(tmp_path, state_dir, tiny):
 
 def test_host_oom_at_two_ranks_resumes_on_one_and_finishes(tmp_path, state_dir, tiny):
     # Measured here (guardrun's figure, PSS): the 2-rank tree holds ~1.2 GiB once training starts,
-    # the 1-rank tree ~0.8 GiB. Each rank's ballast (lf_shim) ramps to 400 MiB by step 10, so two
-    # ranks cross 1.6 GiB near step 6 (~1.35 GiB at checkpoint-2); one rank peaks near 1.2 GiB.
-    config = lf_config(tmp_path, tiny, max_steps=12, save_steps=2)
+    # the 1-rank tree ~0.8 GiB. Each rank's ballast (lf_shim) grows 40 MiB a step up to 400 MiB
+    # (step 10): two ranks cross 1680 MiB near step 6, between the saves of checkpoint-4 and -8
+    # (at 1.6 GiB they crossed at step 5 or 6, once while saving checkpoint-6: a save_failed);
+    # one rank peaks near 1.2 GiB.
+    config = lf_config(tmp_path, tiny, max_steps=12, save_steps=4)
     recipe = lf_recipe(tmp_path, tiny, config, ranks=2, env={
         "LF_TEST_BALLAST_MB": "400", "LF_TEST_BALLAST_RAMP_STEPS": "10", "LF_TEST_STEP_SECONDS": "0.3"},
         extra="""\
-        limits: {host_memory: 1.6GiB}
+        limits: {host_memory: 1680MiB}
         ladder: [{on: [host_oom], gpus: 1}]
         """)
     code, out = run_guardrun(recipe, timeout=420)
