@@ -13,7 +13,7 @@ machine, 200k calls each: an ordinary 95-char line that matches nothing 1.4 µs,
 warning line 2.3 µs; a tqdm bar 7 µs, an HF loss dict 10 µs, an OOM exception line 7 µs
 (those are a few lines a second). With iter_lines and strip_ansi: ~300k lines/s.
 A plain script's `step 12 loss 0.53` is read by splitting the line's head into words
-(`_plain`, issue 13): ~9 µs for such a line, ~6 µs for prose naming an epoch or an
+(plainprogress.py, issue 13): ~9 µs for such a line, ~6 µs for prose naming an epoch or an
 iteration, unchanged for the rest (same timeit, 20k calls, 2026-12-01, a busy machine).
 
 Nothing from the job is ever evaluated: HF's dict lines are read with a regex over a
@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Iterable, Iterator
 
 from .lines import strip_ansi
+from .plainprogress import plain_progress
 
 #: Evidence text is capped so a flood of long lines cannot grow the evidence kept.
 TEXT_CAP = 300
@@ -255,7 +256,7 @@ def _progress(line: str, rank: int | None) -> Iterator[Event]:
         if bar is not None and not _NOT_TRAINING.search(line, 0, bar.start()):
             yield from _bar(line, rank, bar)
             return
-    plain = _plain(line)
+    plain = plain_progress(line)
     if plain is not None:
         step, total, epoch, loss = plain
         if step is not None:
@@ -284,56 +285,6 @@ def _bar(line: str, rank: int | None, bar: re.Match) -> Iterator[Event]:
     loss = _TQDM_LOSS.search(bar.group(4))
     if loss is not None:
         yield from _loss_event(line, rank, {"loss": loss.group(1)}, step)
-
-
-#: A plain script's progress line is read from its first PLAIN_HEAD characters only.
-PLAIN_HEAD = 200
-_PLAIN_SEPARATORS = str.maketrans({c: " " for c in ",|[]()=:;"})
-_NOT_PLAIN = frozenset("{'\"")
-_COUNTERS = {"step": "step", "iter": "step", "iteration": "step", "epoch": "epoch"}
-_LOSSES = frozenset({"loss", "train_loss"})
-#: Words a logging prefix puts before the message ('2026-12-01 09:00:00,123 INFO step 3 ...').
-_PREFIXES = frozenset({"info", "debug", "warning", "train", "training"})
-
-
-def _plain(line: str) -> tuple[int | None, int | None, int | None, str | None] | None:
-    """(step, total, epoch, loss text) of a plain script's progress line: `step 12 loss 0.53`,
-    `Step 12/40`, `iter 12/40 loss=0.5`, `[rank0]: epoch 1 step 12`. Without a regex: the line's
-    head split into words. The line must begin with the counter (after a rank tag, a time
-    stamp or a level name), so a step named in prose ('saving at step 12') is no progress,
-    and a step needs a total, an epoch or a loss beside it: a banner ('Step 1: loading the
-    data') taken for progress would hide a crash loop (no progress -> the crash-loop guard).
-    None when the line is not one."""
-    _, body = split_rank(line) if "]:" in line else (None, line)
-    if body.lstrip()[:1] in _NOT_PLAIN:
-        return None  # an HF log dict, a JSON line: read by _metrics
-    words = body[:PLAIN_HEAD].replace(" / ", "/").translate(_PLAIN_SEPARATORS).lower().split()
-    start = 0
-    while start < len(words) and start < 8 and (words[start] in _PREFIXES or not _has_letter(words[start])):
-        start += 1
-    if start >= len(words) or words[start] not in _COUNTERS:
-        return None
-    step = total = epoch = loss = None
-    for index in range(start, min(len(words) - 1, start + 16)):
-        word, value = words[index], words[index + 1].rstrip(".")
-        counter = _COUNTERS.get(word)
-        if counter is not None:
-            count, _, of = value.partition("/")
-            if not count.isdigit() or not count.isascii():
-                continue
-            if counter == "epoch":
-                epoch = int(count) if epoch is None else epoch
-            elif step is None:
-                step, total = int(count), int(of) if of.isdigit() and of.isascii() else None
-        elif word in _LOSSES and loss is None:
-            loss = value
-    if loss is None and (step is None or (total is None and epoch is None)):
-        return None  # 'Step 1: loading the data' is a script's banner, not a training step
-    return step, total, epoch, loss
-
-
-def _has_letter(word: str) -> bool:
-    return any(c.isalpha() for c in word)
 
 
 def _metrics(line: str, rank: int | None) -> Iterator[Event]:
