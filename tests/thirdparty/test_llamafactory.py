@@ -105,8 +105,10 @@ def test_death_during_a_save_sets_it_aside_and_resumes_from_the_one_before(tmp_p
     before = tmp_path / "out" / "checkpoint-2"
     assert events(state_dir, "attempt.started")[1]["resume_from"] == str(before)
     assert f"Loading model from {before}." in attempt_log(state_dir, 2)
-    # attempt 1 logged steps 1-4 and died saving checkpoint-4; attempt 2 went on from step 2
-    assert trainer_log(tmp_path) == [1, 2, 3, 4, 3, 4, 5, 6, 7, 8]
+    # attempt 1 logged steps 1-4 and died saving checkpoint-4 (LLaMA-Factory appends the log from
+    # a thread: step 4's line may not be out yet); attempt 2 went on from step 2
+    logged = trainer_log(tmp_path)
+    assert logged[-6:] == [3, 4, 5, 6, 7, 8] and logged[:-6] in ([1, 2, 3, 4], [1, 2, 3]), logged
     state = trainer_state(tmp_path, 8)
     assert state["global_step"] == 8
     assert trainer_state(tmp_path, 4)["global_step"] == 4       # the new checkpoint-4 is whole
