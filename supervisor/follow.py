@@ -44,7 +44,10 @@ class Seen:
     incomplete: tuple[Checkpoint, ...] = ()  # appeared during the attempt, newer than `newest`, invalid
 
 
-#: The folder itself changed (or the watch just began): every entry is looked at.
+#: The watch just began: every entry is looked at once this settles. The folder's own
+#: 'modified' events are not counted: watchdog sends one for the parent of every file
+#: closed after writing, so a trainer appending a log there every step would keep the
+#: first look waiting forever; the entries' own events say all they do.
 WHOLE = ""
 #: watchdog (7.x) also reports opens and read-only closes. Those are no change, and the
 #: follower's own validation makes them: counted, each rescan kept the checkpoints it read
@@ -60,17 +63,18 @@ class _Changed(FileSystemEventHandler):
         if event.event_type in _READS:
             return
         for path in (event.src_path, getattr(event, "dest_path", "")):
-            if path:
-                self._touch(entry_of(self._directory, os.fsdecode(path)))
+            entry = entry_of(self._directory, os.fsdecode(path)) if path else WHOLE
+            if entry != WHOLE:
+                self._touch(entry)
 
 
 def entry_of(directory: str, path: str) -> str:
     """The folder's entry a changed path lies in: 'checkpoint-5' for
-    '<dir>/checkpoint-5/global_step5/x.pt'; WHOLE for the folder itself."""
-    if not path.startswith(directory):
+    '<dir>/checkpoint-5/global_step5/x.pt'; WHOLE for the folder itself (or a path outside)."""
+    prefix = directory.rstrip(os.sep) + os.sep
+    if not path.startswith(prefix):
         return WHOLE
-    rest = path[len(directory):].lstrip(os.sep)
-    return rest.split(os.sep, 1)[0]
+    return path[len(prefix):].split(os.sep, 1)[0]
 
 
 class CheckpointFollower:

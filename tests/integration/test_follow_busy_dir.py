@@ -149,3 +149,26 @@ def test_the_followers_own_reads_are_no_activity(tmp_path):
     follower.stop()
     assert activity == quiet_since
     assert looked == []
+
+
+def test_a_checkpoint_written_before_the_watch_began_is_recorded_beside_a_busy_log(tmp_path):
+    """The folder's own 'modified' events come with every append (watchdog reports the
+    parent of each closed file): they must not keep the first look at the folder waiting."""
+    out = tmp_path / "out"
+    out.mkdir()
+    log = out / "trainer_log.jsonl"
+    writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(log)])
+    recorder = Recorder()
+    try:
+        wait_until(lambda: log.exists(), timeout=10, what="the appender to write")
+        follower = CheckpointFollower(out, None, MonotonicClock(), recorder)
+        write_checkpoint(out, 5)          # after the follower's first scan, before its watch
+        started = time.monotonic()
+        wait_until(lambda: follower.poll().newest is not None, timeout=WITHIN + 3, interval=INTERVAL,
+                   what="checkpoint-5 recorded")
+        assert recorder.saved[5] - started <= WITHIN
+        assert writer.poll() is None
+    finally:
+        writer.kill()
+        writer.wait(5)
+    follower.stop()
