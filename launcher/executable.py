@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .recipe import Recipe
-from .yamlnodes import Ctx, RecipeError, compose, line_of, pairs
+from .yamlnodes import RecipeError, line_in_file
 
 
 def program(recipe: Recipe) -> tuple[str, str]:
@@ -60,19 +60,4 @@ def launch_problem(recipe: Recipe, environ: Mapping[str, str], error: OSError | 
         problem = f"cannot run {name}: {error.strerror or error}"
     if not problem:
         return ""
-    return str(RecipeError(recipe.path, _line(recipe, key), key, problem))
-
-
-def _line(recipe: Recipe, key: str) -> int:
-    """The line of `python:`'s value or `command:`'s first item; 1 if it cannot be found."""
-    try:
-        root, loader = compose(recipe.path)
-        ctx = Ctx(file=recipe.path, loader=loader, workdir=recipe.workdir)
-        for name, key_node, value_node in pairs(root, "", ctx):
-            if name == key:
-                items = getattr(value_node, "value", None)
-                first = items[0] if isinstance(items, list) and items else value_node
-                return line_of(first)
-    except RecipeError:
-        pass  # the file changed since it was loaded
-    return 1
+    return str(RecipeError(recipe.path, line_in_file(recipe.path, recipe.workdir, (key,), first_item=True), key, problem))

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .recipe import Recipe
 from .units import format_bytes
-from .yamlnodes import Ctx, RecipeError, compose, line_of, pairs
+from .yamlnodes import RecipeError, line_in_file
 
 
 def limits_problem(recipe: Recipe, total: int) -> str:
@@ -30,20 +30,4 @@ def limits_problem(recipe: Recipe, total: int) -> str:
 
 
 def _error(recipe: Recipe, key: str, message: str) -> str:
-    return str(RecipeError(recipe.path, _line(recipe, "limits", key), f"limits.{key}", message))
-
-
-def _line(recipe: Recipe, section: str, key: str) -> int:
-    """The line of `section.key`'s value in the recipe file; 1 if it cannot be found."""
-    try:
-        root, loader = compose(recipe.path)
-        ctx = Ctx(file=recipe.path, loader=loader, workdir=recipe.workdir)
-        for name, _key_node, value_node in pairs(root, "", ctx):
-            if name != section:
-                continue
-            for inner, _inner_key, inner_value in pairs(value_node, section, ctx):
-                if inner == key:
-                    return line_of(inner_value)
-    except RecipeError:
-        pass  # the file changed since it was loaded
-    return 1
+    return str(RecipeError(recipe.path, line_in_file(recipe.path, recipe.workdir, ("limits", key)), f"limits.{key}", message))

@@ -100,6 +100,26 @@ def line_of(node: Node) -> int:
     return node.start_mark.line + 1
 
 
+def line_in_file(file: Path, workdir: Path, keys: tuple[str, ...], first_item: bool = False) -> int:
+    """The line of `keys`' value (a path of mapping keys: ("limits", "host_memory")) in a
+    recipe file composed again, for errors found after loading; with `first_item`, of a
+    list value's first item. 1 if it cannot be found (the file changed since)."""
+    try:
+        node, loader = compose(file)
+        ctx = Ctx(file=file, loader=loader, workdir=workdir)
+        for depth, key in enumerate(keys):
+            found = [value for name, _key, value in pairs(node, ".".join(keys[:depth]), ctx) if name == key]
+            if not found:
+                return 1
+            node = found[0]
+    except RecipeError:
+        return 1
+    items = getattr(node, "value", None)
+    if first_item and isinstance(items, list) and items:
+        node = items[0]
+    return line_of(node)
+
+
 def compose(file: Path) -> tuple[MappingNode, yaml.SafeLoader]:
     """The recipe's top-level mapping node; unreadable, invalid or empty files raise."""
     try:
