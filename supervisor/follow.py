@@ -155,6 +155,12 @@ class CheckpointFollower:
         newest = valid[-1] if valid else None
         seen = self.seen
         if newest is not None and (seen.newest is None or newest.path != seen.newest.path):
+            # Saves closer together than `settle` settle in one rescan: each is recorded
+            # (a 30-step LLaMA-Factory run on the tiny model saved 5..30 within 0.3 s).
+            floor = seen.newest.step if seen.newest else -1
+            for each in valid[:-1]:
+                if each.step > floor and each.name not in self._before:
+                    self.emit("checkpoint.saved", path=str(each.path), step=each.step)
             self.emit("checkpoint.saved", path=str(newest.path), step=newest.step)
             seen = Seen(newest=newest, newest_at=self.clock.monotonic())
         floor = seen.newest.step if seen.newest else -1

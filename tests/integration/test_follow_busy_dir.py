@@ -172,3 +172,22 @@ def test_a_checkpoint_written_before_the_watch_began_is_recorded_beside_a_busy_l
         writer.kill()
         writer.wait(5)
     follower.stop()
+
+
+def test_saves_closer_together_than_the_settle_time_are_each_recorded(tmp_path):
+    """The tiny LLaMA-Factory run saved checkpoint-5..30 within 0.3 s: one rescan sees them
+    all valid, and the journal must still get each, oldest first."""
+    out = tmp_path / "out"
+    out.mkdir()
+    recorder = Recorder()
+    follower = CheckpointFollower(out, None, MonotonicClock(), recorder, settle=0.3)
+    follower.poll()
+    for step in (5, 10, 15):
+        write_checkpoint(out, step)
+    def recorded() -> bool:
+        follower.poll()
+        return 15 in recorder.saved
+
+    wait_until(recorded, timeout=5, what="checkpoint-15 recorded")
+    follower.stop()
+    assert [f["step"] for name, f in recorder.events if name == "checkpoint.saved"] == [5, 10, 15]
