@@ -21,10 +21,15 @@ Llama + PEFT LoRA) on 2 CPU ranks, 12 steps, a checkpoint every 3, global batch 
    `success: {regex: 'finished at step'}` (the trainer's last line), as a user would write.
 A run still going after --timeout seconds is stopped by the bench and counted as hung.
 
-Judged from the trainer's own output for both (bench/trainlog.py). Exits 1 if any process of
-a run is left after it (the results themselves are reported as they are).
+Beside them, bench/lf_scenarios.py runs host_oom and save_died on real LLaMA-Factory 0.9.5
+(lf_host_oom, lf_save_died: its own torchrun launch with MAX_RESTARTS=3, and guardrun), when
+tests/thirdparty's venv .venv-lf exists (skipped, saying so, when it does not).
 
-    python bench/scenarios.py [--only host_oom,cuda_oom] [--timeout 90] [--keep DIR]
+Judged from the trainer's own output and files for both (bench/trainlog.py), including "steps
+past target": the highest global step the trainer reached or recorded, less max_steps. Exits 1
+if any process of a run is left after it (the results themselves are reported as they are).
+
+    python bench/scenarios.py [--only host_oom,lf_host_oom] [--timeout 90] [--keep DIR]
 """
 from __future__ import annotations
 
@@ -62,7 +67,8 @@ PER_DEVICE, RANKS = 4, 2
 # variable (torch's own opt-out) gives each round a fresh store: torchrun's restarts then work.
 UNSHARED = "TORCH_DISABLE_SHARE_RDZV_TCP_STORE"
 TORCHRUN_UNSHARED = f"torchrun, {UNSHARED}=1"
-STALL = re.compile(r"stalling in save of checkpoint-\d+ before \S+ \(pid (\d+)\)")
+# hf_lora_train: "stalling in save of checkpoint-6 before trainer_state.json (pid P)"; lf_shim: no "before"
+STALL = re.compile(r"stalling in save of checkpoint-\d+ (?:before \S+ )?\(pid (\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -120,6 +126,7 @@ class Row:
     cause: str
     cause_right: bool
     notes: list[str] = field(default_factory=list)
+    past: int = 0                   # steps past target (trainlog.steps_past)
 
 
 def flags(mapping: dict) -> list[str]:
@@ -184,12 +191,19 @@ def run_torchrun(scenario: Scenario, work: Path, timeout: float, unshared: bool 
     if unshared:
         env[UNSHARED] = "1"
     ran = run(argv, env, scenario, timeout, notes)
+    return judge_torchrun(scenario, TORCHRUN_UNSHARED if unshared else "torchrun", ran, notes, work)
+
+
+def judge_torchrun(scenario: Scenario, runner: str, ran: Ran, notes: list[str], work: Path,
+                   marks: trainlog.Marks = trainlog.HF_MARKS, max_steps: int = MAX_STEPS) -> Row:
+    """A torchrun run judged from the trainer's output (cut into rounds) and its files in work/out."""
     keep_output(ran, work)
-    attempts = [trainlog.parse_attempt(text) for text in trainlog.torchrun_rounds(ran.output)]
-    finished, why = trainlog.healthy_finish(attempts, ran.code, MAX_STEPS)
+    attempts = [trainlog.parse_attempt(text, marks) for text in trainlog.torchrun_rounds(ran.output)]
+    finished, why = trainlog.healthy_finish(attempts, ran.code, max_steps)
     cause = trainlog.torchrun_cause(ran.output, ran.code)
-    return Row(scenario, TORCHRUN_UNSHARED if unshared else "torchrun", ran, finished, why, len(attempts), trainlog.steps_redone(attempts),
-               trainlog.final_global_batch(attempts), cause, scenario.torchrun_right(cause), notes)
+    past = trainlog.steps_past(attempts, trainlog.recorded_steps(work / "out"), max_steps)
+    return Row(scenario, runner, ran, finished, why, len(attempts), trainlog.steps_redone(attempts),
+               trainlog.final_global_batch(attempts), cause, scenario.torchrun_right(cause), notes, past)
 
 
 def recipe_text(scenario: Scenario, knobs: dict) -> str:
@@ -219,26 +233,32 @@ def run_guardrun(scenario: Scenario, work: Path, timeout: float) -> Row:
     notes: list[str] = []
     ran = run([GUARDRUN, "run", str(recipe)], dict(os.environ, GUARDRUN_STATE_DIR=str(state)),
               scenario, timeout, notes)
+    return judge_guardrun(scenario, ran, notes, work, state / scenario.name)
+
+
+def judge_guardrun(scenario: Scenario, ran: Ran, notes: list[str], work: Path, job: Path,
+                   marks: trainlog.Marks = trainlog.HF_MARKS, max_steps: int = MAX_STEPS) -> Row:
+    """A guardrun run judged from each attempt's output, the trainer's files and the journal."""
     keep_output(ran, work)
-    job = state / scenario.name
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()] \
         if (job / "events.jsonl").is_file() else []
     started = [e for e in events if e["event"] == "guardrun.attempt.started"]
     ended = [e for e in events if e["event"] == "guardrun.attempt.ended"]
-    attempts = [trainlog.parse_attempt(_read(job / "attempts" / str(e["attempt"]) / "output.log"))
+    attempts = [trainlog.parse_attempt(_read(job / "attempts" / str(e["attempt"]) / "output.log"), marks)
                 for e in started]
-    finished, why = trainlog.healthy_finish(attempts, ran.code, MAX_STEPS)
+    finished, why = trainlog.healthy_finish(attempts, ran.code, max_steps)
     cause, right = guardrun_cause(ended, scenario.expect)
     for event, log in zip(ended, attempts):
         if log.finished_at is not None and event.get("kind") != "success":
-            why = (event.get("root_cause") or {}).get("message", "")[:100]
-            notes.append(f"attempt {event['attempt']} ended {event.get('kind')} after the trainer printed "
-                         f"'finished at step {log.finished_at}' ({why})")
+            reason = (event.get("root_cause") or {}).get("message", "")[:100]
+            notes.append(f"attempt {event['attempt']} ended {event.get('kind')} after the trainer said "
+                         f"it finished at step {log.finished_at} ({reason})")
     printed = trainlog.final_global_batch(attempts)
     if started and printed is not None and started[-1].get("global_batch") != printed:
         notes.append(f"journal says global batch {started[-1].get('global_batch')}")
+    past = trainlog.steps_past(attempts, trainlog.recorded_steps(work / "out"), max_steps)
     return Row(scenario, "guardrun", ran, finished, why, len(started), trainlog.steps_redone(attempts),
-               trainlog.final_global_batch(attempts), cause, right, notes)
+               trainlog.final_global_batch(attempts), cause, right, notes, past)
 
 
 def _read(path: Path) -> str:
@@ -268,14 +288,14 @@ def guardrun_cause(ended: list[dict], expect: str) -> tuple[str, bool]:
 
 def table(rows: list[Row]) -> str:
     head = ("| scenario | runner | finished | exit | wall s | attempts | steps redone | final global batch "
-            "| reported cause | cause right |")
-    out = [head, "|---|---|---|---|---:|---:|---:|---:|---|---|"]
+            "| reported cause | cause right | steps past target |")
+    out = [head, "|---|---|---|---|---:|---:|---:|---:|---|---|---:|"]
     for row in rows:
         finished = "yes" if row.finished else f"no: {row.finished_why}"
         code = "timeout" if row.ran.code is None else str(row.ran.code)
         out.append(f"| {row.scenario.title} | {row.runner} | {finished} | {code} | {row.ran.wall:.1f} "
                    f"| {row.attempts} | {row.redone} | {row.global_batch or '-'} | {_cell(row.cause)} "
-                   f"| {'yes' if row.cause_right else 'no'} |")
+                   f"| {'yes' if row.cause_right else 'no'} | {row.past} |")
     return "\n".join(out)
 
 
@@ -294,7 +314,8 @@ def summary(rows: list[Row]) -> list[str]:
         lines.append(f"- {runner}: finished {sum(r.finished for r in finishable)}/{len(finishable)} "
                      f"(of the faulty scenarios that can finish), cause right {sum(r.cause_right for r in mine)}"
                      f"/{len(mine)}, {sum(r.attempts for r in mine)} attempts, "
-                     f"{sum(r.redone for r in mine)} steps redone, {sum(r.ran.wall for r in mine):.0f} s in all"
+                     f"{sum(r.redone for r in mine)} steps redone, {sum(r.past for r in mine)} steps past target, "
+                     f"{sum(r.ran.wall for r in mine):.0f} s in all"
                      + (f"; hung (stopped by the bench after the timeout): {', '.join(hung)}" if hung else ""))
     pairs = {(r.scenario.name, r.runner): r for r in rows}
     ref_t, ref_g = pairs.get(("reference", "torchrun")), pairs.get(("reference", "guardrun"))
@@ -307,36 +328,64 @@ def summary(rows: list[Row]) -> list[str]:
     return lines
 
 
+def runners_for(scenario: Scenario, lf_scenarios) -> list[tuple[str, Callable]]:
+    if scenario in lf_scenarios.SCENARIOS:
+        return list(lf_scenarios.RUNNERS)
+    runners = [("torchrun", run_torchrun)]
+    if scenario.restarts:
+        runners.append(("torchrun-unshared", lambda *a: run_torchrun(*a, unshared=True)))
+    return runners + [("guardrun", run_guardrun)]
+
+
+def preamble(timeout: float, lf_skipped: str | None) -> None:
+    """What the table's runners, rows and columns are (printed above it)."""
+    print("### Five field situations: torchrun --max-restarts 3 against guardrun\n")
+    print(f"Runners: `torchrun` as shipped; `{TORCHRUN_UNSHARED}` (torch's opt-out of the rendezvous "
+          "store that torchrun shares with its workers, whose stale keys break its restarts here; only where "
+          "it restarts); `guardrun` with the default ladder and `success: {regex: 'finished at step'}`. All three "
+          f"have 3 restarts. A run still going after {timeout:g} s is stopped by the bench (exit `timeout`).\n")
+    print(f"The HF Trainer test script, 2 CPU ranks, {MAX_STEPS} steps, a checkpoint every "
+          f"{COMMON['save_steps']}, global batch {PER_DEVICE * RANKS}. `finished`: exit 0, the trainer says "
+          f"it finished at step {MAX_STEPS}, and its last loss is finite. `steps redone`: steps trained "
+          "more than once. `reported cause`: torchrun's final ChildFailedError block (root cause); "
+          "guardrun's attempt kinds in order (and its root cause when it gave up). `steps past target`: "
+          "the highest global step the trainer's bar showed or its files recorded (checkpoints' "
+          "trainer_state.json, trainer_log.jsonl), less max_steps, floored at 0.\n")
+    print("LLaMA-Factory rows (bench/lf_scenarios.py): LLaMA-Factory 0.9.5, LoRA SFT of a tiny offline Llama, "
+          "2 CPU ranks through its own torchrun launch, 12 steps, global batch 4 (2 x 2 ranks), "
+          "judged from its own record (its log lines, trainer_state.json, trainer_log.jsonl). torchrun: "
+          f"`FORCE_TORCHRUN=1 NPROC_PER_NODE=2 MAX_RESTARTS=3 RDZV_ID=bench {UNSHARED}=1 llamafactory-cli "
+          "train cfg.yaml` (its launcher passes --max-restarts only with RDZV_ID; it resumes by itself from "
+          "the newest checkpoint-N); guardrun: a `launcher: command` recipe, the default ladder, no `success:`. "
+          "Both with a shim that works around transformers 5.6's CPU-only 2-rank resume bug "
+          "(bench/lf_shim).\n" + (f"\nLLaMA-Factory rows skipped: {lf_skipped}.\n" if lf_skipped else ""))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="", help="comma-separated scenario names")
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per run before the bench stops it")
     parser.add_argument("--keep", help="keep each run's folder (journal, output) under this directory")
     args = parser.parse_args()
-    chosen = [s for s in SCENARIOS if not args.only or s.name in args.only.split(",")]
+    sys.modules.setdefault("scenarios", sys.modules[__name__])  # run as a script: one copy for lf_scenarios
+    import lf_scenarios
+
+    wanted = args.only.split(",") if args.only else None
+    chosen = [s for s in SCENARIOS + lf_scenarios.SCENARIOS if wanted is None or s.name in wanted]
+    skipped = lf_scenarios.missing() if any(s in lf_scenarios.SCENARIOS for s in chosen) else None
+    if skipped:
+        print(f"scenarios: LLaMA-Factory scenarios skipped: {skipped}", file=sys.stderr, flush=True)
+        chosen = [s for s in chosen if s not in lf_scenarios.SCENARIOS]
     rows: list[Row] = []
     base = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="guardrun-scenarios-"))
     for scenario in chosen:
-        runners = [("torchrun", run_torchrun)]
-        if scenario.restarts:
-            runners.append(("torchrun-unshared", lambda *a: run_torchrun(*a, unshared=True)))
-        runners.append(("guardrun", run_guardrun))
-        for runner, call in runners:
+        for runner, call in runners_for(scenario, lf_scenarios):
             print(f"scenarios: {scenario.name} under {runner} ...", file=sys.stderr, flush=True)
             row = call(scenario, base / scenario.name / runner, args.timeout)
             print(f"scenarios:   {'finished' if row.finished else 'not finished'} in {row.ran.wall:.1f} s, "
                   f"{row.attempts} attempt(s), cause {row.cause}", file=sys.stderr, flush=True)
             rows.append(row)
-    print("### Five field situations: torchrun --max-restarts 3 against guardrun\n")
-    print(f"Runners: `torchrun` as shipped; `{TORCHRUN_UNSHARED}` (torch's opt-out of the rendezvous "
-          "store that torchrun shares with its workers, whose stale keys break its restarts here; only where "
-          "it restarts); `guardrun` with the default ladder and `success: {regex: 'finished at step'}`. All three have 3 restarts. A run still going "
-          f"after {args.timeout:g} s is stopped by the bench (exit `timeout`).\n")
-    print(f"The HF Trainer test script, 2 CPU ranks, {MAX_STEPS} steps, a checkpoint every "
-          f"{COMMON['save_steps']}, global batch {PER_DEVICE * RANKS}. `finished`: exit 0, the trainer says "
-          f"it finished at step {MAX_STEPS}, and its last loss is finite. `steps redone`: steps trained "
-          "more than once. `reported cause`: torchrun's final ChildFailedError block (root cause); "
-          "guardrun's attempt kinds in order (and its root cause when it gave up).\n")
+    preamble(args.timeout, skipped)
     print(table(rows))
     print()
     print("\n".join(summary(rows)))

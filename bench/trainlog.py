@@ -8,22 +8,44 @@ The scenarios judge torchrun and guardrun by the same evidence, the trainer's li
     {'loss': '4.86', 'grad_norm': '0.109', ...}              (one per optimizer step)
     [hf_lora_train] finished at step 12
 
+LLaMA-Factory's lines are the same Trainer's, with its own start and end (LF_MARKS):
+`Total train batch size (w. parallel, distributed & accumulation) = 4` and `Training completed.`
+
 A torchrun run is cut into attempts at its agent's "Rendezvous complete for workers" line
 (printed with LOGLEVEL=INFO once per round, restarts included), because a restarted round
 may die before rank 0 prints anything.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 START = re.compile(r"\[hf_lora_train\] world_size=(\d+) per_device=(\d+) grad_accum=(\d+) "
-                   r"global_batch=(\d+) lr=(\S+)")
+                   r"global_batch=(?P<batch>\d+) lr=(\S+)")
 LOSS = re.compile(r"\{'loss': '?([^,']+)'?,")  # anywhere: torchrun --tee glues it to the bar
 BAR = re.compile(r"\|\s*(\d+)/(\d+) \[")
 FINISHED = re.compile(r"\[hf_lora_train\] finished at step (\d+)")
 ROUND = "Rendezvous complete for workers"
+
+
+@dataclass(frozen=True)
+class Marks:
+    """Where a trainer says its global batch (group `batch` of `start`) and that it finished
+    (group 1 of `finished` is the step; without a group, the step its bar had reached), and
+    which tqdm bar is the Trainer's."""
+    start: re.Pattern
+    finished: re.Pattern
+    bar: re.Pattern = BAR
+
+
+HF_MARKS = Marks(START, FINISHED)
+# LLaMA-Factory also prints the datasets library's bars ("Running tokenizer on dataset: 100%|...|
+# 200/200 ["): the Trainer's is the one with no description before its percentage
+LF_MARKS = Marks(re.compile(r"Total train batch size \(w\. parallel, distributed & accumulation\) = (?P<batch>\d+)"),
+                 re.compile(r"Training completed\."), re.compile(r"^\s*\d+%\|[^|]*\|\s*(\d+)/(\d+) \["))
 
 
 @dataclass(frozen=True)
@@ -40,18 +62,18 @@ def lines(text: str) -> list[str]:
     return [line for line in re.split(r"[\r\n]+", text) if line]
 
 
-def parse_attempt(text: str) -> AttemptLog:
+def parse_attempt(text: str, marks: Marks = HF_MARKS) -> AttemptLog:
     trained, reached, batch, loss, finished = 0, 0, None, None, None
     for line in lines(text):
-        if match := START.search(line):
-            batch = int(match.group(4))
-        for bar in BAR.finditer(line):
+        if match := marks.start.search(line):
+            batch = int(match.group("batch"))
+        for bar in marks.bar.finditer(line):
             reached = max(reached, int(bar.group(1)))
         for match in LOSS.finditer(line):
             trained += 1
             loss = _number(match.group(1))
-        if match := FINISHED.search(line):
-            finished = int(match.group(1))
+        if match := marks.finished.search(line):
+            finished = int(match.group(1)) if match.groups() else reached
     return AttemptLog(trained, reached, batch, loss, finished)
 
 
@@ -90,6 +112,35 @@ def healthy_finish(attempts: list[AttemptLog], code: int | None, max_steps: int)
     if last.last_loss is None or not math.isfinite(last.last_loss):
         return False, f"exit 0 with loss {last.last_loss} (NaN weights)"
     return True, "yes"
+
+
+def recorded_steps(out: Path) -> list[int]:
+    """The global steps the trainer itself recorded under its output dir: `global_step` of each
+    checkpoint's trainer_state.json, and `current_steps` of trainer_log.jsonl (LLaMA-Factory's)."""
+    steps = []
+    for state in out.glob("checkpoint-*/trainer_state.json"):
+        try:
+            steps.append(int(json.loads(state.read_text())["global_step"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # a save cut short: no step on record
+    try:
+        log = (out / "trainer_log.jsonl").read_text(errors="replace")
+    except OSError:
+        log = ""
+    for line in log.splitlines():
+        try:
+            steps.append(int(json.loads(line)["current_steps"]))
+        except (ValueError, KeyError, TypeError):
+            continue
+    return steps
+
+
+def steps_past(attempts: list[AttemptLog], recorded: list[int], max_steps: int) -> int:
+    """How far the trainer went beyond its target: the highest step its bar showed or its
+    files recorded, less max_steps, floored at 0 (a relaunch from the last checkpoint of a
+    finished run trains step max_steps + 1: defect 1 of issue 13)."""
+    highest = max([a.reached for a in attempts] + recorded, default=0)
+    return max(0, highest - max_steps)
 
 
 def final_global_batch(attempts: list[AttemptLog]) -> int | None:

@@ -67,7 +67,7 @@ def lf_config(tmp_path: Path, tiny: Path, **changes) -> Path:
 
 
 def lf_recipe(tmp_path: Path, tiny: Path, config: Path, *, ranks: int, env: dict | None = None,
-              extra: str = "") -> Path:
+              extra: str = "", restarts: str = "{max: 2, backoff: [0.1s, 0.2s]}") -> Path:
     """guardrun's recipe for `llamafactory-cli train CONFIG` with `ranks` processes: through
     its own torchrun (FORCE_TORCHRUN=1, NPROC_PER_NODE from the rung) when ranks > 1."""
     job_env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tiny / "hf"), "TOKENIZERS_PARALLELISM": "false",
@@ -88,7 +88,7 @@ def lf_recipe(tmp_path: Path, tiny: Path, config: Path, *, ranks: int, env: dict
         checkpoints: {{dir: {tmp_path / 'out'}, resume_arg: resume_from_checkpoint}}
         monitor: {{interval: 0.25}}
         stop_grace: 10s
-        restarts: {{max: 2, backoff: [0.1s, 0.2s]}}
+        restarts: {restarts}
         """) + textwrap.dedent(extra))
     return path
 
