@@ -29,6 +29,7 @@ __all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Lo
 
 LAUNCHERS = ("torchrun", "deepspeed", "python", "accelerate", "command")  # command: `command:` as given
 TRAINERS = ("auto", "hf", "plain")  # does the job parse HF TrainingArguments (launcher/trainer.py)
+CONTAINMENTS = ("auto", "cgroup", "off")  # a memory cgroup of the job's own (supervisor/containment.py)
 #: logs.max_size's floor: two of the longest lines guardrun keeps (lines.MAX_LINE, 64 KiB).
 MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -73,6 +74,7 @@ class Limits:
     vram: Size | None = None           # per GPU; a percent of that GPU's memory
     hang_after: float | None = None    # seconds without progress
     gpu_release: float = 120.0         # seconds to wait for the last attempt's GPU memory
+    hard_memory: Size | str | None = None  # the cgroup's kernel limit; None: host_memory + 10%; "off"
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ class Recipe:
     nan_patience: int = 1            # logged nan/inf steps in a row before guardrun acts
     startup_window: float = 600.0    # the same error twice this soon after the start: user_error
     trainer: str = "auto"            # hf | plain | auto: may rungs pass TrainingArguments flags
+    containment: str = "auto"        # auto | cgroup | off: run the job in a memory cgroup of its own
     # issue 7 (modelspec.py): a tool's own command line, and what the memory preflight needs
     command: tuple[str, ...] = ()    # launcher: command, e.g. (llamafactory-cli, train, cfg.yaml)
     args_style: str = "flags"        # flags: --key value; key=value: LLaMA-Factory, --cfg-options
@@ -358,6 +361,8 @@ LIMITS = (
     Field("vram", size(), default=None),
     Field("hang_after", duration(positive=True), default=None),
     Field("gpu_release", duration(positive=True), default=Limits.gpu_release),
+    Field("hard_memory", lambda node, key, ctx: "off" if scalar(node, key, ctx, "a size or off") is False
+          or getattr(node, "value", None) == "off" else size()(node, key, ctx), default=None),
 )
 RESTARTS = (
     Field("max", integer(0), default=Restarts.max),
@@ -396,6 +401,8 @@ TOP = (
     Field("logs", section(Logs, LOGS), default=Logs()),
     Field("stop_grace", duration(), default=30.0),
     Field("trainer", choice(TRAINERS), default="auto"),
+    Field("containment", lambda node, key, ctx: "off" if scalar(node, key, ctx, "auto, cgroup or off")
+          is False else choice(CONTAINMENTS)(node, key, ctx), default="auto"),  # YAML 1.1: off is False
     Field("ladder", _ladder, default=((), False), into=("ladder", "ladder_given")),
     Field("restarts", section(Restarts, RESTARTS), default=Restarts()),
     Field("progress", _nonempty(ProgressPatterns, PROGRESS), default=None),

@@ -5,6 +5,7 @@ policy; it acts only on the policy's verdict or on a recorded signal.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import time
@@ -18,8 +19,10 @@ from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
 
 from . import proc
+from .cgroupv1 import Group
 from .clock import Clock
 from .console import Console
+from .containment import CgroupMemory, Containment
 from .diagnosis import Diagnosis
 from .extlocks import clear_build_locks, extensions_root, find_builds
 from .follow import CheckpointFollower, Seen
@@ -76,6 +79,7 @@ class Watch:
     diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
     space: SpaceWatch | None = None  # the state dir's write health (the journal's), for output.log
     log_max_size: int = MAX_LOG  # logs.max_size: output.log's bound
+    containment: Containment | None = None  # the job's cgroup, where it has one
 
 
 def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
@@ -87,13 +91,12 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     # Wall clock on purpose: it is compared with file mtimes. One second of slack
     # covers filesystems that store whole seconds.
     spawned_at = time.time() - 1.0
-    try:
-        popen = proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
-                           stderr=subprocess.STDOUT)
-    except (OSError, subprocess.SubprocessError) as err:  # nothing was started: nothing to stop
-        watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
-        raise SpawnError(err if isinstance(err, OSError) else OSError(str(err))) from None
-    watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv))
+    group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
+    popen, group = _spawn(spec, env, number, group, watch)
+    watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv),
+               cgroup=str(group.path) if group else None)
+    if group is not None:  # one memory.stat read per sample instead of the /proc walk
+        watch = dataclasses.replace(watch, memory=CgroupMemory(group, watch.memory))
     started = watch.clock.monotonic()
     diagnosis = watch.diagnosis
     reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",
@@ -106,7 +109,8 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     # Before the kill: which torch extensions the tree is compiling (their locks are its own;
     # the compiler also goes into the root cause). Cleared once the tree is gone.
     builds = find_builds(extensions_root(env), tree.pids(popen.pid))
-    _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now)
+    _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now, group=group)
+    kernel_oom = _kernel_oom(group, watch)
     clear_build_locks(extensions_root(env), builds, spawned_at, watch.emit, number)
     if not reader.join(READER_JOIN_TIMEOUT):
         watch.emit("output.still_open", attempt=number)
@@ -117,9 +121,52 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
                      progressed=progress.step is not None or progress.loss is not None,
                      attempt=number, last_step=progress.step,
                      incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
-                     building=builds, reached_target=_reached(progress, seen),
+                     building=builds, reached_target=_reached(progress, seen), kernel_oom=kernel_oom,
                      **(diagnosis.end_facts(reader) if diagnosis else {}))
     return end, peaks
+
+
+def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
+           watch: Watch) -> tuple[subprocess.Popen, Group | None]:
+    """Start the launch inside `group` (it joins before exec); if joining fails, without
+    it, said (never the run's failure). SpawnError when nothing could be started."""
+    join = os.fsencode(group.path / "cgroup.procs") if group is not None else None
+    while True:
+        try:
+            return proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, join=join), group
+        except subprocess.SubprocessError as err:
+            if join is None or "preexec_fn" not in str(err):
+                watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+                raise SpawnError(OSError(str(err))) from None
+            watch.containment.fell_back(f"the launcher could not join {group.path} ({err}); this "
+                                        "attempt is watched through /proc", watch.console.say,
+                                        watch.emit, number)
+            group.remove()
+            join = group = None
+        except OSError as err:  # nothing was started: nothing to stop
+            watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+            if group is not None:
+                group.remove()
+            raise SpawnError(err) from None
+
+
+def _kernel_oom(group: Group | None, watch: Watch) -> str:
+    """The kernel's OOM kills inside the attempt's cgroup, as host_oom's evidence; then
+    the (now empty) cgroup is removed."""
+    if group is None:
+        return ""
+    kills = group.oom_kills()
+    limit = watch.containment.hard_limit if watch.containment else None
+    left = group.remove()
+    if left:
+        watch.emit("cgroup.not_removed", left=left)
+    if kills <= 0:
+        return ""
+    at = f" at the hard limit {format_bytes(limit)}" if limit else ""
+    watch.emit("cgroup.oom_kill", path=str(group.path), kills=kills, hard_limit=limit)
+    return (f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} "
+            f"(memory.oom_control oom_kill)")
 
 
 def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch,
@@ -182,14 +229,15 @@ def _measure(root_pid: int, watch: Watch) -> MemoryReading:
     return reading
 
 
-def _stop(popen, tree, watch: Watch, number: int, hurry: bool) -> None:
+def _stop(popen, tree, watch: Watch, number: int, hurry: bool, group: Group | None = None) -> None:
     """Make sure nothing of the attempt is left: graceful if it is still running."""
     running = popen.poll() is None
     if running:
         watch.console.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
                           f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
     report = proc.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
-                            clock=watch.clock, hurry=lambda: watch.requests.kill_now)
+                            clock=watch.clock, hurry=lambda: watch.requests.kill_now,
+                            group=group.procs if group is not None else None)
     watch.emit("attempt.stopped", attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:

@@ -14,9 +14,10 @@ delegated. Then the procfs tree (supervisor.memory) is the memory source, and
 `guardrun status` says so and why. Every path below the cgroup root is a parameter, so
 tests use a fake cgroup tree in a temp dir.
 
-Status: the loop still watches through procfs everywhere; this module detects, builds
-the scope command and reads a cgroup, tested against fake trees. Running attempts in a
-scope needs a host with a delegated cgroup v2 to be tested on first.
+Status: on cgroup v1 jobs run contained (supervisor.cgroupv1, chosen by
+supervisor.containment); on v2 this module detects, builds the scope command and reads a
+cgroup, tested against fake trees, and attempts are still watched through procfs: running
+them in a scope needs a host with a delegated cgroup v2 to be tested on first.
 """
 from __future__ import annotations
 
@@ -173,6 +174,20 @@ class CgroupMemory:
 
     def events(self) -> dict[str, int]:
         return parse_keyed(self._read("memory.events"))
+
+    def oom_kills(self) -> int:
+        """memory.events' oom_kill (hierarchical on v2: the subtree's), 0 when unreadable;
+        the same question cgroupv1.Group answers from memory.oom_control."""
+        try:
+            return self.events().get("oom_kill", 0)
+        except OSError:
+            return 0
+
+    def set_limits(self, tree_limit: int) -> None:
+        """memory.high at guardrun's limit, memory.max 10% above it (scope_limits)."""
+        high, hard = scope_limits(tree_limit)
+        (self.path / "memory.high").write_text(str(high))
+        (self.path / "memory.max").write_text(str(hard))
 
     def pressure(self) -> Pressure:
         return parse_pressure(self._read("memory.pressure"))

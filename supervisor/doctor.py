@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Mapping
 
 from guardrun.launcher.units import format_bytes
 
-from . import cgroup
+from . import cgroup, cgroupv1
 from .gpu import GpuError, GpuSource, QueryChoice, driver_version as nvml_driver_version, open_gpu_source
 from .stacks import find_py_spy
 
@@ -177,6 +177,9 @@ def cgroup_check(machine: Machine) -> Check:
         self_cgroup = (machine.proc / "self" / "cgroup").read_text()
     except OSError:
         self_cgroup = ""
+    if not cgroupv1.why_not(root / "memory", self_cgroup):
+        return Check(OK, "cgroup", "cgroup v1 memory controller writable: each job runs in a memory "
+                                   "cgroup of its own (containment: auto), sampled in one read")
     found = cgroup.detect(root, self_cgroup, machine.env, machine.uid, machine.which)
     if found.cgroup_ok:
         return Check(OK, "cgroup", "cgroup v2, memory controller delegated to your user manager")

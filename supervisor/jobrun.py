@@ -15,7 +15,8 @@ import sys
 
 from guardrun.launcher.recipe import Recipe
 
-from . import cgroup, leftovers
+from . import cgroup, cgroupv1, leftovers
+from .containment import leftover_members
 from .clock import Clock, MonotonicClock
 from .console import Console
 from .control import ControlServer
@@ -97,9 +98,10 @@ class JobRun:
         A stop asked for meanwhile does not cut it short (the old job gets its grace, as an
         attempt would), a second ^C does; the run then ends as interrupted (supervisor.loop).
         """
-        finder = leftovers.Finder(self.journal.dir, read_state(self.journal.dir))
+        finder = self._leftover_finder()
         found = finder()
         if not found:
+            self._remove_leftover_cgroup()
             return
         pids = ", ".join(str(ident.pid) for ident in found)
         self.console.say(f"stopping {len(found)} process(es) left by a previous supervisor "
@@ -108,6 +110,36 @@ class JobRun:
                                 hurry=lambda: self.requests.kill_now)
         self.journal.emit("leftovers.stopped", pids=list(report.found), killed=list(report.killed),
                           left=list(report.left), took=round(report.took, 3))
+        self._remove_leftover_cgroup()
         if report.left:
             raise _fail("processes of the previous run survived SIGKILL (stuck in the kernel?): "
                         + ", ".join(map(str, report.left)) + "; not starting over them", EXIT_GAVE_UP)
+
+    def _job_cgroup(self):
+        """This job's v1 cgroup path (this user's, this state dir's), or None where there is none."""
+        try:
+            path = cgroupv1.JobCgroup.path_for(self.recipe.name, self.journal.dir)
+        except cgroupv1.CgroupError:
+            return None
+        return path if path.is_dir() else None
+
+    def _leftover_finder(self):
+        """A dead run's processes by every /proc handle, and every member of its job cgroup."""
+        finder = leftovers.Finder(self.journal.dir, read_state(self.journal.dir))
+        path = self._job_cgroup()
+        if path is None:
+            return finder
+        in_cgroup = leftover_members(path)
+
+        def members():
+            found = finder()
+            seen = {ident.pid for ident in found}
+            return found + [ident for ident in in_cgroup() if ident.pid not in seen and ident.pid != os.getpid()]
+        return members
+
+    def _remove_leftover_cgroup(self) -> None:
+        """A dead supervisor's empty cgroups of this job go (never another job's or user's)."""
+        path = self._job_cgroup()
+        if path is not None:
+            left = cgroupv1.JobCgroup(path).remove()
+            self.journal.emit("cgroup.leftover_removed", path=str(path), left=left)

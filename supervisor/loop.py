@@ -26,6 +26,8 @@ from . import proc, signals
 from .attempt import SpawnError, Watch, describe_reading, run_attempt
 from .clock import Clock
 from .console import Console
+from .containment import Containment, ContainmentRequired
+from .containment import prepare as prepare_containment
 from .diagnosis import Diagnosis, root_cause
 from .fitcheck import preflight_plan
 from .follow import CheckpointFollower
@@ -89,6 +91,7 @@ class Supervisor:
         self._gpus_given = gpus  # "detect": ask NVML when the run starts
         self.gpu: GpuGuard | None = None
         self._vram: GpuMonitor | None = None
+        self.containment: Containment | None = None  # made when the run starts (_contain)
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -97,6 +100,8 @@ class Supervisor:
             proc.set_child_subreaper()
             return self._run()
         finally:
+            if self.containment is not None:
+                self.containment.finish(self.journal.emit)
             if restore is not None:
                 restore()
             self.console.clear_status()
@@ -128,6 +133,10 @@ class Supervisor:
         early = self._before_launching(earlier)
         if early is not None:
             return early
+        try:
+            self._contain()
+        except ContainmentRequired as err:
+            return self._give_up(str(err), EXIT_USAGE)
         pick = self._choose_gpus()
         if pick.interrupted:
             return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
@@ -213,6 +222,7 @@ class Supervisor:
                                                                     progress, reading, limits, follower),
                       checkpoints=follower, gpu=self._vram,
                       space=self.journal.space, log_max_size=self.recipe.logs.max_size,
+                      containment=self.containment,
                       diagnosis=Diagnosis.for_attempt(
                           self.recipe, attempt_dir, clock=self.clock, emit=self._attempt_event,
                           say=self.console.say,
@@ -253,6 +263,14 @@ class Supervisor:
         return MemoryLimits(
             tree=limits.host_memory.resolve(total) if limits.host_memory else None,
             min_available=limits.min_available.resolve(total) if limits.min_available else None)
+
+    def _contain(self) -> None:
+        """The job's cgroup (or why not), said in the journal and state.json (`guardrun status`)."""
+        self.containment = prepare_containment(self.recipe, self.journal.dir, self.memory.host().total)
+        self.journal.emit("memory.source", kind=self.containment.kind, why=self.containment.reason,
+                          hard_limit=self.containment.hard_limit)
+        self._snapshot.update(memory_source=self.containment.kind,
+                              memory_source_why=self.containment.reason)
 
     def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path,
                         fresh: bool = False) -> Resume:

@@ -122,6 +122,7 @@ class AttemptEnd:
     traces: Sequence = ()           # rootcause.Trace: failure lines with their frames (root cause)
     building: Sequence = ()         # extlocks.Build: the tree's torch-extension builds at its end
     reached_target: str = ""        # the training ran to its end ("step 30/30"): see target_of
+    kernel_oom: str = ""            # the kernel OOM-killed in the attempt's cgroup: the evidence
 
 
 def classify(end: AttemptEnd, history: Sequence[Failure] = (),
@@ -138,6 +139,9 @@ def classify(end: AttemptEnd, history: Sequence[Failure] = (),
 
     if end.interrupted:
         return failure(Kind.INTERRUPTED, "stopped on request")
+    if end.kernel_oom and end.exit_code != 0:
+        # The cgroup's own counter, whichever rank died and whatever the others printed.
+        return _while_saving(failure(Kind.HOST_OOM, end.kernel_oom), end)
     if end.stopped_for is not None:
         stopped = end.stopped_for
         if stopped.kind is Kind.HANG and end.reached_target and end.incomplete_save is None:

@@ -68,14 +68,24 @@ def set_child_subreaper() -> bool:
 
 # -- spawning ------------------------------------------------------------------------------
 
-def _child_setup(oom_adj: bytes, pdeathsig: int, parent: int) -> Callable[[], None]:
+def _child_setup(oom_adj: bytes, pdeathsig: int, parent: int,
+                 join: bytes | None = None) -> Callable[[], None]:
     """The preexec_fn. It runs between fork and exec, so everything it touches (paths,
-    bytes, ctypes arguments) is made before the fork and it only makes raw syscalls."""
+    bytes, ctypes arguments) is made before the fork and it only makes raw syscalls.
+    `join`: a cgroup.procs file the child moves itself into ("0": the writer) before
+    exec, so every process it ever starts is a member; a failure raises, so Popen
+    raises SubprocessError and nothing was started (the caller spawns again without)."""
     adj_path = b"/proc/self/oom_score_adj"
     prctl = _PRCTL
     args = tuple(ctypes.c_ulong(v) for v in (PR_SET_PDEATHSIG, pdeathsig, 0, 0, 0))
 
     def setup() -> None:
+        if join:
+            fd = os.open(join, os.O_WRONLY)
+            try:
+                os.write(fd, b"0")
+            finally:
+                os.close(fd)
         if oom_adj:
             try:
                 fd = os.open(adj_path, os.O_WRONLY)
@@ -94,7 +104,7 @@ def _child_setup(oom_adj: bytes, pdeathsig: int, parent: int) -> Callable[[], No
 
 def spawn(argv: Sequence[str], *, env: dict[str, str] | None, cwd: str | None, stdout, stderr,
           oom_score_adj: int | None = 800,
-          pdeathsig: int | None = signal.SIGTERM) -> subprocess.Popen:
+          pdeathsig: int | None = signal.SIGTERM, join: bytes | None = None) -> subprocess.Popen:
     """Start the launcher in a new session, first in line for the OOM killer.
 
     - start_new_session: ^C or a terminal hangup reaches guardrun, which decides.
@@ -107,7 +117,8 @@ def spawn(argv: Sequence[str], *, env: dict[str, str] | None, cwd: str | None, s
       waiting forever on a terminal it is no longer attached to.
     """
     adj = b"" if oom_score_adj is None else str(int(oom_score_adj)).encode()
-    setup = _child_setup(adj, int(pdeathsig or 0), os.getpid()) if adj or pdeathsig else None
+    setup = (_child_setup(adj, int(pdeathsig or 0), os.getpid(), join)
+             if adj or pdeathsig or join else None)
     return subprocess.Popen(list(argv), env=env, cwd=cwd, stdin=subprocess.DEVNULL,
                             stdout=stdout, stderr=stderr, start_new_session=True,
                             preexec_fn=setup)
@@ -161,7 +172,7 @@ def _no_event(name: str, **fields) -> None:
 
 def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: Clock,
               on_event: Emit | None = None, hurry: Callable[[], bool] | None = None,
-              exclude: Iterable[int] = ()) -> StopReport:
+              exclude: Iterable[int] = (), group: Callable[[], Iterable[int]] | None = None) -> StopReport:
     """SIGTERM, wait up to `grace` for the tree to go, then SIGKILL whatever is left.
 
     SIGTERM goes to the launcher, which forwards it to its ranks (torchrun, deepspeed);
@@ -169,20 +180,38 @@ def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: C
     second ^C) cuts the grace short. Every process seen in the tree since the call is
     remembered by identity, so one orphaned on the way (re-parented to init where
     guardrun is no subreaper) is still killed. Adopted zombies are reaped, the
-    launcher waited for.
+    launcher waited for. `group()`: the pids of the attempt's cgroup, members too
+    (one that left the tree by setsid and a double fork to its own reaper is still in it).
     """
     skip = frozenset(exclude)
 
     def members() -> tuple[ProcId, ...]:
         walk = tree.walk(_root(popen), skip)
         reap(walk.zombies, exclude=(popen.pid,))
-        return walk.values  # held_identity's ProcIds
+        found = walk.values  # held_identity's ProcIds
+        return found + _group_members(group, tree, {ident.pid for ident in found} | skip) if group else found
 
     report = stop_members(members, tree, grace=grace, clock=clock, on_event=on_event,
                           hurry=hurry, launcher=popen)
     if popen.pid not in report.left:
         popen.wait()
     return report
+
+
+def _group_members(group: Callable[[], Iterable[int]], tree: ProcTree,
+                   seen: set[int]) -> tuple[ProcId, ...]:
+    """The cgroup's members the walk did not reach, by identity (zombies left out)."""
+    found = []
+    for pid in group():
+        if pid in seen:
+            continue
+        try:
+            ident = tree.identity(pid)
+        except GONE:
+            continue
+        if ident is not None:
+            found.append(ident)
+    return tuple(found)
 
 
 def kill_now(popen: subprocess.Popen, tree: ProcTree, clock: Clock, *,

@@ -61,12 +61,38 @@ def no_leftover_processes(monkeypatch):
         pytest.fail(f"processes left behind by the test: {left}")
 
 
+def _job_cgroups(state_root: Path) -> list[Path]:
+    """The v1 job cgroups of the jobs under a state root that exist now (issue 17)."""
+    from guardrun.supervisor import cgroupv1
+    found = []
+    for job in (state_root.iterdir() if state_root.is_dir() else ()):
+        try:
+            path = cgroupv1.JobCgroup.path_for(job.name, job)
+        except cgroupv1.CgroupError:
+            return []
+        if path.is_dir():
+            found.append(path)
+    return found
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_leftover_cgroups(tmp_path_factory):
+    """No job cgroup of the suite's jobs outlives the suite (issue 17)."""
+    yield
+    base = tmp_path_factory.getbasetemp()
+    left = [str(path) for root in (*base.glob("*/state"), *base.glob("*/*/state")) for path in _job_cgroups(root)]
+    assert not left, f"job cgroups left behind by the suite: {left}"
+
+
 @pytest.fixture
-def state_dir(tmp_path, monkeypatch) -> Path:
+def state_dir(tmp_path, monkeypatch):
     """A private guardrun state root for the test."""
     root = tmp_path / "state"
     monkeypatch.setenv("GUARDRUN_STATE_DIR", str(root))
-    return root
+    yield root
+    from guardrun.supervisor import cgroupv1
+    for path in _job_cgroups(root):  # a SIGKILLed supervisor's empty cgroups: as its next run would
+        cgroupv1.JobCgroup(path).remove()
 
 
 REPO = Path(__file__).resolve().parent.parent

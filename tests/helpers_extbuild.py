@@ -28,7 +28,7 @@ def start_compile_job(tmp_path: Path, ext: Path, *sources: str) -> tuple[subproc
         script: {EXT_COMPILE}
         args: [--bin, "{tmp_path / 'bin'}", --go, "{go}", --compile-mb, "300"{extra}]
         env: {{TORCH_EXTENSIONS_DIR: "{ext}"}}
-        limits: {{host_memory: 200MiB}}
+        limits: {{host_memory: 200MiB, hard_memory: "off"}}  # guardrun's own stop, not the kernel's
         monitor: {{interval: 0.1}}
         stop_grace: 5s
         ladder: []

@@ -63,7 +63,7 @@ def recipe(tmp_path: Path, marks: Path, mark_mb: int, max_mb: int) -> Path:
         launcher: python
         script: {JOB}
         args: [--marks, "{marks}", --mark-mb, "{mark_mb}", --max-mb, "{max_mb}"]
-        limits: {{host_memory: 300MiB}}
+        limits: {{host_memory: 300MiB, hard_memory: "off"}}  # guardrun's own stop, not the kernel's
         monitor: {{interval: {INTERVAL}}}
         stop_grace: 5s
         ladder: []

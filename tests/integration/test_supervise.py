@@ -43,7 +43,7 @@ def test_growing_job_is_stopped_within_two_intervals(tmp_path, state_dir):
         launcher: python
         script: {JOBS / 'grow.py'}
         args: [--mark-mb, "400", --chunk-mb, "16"]
-        limits: {{host_memory: 400MiB}}
+        limits: {{host_memory: 400MiB, hard_memory: "off"}}  # guardrun's own stop, not the kernel's
         monitor: {{interval: {interval}}}
         stop_grace: 5s
         ladder: []
@@ -67,7 +67,7 @@ def test_job_ignoring_sigterm_is_killed_after_the_grace(tmp_path, state_dir):
         launcher: python
         script: {JOBS / 'grow.py'}
         args: [--mark-mb, "300", --ignore-term]
-        limits: {{host_memory: 300MiB}}
+        limits: {{host_memory: 300MiB, hard_memory: "off"}}
         monitor: {{interval: 0.1}}
         stop_grace: 1s
         ladder: []

@@ -141,3 +141,16 @@ def test_cgroup_of_a_process(tmp_path):
     root = tmp_path / "cgroup"
     assert cgroup.cgroup_of(42, str(proc), root) == root / "user.slice" / "guardrun-job-1.scope"
     assert cgroup.cgroup_of(43, str(proc), root) is None
+
+
+def test_v2_kernel_backstop_and_oom_counter_on_a_fake_scope(tmp_path):
+    """issue 17: the v2 side of the questions containment asks of a job's cgroup."""
+    scope = cgroup.CgroupMemory(fake_scope(tmp_path))
+    assert scope.oom_kills() == 0
+    (scope.path / "memory.events").write_text("low 0\nhigh 9\nmax 4\noom 1\noom_kill 1\n")
+    assert scope.oom_kills() == 1
+    scope.set_limits(400 << 20)
+    assert (scope.path / "memory.high").read_text() == str(400 << 20)
+    assert (scope.path / "memory.max").read_text() == str(int((400 << 20) * 1.1))
+    assert cgroup.CgroupMemory(tmp_path / "gone").oom_kills() == 0
+    assert sorted(scope.procs()) == []

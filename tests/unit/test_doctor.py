@@ -147,3 +147,13 @@ def test_the_cli_prints_every_line_and_exits_0_without_a_fail():
     for name in ("memory", "swap", "cgroup", "systemd", "linger", "tmux", "py-spy", "ptrace"):
         assert name in names
     assert result.exit_code == (1 if "FAIL" in result.output else 0)
+
+
+def test_a_writable_cgroup_v1_memory_hierarchy_is_containment(tmp_path):
+    found = machine(tmp_path, v2=False, manager=False, linger=False, tools=())
+    (found.proc / "self" / "cgroup").write_text("4:memory:/box\n0::/\n")
+    (found.cgroup_root / "memory" / "box").mkdir(parents=True)
+    (found.cgroup_root / "memory" / "memory.stat").write_text("total_rss 0\n")
+    got = lines(doctor.run(found, None, lambda: None, lambda: None))
+    assert got["cgroup"][:2] == (OK, "cgroup v1 memory controller writable: each job runs in a memory "
+                                     "cgroup of its own (containment: auto), sampled in one read")
