@@ -339,7 +339,7 @@ def runners_for(scenario: Scenario, lf_scenarios) -> list[tuple[str, Callable]]:
 
 def preamble(timeout: float, lf_skipped: str | None) -> None:
     """What the table's runners, rows and columns are (printed above it)."""
-    print("### Five field situations: torchrun --max-restarts 3 against guardrun\n")
+    print("### Field situations: torchrun --max-restarts 3 against guardrun (HF Trainer, LLaMA-Factory)\n")
     print(f"Runners: `torchrun` as shipped; `{TORCHRUN_UNSHARED}` (torch's opt-out of the rendezvous "
           "store that torchrun shares with its workers, whose stale keys break its restarts here; only where "
           "it restarts); `guardrun` with the default ladder and `success: {regex: 'finished at step'}`. All three "
@@ -356,7 +356,8 @@ def preamble(timeout: float, lf_skipped: str | None) -> None:
           "judged from its own record (its log lines, trainer_state.json, trainer_log.jsonl). torchrun: "
           f"`FORCE_TORCHRUN=1 NPROC_PER_NODE=2 MAX_RESTARTS=3 RDZV_ID=bench {UNSHARED}=1 llamafactory-cli "
           "train cfg.yaml` (its launcher passes --max-restarts only with RDZV_ID; it resumes by itself from "
-          "the newest checkpoint-N); guardrun: a `launcher: command` recipe, the default ladder, no `success:`. "
+          "the newest checkpoint-N; only with torch's opt-out: as shipped its restarts fail here as the HF rows "
+          "show, round 2 in gloo's connectFullMesh, round 3 hung); guardrun: a `launcher: command` recipe, the default ladder, no `success:`. "
           "Both with a shim that works around transformers 5.6's CPU-only 2-rank resume bug "
           "(bench/lf_shim).\n" + (f"\nLLaMA-Factory rows skipped: {lf_skipped}.\n" if lf_skipped else ""))
 
