@@ -96,7 +96,8 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv),
                cgroup=str(group.path) if group else None)
     if group is not None:  # one memory.stat read per sample instead of the /proc walk
-        watch = dataclasses.replace(watch, memory=CgroupMemory(group, watch.memory))
+        fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
+        watch = dataclasses.replace(watch, memory=CgroupMemory(group, watch.memory, fell_back))
     started = watch.clock.monotonic()
     diagnosis = watch.diagnosis
     reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",

@@ -50,15 +50,28 @@ class CgroupMemory:
 
     kind = "cgroup"
 
-    def __init__(self, group: cgroupv1.Group, host_source: ProcfsMemory):
-        self.group, self._host = group, host_source
+    def __init__(self, group: cgroupv1.Group, host_source: ProcfsMemory,
+                 on_fallback: Callable[[str], None] = lambda why: None):
+        self.group, self._host, self._on_fallback = group, host_source, on_fallback
+        self.failed = ""  # why the cgroup could not be read: /proc from then on
 
     def sample_tree(self, root_pid: int | None, adopter: int | None = None,
                     exclude: Iterable[int] = (), reuse: bool = True) -> TreeSample:
-        return TreeSample((root_pid,) if root_pid else (), self.group.anon())
+        if not self.failed:
+            try:
+                return TreeSample((root_pid,) if root_pid else (), self.group.anon())
+            except (OSError, ValueError) as err:  # removed or emptied under us: never the run's end
+                self.failed = f"cannot read {self.group.path / 'memory.stat'} ({err}); sampling through /proc"
+                self._on_fallback(self.failed)
+        return self._host.sample_tree(root_pid, adopter, exclude, reuse)
 
     def pss(self, pids: Iterable[int]) -> int:
-        return self.group.anon()  # each page is counted once already: a fresh read
+        if self.failed:
+            return self._host.pss(pids)
+        try:
+            return self.group.anon()  # each page is counted once already: a fresh read
+        except (OSError, ValueError):
+            return self._host.pss(pids)
 
     def host(self) -> HostMemory:
         return self._host.host()

@@ -160,3 +160,32 @@ class _Clock:
 
     def sleep(self, seconds: float) -> None:
         time.sleep(seconds)
+
+
+def test_another_users_and_another_state_dirs_cgroups_are_never_touched(tmp_path, state_dir):
+    """Same job name, another uid; same name and uid, another state dir: both left as they are,
+    with a process in one, while this job runs, ends, and cleans up after a dead run."""
+    theirs = cgroupv1.JobCgroup.path_for("job", state_dir / "job", uid=65534)
+    other_dir = cgroupv1.JobCgroup.path_for("job", tmp_path / "elsewhere" / "job")
+    assert len({theirs, other_dir, cgroupv1.JobCgroup.path_for("job", state_dir / "job")}) == 3
+    sleeper = None
+    try:
+        for path in (theirs, other_dir):
+            path.mkdir(parents=True)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+        (other_dir / "cgroup.procs").write_text(str(sleeper.pid))
+        recipe = write_recipe(tmp_path, f"""
+            launcher: python
+            script: {JOBS / 'alloc_at_once.py'}
+            args: [--mb, "1", --hold, "0"]
+            """)
+        result = run_guardrun(recipe, timeout=60)
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert theirs.is_dir() and other_dir.is_dir()
+        assert sleeper.poll() is None and str(sleeper.pid) in (other_dir / "cgroup.procs").read_text()
+    finally:
+        if sleeper is not None:
+            sleeper.kill()
+            sleeper.wait()
+        for path in (theirs, other_dir):
+            cgroupv1.Group(path).remove()

@@ -1,12 +1,16 @@
 """Containment's decisions and the v1 readers, against fake cgroup trees in a temp dir (issue 17)."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from guardrun.launcher.failures import Kind
 from guardrun.launcher.recipe import RecipeError
-from guardrun.supervisor import cgroupv1, containment
+from guardrun.supervisor import attempt, cgroupv1, containment
+from guardrun.supervisor.memory import ProcfsMemory
 from guardrun.supervisor.policy import AttemptEnd, classify
 from recipes_util import make_recipe
 
@@ -93,3 +97,33 @@ def test_a_kernel_oom_kill_in_the_cgroup_is_host_oom_whatever_the_output_said():
     assert classify(AttemptEnd(exit_code=-9, interrupted=True, kernel_oom=evidence)).kind is Kind.INTERRUPTED
     saving = classify(AttemptEnd(exit_code=-9, kernel_oom=evidence, incomplete_save="checkpoint-4 is incomplete"))
     assert saving.kind is Kind.SAVE_FAILED
+
+
+def test_a_cgroup_that_cannot_be_read_falls_back_to_proc_and_says_why(tmp_path):
+    group = cgroupv1.Group(tmp_path / "attempt-1")
+    group.path.mkdir()
+    (group.path / "memory.stat").write_text("cache 1\ntotal_rss 8192\ntotal_shmem 4096\n")
+    said = []
+    memory = containment.CgroupMemory(group, ProcfsMemory(), said.append)
+    assert memory.sample_tree(os.getpid()).anon == 12288
+    group.close()
+    (group.path / "memory.stat").unlink()  # removed under the watch (another root, a cleanup)
+    sample = memory.sample_tree(os.getpid())
+    assert sample.pids[0] == os.getpid() and sample.anon > 0  # this process, through /proc
+    assert memory.failed.startswith(f"cannot read {group.path / 'memory.stat'}")
+    assert said == [memory.failed]
+    assert memory.pss([os.getpid()]) > 0
+
+
+def test_a_launcher_that_cannot_join_its_cgroup_runs_without_it_and_says_why(tmp_path):
+    said, emitted = [], []
+    box = containment.Containment(None, "cgroup v1", "test")
+    watch = SimpleNamespace(containment=box, console=SimpleNamespace(say=said.append),
+                            emit=lambda name, **fields: emitted.append((name, fields)))
+    spec = SimpleNamespace(argv=(sys.executable, "-c", "pass"), cwd=tmp_path)
+    gone = cgroupv1.Group(tmp_path / "no-such-cgroup")
+    popen, group = attempt._spawn(spec, dict(os.environ), 1, gone, watch)
+    popen.communicate(timeout=30)
+    assert popen.returncode == 0 and group is None
+    assert said and said[0].startswith(f"containment: the launcher could not join {gone.path}")
+    assert emitted[0][0] == "cgroup.fallback" and "watched through /proc" in emitted[0][1]["why"]
