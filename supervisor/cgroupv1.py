@@ -20,7 +20,9 @@ a cleared environment. Then:
   crosses it faster than one monitor interval; memory.oom_control's `oom_kill` counts it
   (on v1 only in the victim's own cgroup, so it is read from the attempt's);
 - stop: every pid in cgroup.procs, asked again until none is left (proc.stop_members).
-memsw (swap) limits are left alone: one limit, simply said.
+memsw (swap) limits are left alone: one limit, simply said. The freezer and pids
+hierarchies are not used: the stop re-reads cgroup.procs after every SIGKILL round
+(10 ms), so a member forking during the stop is caught by the next round.
 """
 from __future__ import annotations
 
