@@ -153,10 +153,16 @@ class JobCgroup(Group):
     def create(cls, job: str, job_dir: Path, uid: int | None = None, mount: Path = V1_MEMORY,
                self_cgroup: str | None = None) -> JobCgroup:
         path = cls.path_for(job, job_dir, uid, mount, self_cgroup)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise CgroupError(f"cannot create {path}: {err.strerror}") from None
+        for _ in range(3):  # another job's remove() may rmdir the shared parent in between
+            try:
+                path.mkdir(parents=True, exist_ok=True)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError as err:
+                raise CgroupError(f"cannot create {path}: {err.strerror}") from None
+        else:
+            raise CgroupError(f"cannot create {path}: its parent kept disappearing")
         return cls(path)
 
     @staticmethod
@@ -164,6 +170,17 @@ class JobCgroup(Group):
                  self_cgroup: str | None = None) -> Path:
         uid = os.getuid() if uid is None else uid
         return mark_dir(mount, self_cgroup) / job_name(job, job_dir, uid)
+
+    def remove(self) -> list[str]:
+        """The job's cgroup, then the shared `guardrun` folder above it if no other job
+        uses it now (another job's rmdir or mkdir racing this one only leaves it there)."""
+        left = super().remove()
+        if not left:
+            try:
+                os.rmdir(self.path.parent)
+            except OSError:
+                pass  # ENOTEMPTY/EBUSY: another job of guardrun's is in it
+        return left
 
     def attempt(self, number: int, hard_limit: int | None) -> Group:
         """A fresh child for attempt `number`, with the kernel's hard limit set."""
