@@ -123,20 +123,22 @@ def main() -> int:
                         help="comma-separated: sampling, checkpoints, overhead, scenarios, faults")
     args = parser.parse_args()
     chosen = [(n, md) for n, md in BENCHMARKS if not args.only or n in args.only.split(",")]
-    header, kept = kept_sections(Path(args.out)) if args.only else ([], {})
     parts = ["# Benchmark results", "",
              "Written by `make bench` (bench/results.py) from what the benchmarks printed; never edited "
              "by hand. Rerun `make bench` to refresh.", "", "## Machine and versions", "", *machine(), ""]
     failed, fresh = [], {}
     for name, markdown in chosen:
         print(f"== bench/{name}.py", file=sys.stderr, flush=True)
-        where = f"at commit {git_commit()}" + (f", {machine_line()}" if header else "")
+        where = f"at commit {git_commit()}" + (f", {machine_line()}" if args.only else "")
         code, took, out = run(name)
         if code != 0:
             failed.append(name)
         fresh[name] = [f"## bench/{name}.py", "", f"exit {code}, {took:.0f} s, {where}.", ""]
         fresh[name] += [out.rstrip(), ""] if markdown else ["```", out.rstrip(), "```", ""]
-    if header:  # --only: the machine table describes the sections kept; each fresh one says its own
+    # --only: the file is read now, not at the start, so that a section another run wrote
+    # meanwhile is kept; its machine table describes the sections kept, each fresh one says its own.
+    header, kept = kept_sections(Path(args.out)) if args.only else ([], {})
+    if header:
         parts = header
     for name, _ in BENCHMARKS:
         parts += fresh.get(name) or kept.get(name) or []
