@@ -42,17 +42,22 @@ def test_plain_script_over_the_host_limit_is_never_given_hf_flags(tmp_path, stat
     assert [a["end"] for a in attempts(record)] == ["started"]
 
 
-def test_plain_script_cuda_oom_is_relaunched_with_its_own_flags_until_it_fits(tmp_path, state_dir):
-    record = tmp_path / "record.jsonl"
-    recipe = write_recipe(tmp_path, f"""
+def cuda_oom_recipe(tmp_path: Path, record: Path, gpu_budget_mb: int, per_device: int) -> Path:
+    """The plain script with its own batch flags, hitting its (pretend) GPU budget above
+    `gpu_budget_mb` of micro-batch memory (8 MiB a sample)."""
+    return write_recipe(tmp_path, f"""
         launcher: python
         python: {sys.executable}
         script: {PLAIN}
-        args: {{steps: 3, mb_per_sample: 8, gpu_budget_mb: 8, record: {record}}}
-        batch: {{per_device: 4, grad_accum: 1, per_device_arg: --batch_size, grad_accum_arg: --accum}}
+        args: {{steps: 3, mb_per_sample: 8, gpu_budget_mb: {gpu_budget_mb}, record: {record}}}
+        batch: {{per_device: {per_device}, grad_accum: 1, per_device_arg: --batch_size, grad_accum_arg: --accum}}
         restarts: {{max: 4, backoff: [0.1s, 0.1s]}}
         """)
-    result = run_guardrun(recipe)
+
+
+def test_plain_script_cuda_oom_is_relaunched_with_its_own_flags_until_it_fits(tmp_path, state_dir):
+    record = tmp_path / "record.jsonl"
+    result = run_guardrun(cuda_oom_recipe(tmp_path, record, gpu_budget_mb=8, per_device=4))
     out = result.stdout + result.stderr
     assert result.returncode == 0, out
     assert "unrecognized arguments" not in out
@@ -66,15 +71,7 @@ def test_plain_script_cuda_oom_is_relaunched_with_its_own_flags_until_it_fits(tm
 
 def test_micro_batch_already_1_gives_up_saying_no_rung_changes_anything(tmp_path, state_dir):
     record = tmp_path / "record.jsonl"
-    recipe = write_recipe(tmp_path, f"""
-        launcher: python
-        python: {sys.executable}
-        script: {PLAIN}
-        args: {{steps: 3, mb_per_sample: 8, gpu_budget_mb: 4, record: {record}}}
-        batch: {{per_device: 2, grad_accum: 1, per_device_arg: --batch_size, grad_accum_arg: --accum}}
-        restarts: {{max: 4, backoff: [0.1s, 0.1s]}}
-        """)
-    result = run_guardrun(recipe)
+    result = run_guardrun(cuda_oom_recipe(tmp_path, record, gpu_budget_mb=4, per_device=2))
     out = result.stdout + result.stderr
     assert result.returncode == 1, out
     assert ("giving up: no rung left that changes anything for cuda_oom: rung 2 (batch halve) "
