@@ -1,8 +1,8 @@
 """A stand-in for the kernel's OOM killer, for a machine with `capacity` bytes for the job.
 
-This 24 GB machine cannot be run out of memory without taking the other users' work with
-it, and it has no memory cgroup to give a job a hard limit. So the host-memory scenario
-gives the job a pretend machine: a thread sums the anonymous RSS (RssAnon) of every
+The fallback of bench/kernelcap.py: where no memory cgroup can be made (no writable cgroup v1
+memory hierarchy), the machine cannot be run out of memory without taking the other users'
+work with it. So the host-memory scenario then gives the job a pretend machine: a thread sums the anonymous RSS (RssAnon) of every
 process of the run (the runner and all its descendants: torchrun or guardrun, agents,
 ranks) every `every` seconds, and when the sum is over `capacity` it does what the kernel
 does: SIGKILL the process with the most memory (the kernel's oom_score is mostly that).

@@ -5,7 +5,12 @@ Llama + PEFT LoRA) on 2 CPU ranks, 12 steps, a checkpoint every 3, global batch 
 (micro-batch 4 x 2 ranks). Each fault comes from the trainer's knobs (its docstring):
 
   host_oom    ballast grows with the step; more than the (pretend) machine holds at 2 ranks,
-              and a resume at 2 ranks takes it back at once (bench/oomkiller.py is the kernel)
+              and a resume at 2 ranks takes it back at once. The machine: each runner's whole
+              command in a memory cgroup of its size, the kernel's own OOM killer inside
+              (bench/kernelcap.py), where cgroup v1 memory is writable; else the stand-in
+              bench/oomkiller.py; the notes under the table say which ran. guardrun's recipe
+              has `hard_memory: off`: its own kernel backstop (host_memory + 10%, below the
+              machine) would otherwise be what the comparison measures, not its graceful limit
   save_died   rank 0 hangs in the save of checkpoint-6 before trainer_state.json; the bench
               SIGKILLs it, as the OOM killer kills a save's memory spike
   cuda_oom    torch.OutOfMemoryError (CUDA's message) above micro-batch 2
@@ -46,7 +51,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import kernelcap
 import trainlog
+from kernelcap import KernelCap
 from oomkiller import OomKiller
 from tagged import Ran, run_tagged
 
@@ -96,7 +103,7 @@ SCENARIOS = (
     # machine at step 9, guardrun's 2 GiB limit at step 7; 1 rank peaks near 1.8 GiB.
     Scenario("host_oom", "host memory too high at 2 ranks (resume spike)", "host_oom",
              knobs={"ballast_mb": 1400, "ballast_ramp_steps": 12},
-             limits="{host_memory: 2GiB}", capacity=2560 * MIB,
+             limits="{host_memory: 2GiB, hard_memory: off}", capacity=2560 * MIB,
              torchrun_right=lambda cause: "SIGKILL" in cause or "exitcode -9" in cause),
     Scenario("save_died", "death during checkpoint save", "save_failed",
              knobs={"stall_in_save_at": 6}, kill_stall=True,
@@ -149,8 +156,8 @@ def prepare(scenario: Scenario, work: Path) -> dict:
 
 
 def run(argv: list[str], env: dict, scenario: Scenario, timeout: float, notes: list[str]) -> Ran:
-    """Run one runner with the scenario's outside forces: the OOM stand-in, the save killer."""
-    killer = OomKiller(scenario.capacity) if scenario.capacity else None
+    """Run one runner with the scenario's outside forces: the machine's memory, the save killer."""
+    cap = memory_cap(scenario, notes)
     stall_kills: list[int] = []
 
     def on_line(line: str) -> None:
@@ -162,16 +169,47 @@ def run(argv: list[str], env: dict, scenario: Scenario, timeout: float, notes: l
             except ProcessLookupError:
                 pass
 
-    ran = run_tagged(argv, env, timeout, on_line=on_line, on_spawn=killer.watch if killer else None)
-    if killer is not None:
-        killer.stop()
-        notes.append(f"OOM stand-in: {len(killer.kills)} kill(s), peak {killer.peak / MIB:.0f} MiB"
-                     f" of {scenario.capacity / MIB:.0f} MiB")
+    try:
+        ran = run_tagged(argv, env, timeout, on_line=on_line,
+                         on_spawn=(cap.watch if isinstance(cap, OomKiller) else cap.start) if cap else None,
+                         preexec_fn=cap.preexec if isinstance(cap, KernelCap) else None)
+    finally:
+        if cap is not None:
+            cap_note(cap, scenario, notes)
     if stall_kills:
         notes.append(f"stalled saves SIGKILLed: {len(stall_kills)}")
     if ran.left:
         notes.append(f"LEFT BEHIND: pids {list(ran.left)}")
     return ran
+
+
+def memory_cap(scenario: Scenario, notes: list[str]) -> KernelCap | OomKiller | None:
+    """The pretend machine: a memory cgroup of its size (the kernel's OOM killer) where
+    cgroup v1 memory is writable here, else the stand-in, with a note saying why."""
+    if not scenario.capacity:
+        return None
+    why = kernelcap.why_not()
+    if not why:
+        try:
+            return KernelCap(scenario.capacity)
+        except OSError as err:
+            why = f"cannot create the memory cgroup: {err.strerror}"
+    notes.append(f"no kernel OOM killer here ({why}): the stand-in ran")
+    return OomKiller(scenario.capacity)
+
+
+def cap_note(cap: KernelCap | OomKiller, scenario: Scenario, notes: list[str]) -> None:
+    """Stop the cap and say which OOM killer ran and what it did."""
+    size = f"{scenario.capacity / MIB:.0f} MiB"
+    if isinstance(cap, OomKiller):
+        cap.stop()
+        notes.append(f"OOM stand-in: {len(cap.kills)} kill(s), peak {cap.peak / MIB:.0f} MiB of {size}")
+        return
+    left = cap.close()
+    notes.append(f"kernel OOM killer in a {size} memory cgroup: {cap.kills} kill(s), "
+                 f"peak rss+shmem {cap.peak / MIB:.0f} MiB")
+    if left:
+        notes.append(f"CGROUP LEFT BEHIND: {'; '.join(left)}")
 
 
 def keep_output(ran: Ran, work: Path) -> None:
@@ -390,7 +428,7 @@ def main() -> int:
     print(table(rows))
     print()
     print("\n".join(summary(rows)))
-    left = [r for r in rows if r.ran.left]
+    left = [r for r in rows if r.ran.left or any(n.startswith("CGROUP LEFT") for n in r.notes)]
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
     return 1 if left else 0

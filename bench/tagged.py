@@ -54,9 +54,10 @@ class Ran:
 
 def run_tagged(argv: Sequence[str], env: dict[str, str], timeout: float, cwd: str | None = None,
                on_line: Callable[[str], None] | None = None,
-               on_spawn: Callable[[int], None] | None = None) -> Ran:
+               on_spawn: Callable[[int], None] | None = None,
+               preexec_fn: Callable[[], None] | None = None) -> Ran:
     """Run `argv` with a fresh tag; feed each output line to `on_line` as it comes
-    (`on_spawn` gets the pid first).
+    (`on_spawn` gets the pid first; `preexec_fn` runs in the child before exec).
 
     On timeout the command gets SIGTERM (torchrun forwards it to its ranks, guardrun stops
     its job gracefully), 30 s later every tagged process gets SIGKILL.
@@ -65,7 +66,7 @@ def run_tagged(argv: Sequence[str], env: dict[str, str], timeout: float, cwd: st
     env = dict(env, **{TAG: tag})
     started = time.monotonic()
     popen = subprocess.Popen(list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, start_new_session=True)
+                             stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=preexec_fn)
     if on_spawn is not None:
         on_spawn(popen.pid)
     lines: list[str] = []
