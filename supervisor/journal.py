@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,7 @@ from .spacewatch import SpaceWatch, reserve, unreserve, write_all
 from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
 
 __all__ = ["Journal", "Skipped", "StateDirError", "ensure_private_dir", "history", "job_dir",
-           "read_events", "read_state", "state_root", "write_atomic"]
+           "read_events", "read_state", "state_root"]
 
 #: What guardrun keeps in a job dir, and of which type: an entry of another type (a
 #: directory named state.json) is set aside when a Journal opens the dir. The names of
@@ -71,25 +70,8 @@ def _render(record: dict[str, Any]) -> bytes:
     return (_JSON(None, "info", _STAMP(None, "info", record)) + "\n").encode("utf-8", "replace")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace `path` with `text` so a reader sees the old or the new file, never half."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass  # the first error is the one to report
-        raise
-
-
 class Journal:
-    """Writes one job's state directory. `log` binds `job`; `attempt` is bound per attempt."""
+    """Writes one job's state directory: events (each with `job`), state.json, attempt folders."""
 
     def __init__(self, name: str, root: Path | None = None):
         self.name = name
@@ -98,25 +80,12 @@ class Journal:
         self.dir_fd = open_private_dir(self.dir)
         set_aside_wrong_types(self.dir_fd, self.dir, EXPECTED)
         self._events = os.fdopen(self._open_events(), "a", buffering=1, encoding="utf-8")
-        self.log = structlog.wrap_logger(
-            structlog.WriteLogger(self._events),
-            processors=[structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-                        structlog.processors.JSONRenderer(default=str)],
-        ).bind(job=name)
-
-    # -- writers: a failing disk costs the record (counted, said), never the caller --------
-    _write_lock = threading.Lock()  # emit runs on the loop and on helper threads
-    _space: SpaceWatch | None = None
-    _torn = False           # the last append stopped mid-line: start the next on a new line
-    _unreserved = 0         # bytes appended since the last reservation
-
-    @property
-    def space(self) -> SpaceWatch:
-        """The state dir's write health, shared by every writer of this job's files."""
-        with Journal._write_lock:
-            if self._space is None:
-                self._space = SpaceWatch()
-            return self._space
+        # Writers: a failing disk costs the record (counted, said), never the caller.
+        #: The state dir's write health, shared by every writer of this job's files.
+        self.space = SpaceWatch()
+        self._write_lock = threading.Lock()  # emit runs on the loop and on helper threads
+        self._torn = False      # the last append stopped mid-line: start the next on a new line
+        self._unreserved = 0    # bytes appended since the last reservation
 
     def emit(self, event: str, **fields: Any) -> None:
         """Append one event. On a full or failing disk the event is dropped and counted; while
@@ -132,7 +101,7 @@ class Journal:
             data = _render({"job": self.name, "event": "guardrun.logging.resumed", "what": "events.jsonl",
                             "reason": outage.reason, "since": outage.since_wall,
                             "lost_events": outage.lost_events}) + data
-        with Journal._write_lock:
+        with self._write_lock:
             if self._events.closed:
                 return  # after close (a late helper thread): nowhere to write, nothing to raise
             if self._torn:
