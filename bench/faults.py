@@ -38,6 +38,8 @@ from typing import Callable
 
 from tagged import TAG, leftovers, new_tag
 
+from guardrun.supervisor.leftovers import start_time
+
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "tests" / "jobs"
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
@@ -180,13 +182,7 @@ def recorded(folder: Path) -> list[tuple[int, int]]:
 
 
 def alive(processes: list[tuple[int, int]]) -> list[int]:
-    def started(pid: int) -> int | None:
-        try:
-            fields = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()
-        except OSError:
-            return None
-        return None if fields[0] in (b"Z", b"X") else int(fields[19])
-    return [pid for pid, start in processes if started(pid) == start]
+    return [pid for pid, start in processes if start_time(pid) == start]
 
 
 def kill_recorded(processes: list[tuple[int, int]]) -> None:

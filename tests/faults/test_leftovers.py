@@ -25,6 +25,8 @@ import pytest
 from conftest import REPO, wait_until
 from helpers_unattended import GUARDRUN, guardrun
 
+from guardrun.supervisor.leftovers import start_time
+
 JOB = REPO / "tests" / "jobs" / "leftover_job.py"
 NAME = "left"
 
@@ -42,15 +44,6 @@ def recipe(tmp_path: Path, file: str, args: list[str], stop_grace: str = "1s") -
         restarts: {{max: 0}}
         """))
     return path
-
-
-def start_time(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            fields = handle.read().rsplit(b")", 1)[1].split()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    return None if fields[0] in (b"Z", b"X") else int(fields[19])
 
 
 def read_recorded(pids: Path) -> list[tuple[int, int]]:
