@@ -109,10 +109,11 @@ def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) 
     stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))
     # Before the kill: which torch extensions the tree is compiling (their locks are its own;
     # the compiler also goes into the root cause). Cleared once the tree is gone.
-    builds = find_builds(extensions_root(env), tree.pids(popen.pid))
+    extensions = extensions_root(env)
+    builds = find_builds(extensions, tree.pids(popen.pid))
     _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now, group=group)
     kernel_oom = _kernel_oom(group, watch)
-    clear_build_locks(extensions_root(env), builds, spawned_at, watch.emit, number)
+    clear_build_locks(extensions, builds, spawned_at, watch.emit, number)
     if not reader.join(READER_JOIN_TIMEOUT):
         watch.emit("output.still_open", attempt=number)
     progress = reader.progress()

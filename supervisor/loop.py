@@ -378,9 +378,8 @@ class Supervisor:
         standing line in state.json and `guardrun status` ("state dir full: logging suspended")."""
         for change in self.journal.space.changes():
             if change.resumed:
-                lost = ", ".join(part for part in (f"{change.lost_lines} lines" * bool(change.lost_lines),
-                                                   f"{change.lost_events} events" * bool(change.lost_events))
-                                 if part)
+                lost = ", ".join(f"{count} {unit}" for count, unit in
+                                 ((change.lost_lines, "lines"), (change.lost_events, "events")) if count)
                 self.console.say(f"{change.what} is written again after {change.seconds:g}s of "
                                  f"{change.reason}" + (f"; {lost} were not written" if lost else ""))
                 if change.what != "events.jsonl":  # the journal says its own resumption
