@@ -61,6 +61,19 @@ def parse_self_cgroup(text: str) -> str | None:
     return None
 
 
+def subtree_procs(path: Path) -> list[int]:
+    """Every pid in the cgroup at `path` and its children, v1 or v2 (a cgroup removed
+    meanwhile, or gone, has none)."""
+    pids: list[int] = []
+    for directory, _dirs, files in os.walk(path):
+        if "cgroup.procs" in files:
+            try:
+                pids += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
+            except OSError:
+                continue  # removed meanwhile
+    return pids
+
+
 def parse_keyed(text: str) -> dict[str, int]:
     """A flat-keyed cgroup file (memory.events, memory.stat, cgroup.events): `key value` lines."""
     values = {}
@@ -197,11 +210,7 @@ class CgroupMemory:
 
     def procs(self) -> list[int]:
         """Every pid in the cgroup and its descendants."""
-        pids: list[int] = []
-        for directory, _dirs, files in os.walk(self.path):
-            if "cgroup.procs" in files:
-                pids += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
-        return pids
+        return subtree_procs(self.path)
 
     def kill(self) -> str:
         """Kill the whole subtree: cgroup.kill (atomic, Linux >= 5.14), else SIGKILL each pid.

@@ -33,7 +33,7 @@ import re
 import time
 from pathlib import Path
 
-from .cgroup import parse_keyed
+from .cgroup import parse_keyed, subtree_procs
 
 V1_MEMORY = Path("/sys/fs/cgroup/memory")
 MARK_DIR = "guardrun"
@@ -94,14 +94,7 @@ class Group:
 
     def procs(self) -> list[int]:
         """Every pid in this cgroup and its children (a gone cgroup has none)."""
-        pids: list[int] = []
-        for directory, _dirs, files in os.walk(self.path):
-            if "cgroup.procs" in files:
-                try:
-                    pids += [int(p) for p in Path(directory, "cgroup.procs").read_text().split()]
-                except OSError:
-                    continue  # removed meanwhile
-        return pids
+        return subtree_procs(self.path)
 
     def anon(self) -> int:
         """total_rss + total_shmem of memory.stat, bytes: the tree's own memory, each page once.
