@@ -35,7 +35,7 @@ $(VENV)/.test: $(VENV)/.base $(CONSTRAINTS)
 
 # Build that op (shm_comm, ~1 min, ~3 GiB) now, once, into the venv: compiled inside a test's
 # job it would cross the job's memory limits, and a job stopped mid-compile leaves torch's
-# build lock (guardrun clears the ones its own attempts leave: supervisor/extlocks.py).
+# build lock (guardrun clears the ones its own attempts leave: supervisor/run/extlocks.py).
 $(EXTENSIONS)/.built: $(VENV)/.test
 	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) -c "from deepspeed.comm.torch import build_shm_op; build_shm_op()" >/dev/null
 	touch $@

@@ -38,7 +38,7 @@ from typing import Callable
 
 from tagged import TAG, leftovers, new_tag
 
-from guardrun.supervisor.leftovers import start_time
+from guardrun.supervisor.watch.leftovers import start_time
 
 REPO = Path(__file__).resolve().parent.parent
 JOBS = REPO / "tests" / "jobs"

@@ -25,7 +25,7 @@ import threading
 import time
 from pathlib import Path
 
-from guardrun.supervisor import cgroupv1
+from guardrun.supervisor.watch import cgroupv1
 
 POLL = 0.02  # s between reads of the subtree's counters
 _numbers = itertools.count(1)

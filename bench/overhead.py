@@ -38,7 +38,7 @@ from pathlib import Path
 
 import psutil
 
-from guardrun.supervisor.reportdata import seconds
+from guardrun.supervisor.report.data import seconds
 from sampling import JOB
 from tagged import TAG, leftovers, new_tag, run_tagged
 

@@ -25,10 +25,10 @@ from typing import Callable
 
 import psutil
 
-from guardrun.supervisor import cgroupv1, proc
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.containment import CgroupMemory
-from guardrun.supervisor.memory import ProcfsMemory
+from guardrun.supervisor.watch import cgroupv1, proc
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.containment import CgroupMemory
+from guardrun.supervisor.watch.memory import ProcfsMemory
 
 # The job: fork, touch memory, block on a pipe nobody writes; print 'ready' once every
 # child has touched its memory (so all samples see the same figures).

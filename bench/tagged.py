@@ -16,7 +16,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from guardrun.supervisor.proctree import environ_pids
+from guardrun.supervisor.watch.proctree import environ_pids
 
 TAG = "GUARDRUN_BENCH_TAG"
 

@@ -19,9 +19,9 @@ flags, read in accelerate/commands/launch.py and checked on CPU:
   `distributed_type`, so a FSDP job would silently run as plain DDP.
 - One process runs through `simple_launcher` (a Popen): it does not forward SIGTERM and
   dies of it, leaving the script running; guardrun's stop then signals each process left
-  (supervisor/proc.py), measured: the script got its own SIGTERM and exited. A script the
+  (supervisor/watch/proc.py), measured: the script got its own SIGTERM and exited. A script the
   kernel kills there shows only as "CalledProcessError: ... died with <Signals.SIGKILL: 9>"
-  and exit 1 (supervisor/logs.py reads it as host_oom).
+  and exit 1 (supervisor/diagnose/logs.py reads it as host_oom).
 - Under torch.distributed.run a SIGTERM to accelerate stops every rank (measured: exit 1
   after 0.3 s, no process left), like torchrun.
 - `--main_process_port 0` picks a free port; guardrun passes it on one machine unless the

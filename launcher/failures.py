@@ -46,4 +46,4 @@ class Failure:
     evidence: str = ""
     attempt: int = 0
     step: int | None = None  # last training step seen, if any
-    ranks_seen: int | None = None  # ranks the output showed (supervisor/rankcount.py), if any
+    ranks_seen: int | None = None  # ranks the output showed (supervisor/diagnose/rankcount.py), if any

@@ -136,3 +136,12 @@ def _entry_index(entry: str, readings: Sequence[GpuReading]) -> int | None:
         matches = [r.index for r in readings if r.uuid.startswith(entry)]
         return matches[0] if len(matches) == 1 else None
     return None
+
+
+def job_gpus(readings: Sequence[GpuReading], processes_by_gpu: Mapping[int, Sequence[GpuProcess]],
+             job_pids: Collection[int], assigned: Collection[int] = ()) -> list[GpuReading]:
+    """The GPUs the job is on: those NVML lists one of its processes on, and those the
+    plan gave it (its memory there counts even before NVML shows its pid, or where NVML's
+    pids cannot be mapped to ours: an old driver in a container)."""
+    return [r for r in readings if r.index in assigned
+            or any(p.pid in job_pids for p in processes_by_gpu.get(r.index, ()))]

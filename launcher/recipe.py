@@ -29,7 +29,7 @@ __all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Lo
 
 LAUNCHERS = ("torchrun", "deepspeed", "python", "accelerate", "command")  # command: `command:` as given
 TRAINERS = ("auto", "hf", "plain")  # does the job parse HF TrainingArguments (launcher/trainer.py)
-CONTAINMENTS = ("auto", "cgroup", "off")  # a memory cgroup of the job's own (supervisor/containment.py)
+CONTAINMENTS = ("auto", "cgroup", "off")  # a memory cgroup of the job's own (supervisor/watch/containment.py)
 #: logs.max_size's floor: two of the longest lines guardrun keeps (lines.MAX_LINE, 64 KiB).
 MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -95,7 +95,7 @@ class Monitor:
 
 @dataclass(frozen=True)
 class ProgressPatterns:
-    """Regexes for jobs whose progress no built-in parser reads (supervisor/logs.py)."""
+    """Regexes for jobs whose progress no built-in parser reads (supervisor/diagnose/logs.py)."""
 
     step_regex: str | None = None  # group 1: the step; an optional group 2: the total
     loss_regex: str | None = None  # group 1: the loss ('nan' and 'inf' count as NaN)

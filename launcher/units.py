@@ -167,3 +167,21 @@ def _shown(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     return repr(value)
+
+
+def format_duration(seconds: float | None) -> str:
+    """`0:00:59`, `1d 1:01:01`; `?` for an unknown or negative one (`guardrun status`, reports)."""
+    if seconds is None or seconds < 0:
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    days, hours = divmod(hours, 24)
+    text = f"{hours}:{minutes:02d}:{secs:02d}"
+    return f"{days}d {text}" if days else text
+
+
+def format_elapsed(seconds: float) -> str:
+    """`4:05`, or `1:04:05` past an hour: the live status line's running time."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrun.supervisor.proctree import environ_pids
+from guardrun.supervisor.watch.proctree import environ_pids
 
 TAG = "GUARDRUN_TEST_TAG"
 #: The suite's torch extensions: inside the venv (the Makefile builds DeepSpeed's op there
@@ -63,7 +63,7 @@ def no_leftover_processes(monkeypatch):
 
 def _job_cgroups(state_root: Path) -> list[Path]:
     """The v1 job cgroups of the jobs under a state root that exist now (issue 17)."""
-    from guardrun.supervisor import cgroupv1
+    from guardrun.supervisor.watch import cgroupv1
     found = []
     for job in (state_root.iterdir() if state_root.is_dir() else ()):
         try:
@@ -90,7 +90,7 @@ def state_dir(tmp_path, monkeypatch):
     root = tmp_path / "state"
     monkeypatch.setenv("GUARDRUN_STATE_DIR", str(root))
     yield root
-    from guardrun.supervisor import cgroupv1
+    from guardrun.supervisor.watch import cgroupv1
     for path in _job_cgroups(root):  # a SIGKILLed supervisor's empty cgroups: as its next run would
         cgroupv1.JobCgroup(path).remove()
 

@@ -62,7 +62,7 @@ class ScriptedMemory:
 
 
 from guardrun.launcher.gpus import GpuReading  # noqa: E402  (appended with the GPU fakes)
-from guardrun.supervisor.gpu import GpuError  # noqa: E402
+from guardrun.supervisor.watch.gpu import GpuError  # noqa: E402
 
 
 class FakeGpuSource:

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from conftest import wait_until
 
-from guardrun.supervisor import proc
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.proctree import GONE, ProcId, ProcTree
+from guardrun.supervisor.watch import proc
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.proctree import GONE, ProcId, ProcTree
 
 TESTS = Path(__file__).resolve().parent
 PY = sys.executable

@@ -21,7 +21,7 @@ import pytest
 
 from conftest import REPO, TAG, wait_until
 
-from guardrun.supervisor.proctree import environ_pids
+from guardrun.supervisor.watch.proctree import environ_pids
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 TRAINER = REPO / "tests" / "trainers" / "hf_lora_train.py"

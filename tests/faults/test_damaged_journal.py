@@ -26,7 +26,7 @@ from typing import Callable
 import pytest
 from click.testing import CliRunner
 
-from guardrun.supervisor.cli import main
+from guardrun.supervisor.cli.main import main
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 JOB = "demo"

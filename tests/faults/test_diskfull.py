@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, wait_until
 from helpers_mount import tmpfs
-from guardrun.supervisor.journal import Journal, read_events, read_state
+from guardrun.supervisor.record.journal import Journal, read_events, read_state
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 JOBS = REPO / "tests" / "jobs"
@@ -141,7 +141,7 @@ def test_the_journal_and_state_json_ride_out_a_full_disk(small_fs, monkeypatch):
 
 
 def test_a_console_log_on_the_full_disk_says_what_it_lost(small_fs):
-    from guardrun.supervisor.console import Console
+    from guardrun.supervisor.record.console import Console
     stream = open(small_fs / "console.log", "w")  # `guardrun start`'s log, on the full disk
     try:
         console = Console(stream, tty=False)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO
 
-from guardrun.supervisor.extlocks import extensions_root
+from guardrun.supervisor.run.extlocks import extensions_root
 
 VENV_EXTENSIONS = Path(sys.prefix) / "torch_extensions"
 

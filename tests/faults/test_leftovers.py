@@ -25,7 +25,7 @@ import pytest
 from conftest import REPO, wait_until
 from helpers_unattended import GUARDRUN, guardrun
 
-from guardrun.supervisor.leftovers import start_time
+from guardrun.supervisor.watch.leftovers import start_time
 
 JOB = REPO / "tests" / "jobs" / "leftover_job.py"
 NAME = "left"

@@ -167,7 +167,7 @@ STATE_REFRESH = 4 * INTERVAL
 
 
 def test_the_console_on_an_unread_pipe_never_blocks_and_counts_what_it_dropped():
-    from guardrun.supervisor.console import Console
+    from guardrun.supervisor.record.console import Console
     read_end, write_end = os.pipe()
     stream = os.fdopen(write_end, "w")
     try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrun.supervisor.gpu import open_gpu_source
+from guardrun.supervisor.watch.gpu import open_gpu_source
 
 
 def _cuda_ready() -> str:

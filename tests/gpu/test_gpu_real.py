@@ -22,8 +22,8 @@ from needs_gpu import GUARDRUN, pytestmark  # noqa: F401 (skips the module witho
 from conftest import wait_until
 
 from guardrun.launcher.units import GIB, format_bytes
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.gpu import gpu_holders, open_gpu_source, wait_gpus_released
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.gpu import gpu_holders, open_gpu_source, wait_gpus_released
 
 HERE = Path(__file__).resolve().parent
 

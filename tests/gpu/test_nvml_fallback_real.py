@@ -17,8 +17,8 @@ import pytest
 from needs_gpu import GUARDRUN, pytestmark  # noqa: F401 (skips the module without a GPU)
 
 from guardrun.launcher.units import GIB
-from guardrun.supervisor import doctor
-from guardrun.supervisor import gpu
+from guardrun.supervisor.cli import doctor
+from guardrun.supervisor.watch import gpu
 
 pynvml = pytest.importorskip("pynvml")
 

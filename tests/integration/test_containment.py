@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
-from guardrun.supervisor import cgroupv1, proc
-from guardrun.supervisor.memory import ProcfsMemory
+from guardrun.supervisor.watch import cgroupv1, proc
+from guardrun.supervisor.watch.memory import ProcfsMemory
 from test_supervise import GUARDRUN, JOBS, events, named, run_guardrun, write_recipe
 
 WHY_NOT = cgroupv1.why_not()

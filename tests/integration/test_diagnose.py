@@ -14,7 +14,7 @@ import pytest
 from conftest import REPO
 from test_supervise import GUARDRUN, JOBS, events, named, run_guardrun, write_recipe
 
-from guardrun.supervisor.stacks import find_py_spy
+from guardrun.supervisor.diagnose.stacks import find_py_spy
 
 
 def test_torchrun_root_cause_comes_from_the_first_ranks_error_file(tmp_path, state_dir):

@@ -18,8 +18,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.follow import CheckpointFollower
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.follow import CheckpointFollower
 from conftest import wait_until
 
 INTERVAL = 0.5   # the recipe's default sample interval: how often the watch loop polls

@@ -15,8 +15,8 @@ import pytest
 
 from conftest import wait_until
 from guardrun.launcher import checkpoints
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.follow import CheckpointFollower
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.follow import CheckpointFollower
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "outputs" / "lightning_checkpoints"
 NAMES = ("epoch=0-step=5.ckpt", "epoch=1-step=10.ckpt")

@@ -14,16 +14,17 @@ import textwrap
 import pytest
 
 from fakes import FakeClock
-from guardrun.supervisor import control, leftovers
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.journal import StateDirError, ensure_private_dir
-from guardrun.supervisor.lock import JobLock, LockHeld, holder, read_info
-from guardrun.supervisor.signals import Requests
+from guardrun.supervisor.unattended import control
+from guardrun.supervisor.watch import leftovers
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.record.journal import StateDirError, ensure_private_dir
+from guardrun.supervisor.unattended.lock import JobLock, LockHeld, holder, read_info
+from guardrun.supervisor.core.signals import Requests
 
 HOLD_LOCK = textwrap.dedent("""
     import sys
     from pathlib import Path
-    from guardrun.supervisor.lock import JobLock
+    from guardrun.supervisor.unattended.lock import JobLock
     JobLock(Path(sys.argv[1])).acquire("held")
     print("locked", flush=True)
     sys.stdin.read()

@@ -17,10 +17,10 @@ from fakes import FakeClock
 from helpers_proc import (FORKS_ONE, IGNORES_TERM, LEADERLESS, NO_FORWARD, POLITE, PY, TESTS,
                           TORCHRUN_LIKE, alive, assert_all_gone, start)
 
-from guardrun.supervisor import proc
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.memory import ProcfsMemory
-from guardrun.supervisor.proctree import ProcId, ProcTree, Walk
+from guardrun.supervisor.watch import proc
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch.memory import ProcfsMemory
+from guardrun.supervisor.watch.proctree import ProcId, ProcTree, Walk
 
 HELPER = str(TESTS / "helpers_proc.py")
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import wait_until
-from guardrun.supervisor import cgroupv1
+from guardrun.supervisor.watch import cgroupv1
 from helpers_unattended import (GUARDRUN, environ_of, gate_recipe, guardrun, output_log, running,
                                 stat_fields, state, supervisor_pid)
 

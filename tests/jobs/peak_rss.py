@@ -6,7 +6,7 @@ process only (each child has its own).
 import resource
 import sys
 
-from guardrun.supervisor.cli import main
+from guardrun.supervisor.cli.main import main
 
 try:
     main(args=sys.argv[1:])

@@ -7,9 +7,9 @@ import re
 import time
 
 from conftest import wait_until
-from guardrun.supervisor.attemptlog import AttemptLog
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.output import OutputReader
+from guardrun.supervisor.record.attemptlog import AttemptLog
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.diagnose.output import OutputReader
 
 NOTE = re.compile(r"\[guardrun\] +(\d+) bytes \( *(\d+) lines\) of output dropped here: logs.max_size 128 KiB")
 
@@ -66,7 +66,7 @@ def test_logs_max_size_is_a_size_with_a_floor(tmp_path):
 
 
 def test_a_bar_that_stops_moving_reaches_the_log(tmp_path, monkeypatch):
-    from guardrun.supervisor import output
+    from guardrun.supervisor.diagnose import output
     monkeypatch.setattr(output, "REDRAW_EVERY", 1000.0)
     read_end, write_end = os.pipe()
     reader = OutputReader(os.fdopen(read_end, "rb"), tmp_path / "output.log",

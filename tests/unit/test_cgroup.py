@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Kind
-from guardrun.supervisor import cgroup
+from guardrun.supervisor.watch import cgroup
 
 UID = 1000
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Kind
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.output import OutputReader
-from guardrun.supervisor.policy import AttemptEnd, classify
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.diagnose.output import OutputReader
+from guardrun.supervisor.run.policy import AttemptEnd, classify
 
 OUTPUTS = Path(__file__).resolve().parent.parent / "data" / "outputs"
 

@@ -1,7 +1,7 @@
 """What the terminal shows: output above one live status line; nothing after a hangup."""
 import io
 
-from guardrun.supervisor.console import Console
+from guardrun.supervisor.record.console import Console
 
 
 def test_tty_redraws_status_under_output():

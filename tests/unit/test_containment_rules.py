@@ -9,9 +9,10 @@ from types import SimpleNamespace
 import pytest
 from guardrun.launcher.failures import Kind
 from guardrun.launcher.recipe import RecipeError
-from guardrun.supervisor import attempt, cgroupv1, containment
-from guardrun.supervisor.memory import ProcfsMemory
-from guardrun.supervisor.policy import AttemptEnd, classify
+from guardrun.supervisor.run import attempt
+from guardrun.supervisor.watch import cgroupv1, containment
+from guardrun.supervisor.watch.memory import ProcfsMemory
+from guardrun.supervisor.run.policy import AttemptEnd, classify
 from recipes_util import make_recipe
 
 BASE = "launcher: python\nscript: train.py\n"

@@ -10,10 +10,10 @@ from click.testing import CliRunner
 
 from guardrun.launcher.gpus import GpuProcess
 from guardrun.launcher.units import GIB
-from guardrun.supervisor import doctor
-from guardrun.supervisor.cli import main
-from guardrun.supervisor.doctor import FAIL, OK, WARN, Machine
-from guardrun.supervisor.gpu import QUERIES, QueryChoice
+from guardrun.supervisor.cli import doctor
+from guardrun.supervisor.cli.main import main
+from guardrun.supervisor.cli.doctor import FAIL, OK, WARN, Machine
+from guardrun.supervisor.watch.gpu import QUERIES, QueryChoice
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import FakeGpuSource  # noqa: E402

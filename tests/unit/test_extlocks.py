@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardrun.supervisor.extlocks import (Build, build_folder, clear_build_locks, compiling,
+from guardrun.supervisor.run.extlocks import (Build, build_folder, clear_build_locks, compiling,
                                           extensions_root, find_builds, program_name)
 
 

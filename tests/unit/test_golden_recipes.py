@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.units import GIB
-from guardrun.supervisor.planview import plan_command
+from guardrun.supervisor.cli.planview import plan_command
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import ScriptedMemory  # noqa: E402

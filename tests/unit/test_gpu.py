@@ -16,16 +16,16 @@ import pytest
 from guardrun.launcher.failures import Kind
 from guardrun.launcher.gpus import GpuProcess, GpuReading, allowed_indices, check_explicit, pick_gpus
 from guardrun.launcher.units import GIB, parse_size
-from guardrun.supervisor import gpu as gpu_module
-from guardrun.supervisor import loop as loop_module
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.gpu import (NamespacePids, gpu_holders, open_gpu_source, tagged_pids,
+from guardrun.supervisor.watch import gpu as gpu_module
+from guardrun.supervisor.run import loop as loop_module
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.watch.gpu import (NamespacePids, gpu_holders, open_gpu_source, tagged_pids,
                                      wait_gpus_released)
-from guardrun.supervisor.gpuwatch import GpuMonitor, describe_vram
-from guardrun.supervisor.journal import Journal
-from guardrun.supervisor.loop import Supervisor
-from guardrun.supervisor.policy import judge_vram
+from guardrun.supervisor.watch.gpuwatch import GpuMonitor, describe_vram
+from guardrun.supervisor.record.journal import Journal
+from guardrun.supervisor.run.loop import Supervisor
+from guardrun.supervisor.run.policy import MemoryLimits, MemoryReading, judge, judge_vram
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import FakeClock, FakeGpuSource  # noqa: E402
@@ -190,8 +190,8 @@ def test_wait_times_out_naming_the_stuck_pid(tmp_path):
 
 
 def test_the_guard_waits_as_long_as_the_recipe_says_then_names_the_stuck_pid(tmp_path):
-    from guardrun.supervisor.gpuwatch import GpuGuard
-    from guardrun.supervisor.signals import Requests
+    from guardrun.supervisor.watch.gpuwatch import GpuGuard
+    from guardrun.supervisor.core.signals import Requests
     recipe = make_recipe(tmp_path, """
         launcher: python
         script: train.py
@@ -225,14 +225,16 @@ def test_monitor_stops_for_cuda_oom_and_shows_vram(tmp_path):
     source = FakeGpuSource(count=2, used=lambda i: int(next(used) * GIB) if i == 1 else GIB // 2,
                            procs={1: [GpuProcess(500, 29 * GIB), GpuProcess(501, GIB)]})
     monitor = GpuMonitor(source, "j", 4, parse_size("95%"), proc_root=str(proc))
-    assert not monitor.sample().stop
+    host = MemoryReading(tree_fast=GIB, available=100 * GIB)
+    no_limits = MemoryLimits(None, None)
+    assert not judge(host, no_limits, monitor.sample()).stop
     assert monitor.describe() == "gpu1 30.1/80 GiB" and monitor.job_pids == {500}
-    assert not monitor.sample().stop
-    verdict = monitor.sample()
+    assert not judge(host, no_limits, monitor.sample()).stop
+    verdict = judge(host, no_limits, monitor.sample())
     assert verdict.failure.kind is Kind.CUDA_OOM and verdict.failure.evidence.startswith("gpu1 VRAM 76.1 GiB")
     assert monitor.peaks == {1: int(76.1 * GIB)}
     source.fail = "GPU is lost"
-    assert not monitor.sample().stop and monitor.error == "GPU is lost"
+    assert monitor.sample() is None and monitor.error == "GPU is lost"
     assert describe_vram([gpu(0, 0.47), gpu(3, 79.6)]) == "gpu0 0.5/80 GiB · gpu3 79.6/80 GiB"
 
 

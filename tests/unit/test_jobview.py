@@ -1,7 +1,8 @@
 """What status and list say: the lock decides liveness, never a stale state.json."""
 from __future__ import annotations
 
-from guardrun.supervisor.jobview import duration, extra_lines, list_lines, parse_iso, view
+from guardrun.launcher.units import format_duration as duration
+from guardrun.supervisor.cli.jobview import extra_lines, list_lines, parse_iso, view
 
 STARTED = "2026-11-25T10:00:00+0000"
 NOW = parse_iso("2026-11-25T11:02:03+0000")

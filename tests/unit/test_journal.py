@@ -7,7 +7,7 @@ import stat
 import pytest
 
 from guardrun.launcher.failures import Kind
-from guardrun.supervisor.journal import Journal, StateDirError, ensure_private_dir, history, read_events, read_state
+from guardrun.supervisor.record.journal import Journal, StateDirError, ensure_private_dir, history, read_events, read_state
 
 
 def test_events_are_namespaced_json_lines_with_job_bound(state_dir):

@@ -1,4 +1,4 @@
-"""Bounded line reading from the job's pipe (supervisor/lines.py)."""
+"""Bounded line reading from the job's pipe (supervisor/diagnose/lines.py)."""
 from __future__ import annotations
 
 import io
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrun.supervisor.lines import CUT_MARK, iter_lines, iter_pieces, strip_ansi
+from guardrun.supervisor.diagnose.lines import CUT_MARK, iter_lines, iter_pieces, strip_ansi
 
 
 class Trickle(io.RawIOBase):

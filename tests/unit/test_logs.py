@@ -1,4 +1,4 @@
-"""One line of job output -> events (supervisor/logs.py).
+"""One line of job output -> events (supervisor/diagnose/logs.py).
 
 The table at the top runs whole outputs captured from real runs (tests/data/outputs/real_*,
 see the README there for the commands) and a few hand-written ones for what this machine
@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardrun.supervisor.lines import iter_lines
-from guardrun.supervisor.logs import TEXT_CAP, Event, first_failure, parse_line
+from guardrun.supervisor.diagnose.lines import iter_lines
+from guardrun.supervisor.diagnose.logs import TEXT_CAP, Event, first_failure, parse_line
 
 OUTPUTS = Path(__file__).resolve().parent.parent / "data" / "outputs"
 
@@ -506,9 +506,9 @@ def test_a_recipes_own_regexes_win_over_the_built_in_recognisers(tmp_path):
     import io
 
     from guardrun.launcher.recipe import ProgressPatterns
-    from guardrun.supervisor.console import Console
-    from guardrun.supervisor.output import OutputReader
-    from guardrun.supervisor.patterns import Patterns
+    from guardrun.supervisor.record.console import Console
+    from guardrun.supervisor.diagnose.output import OutputReader
+    from guardrun.supervisor.diagnose.patterns import Patterns
 
     patterns = Patterns.from_recipe(ProgressPatterns(r"global it (\d+)/(\d+)", r"L=(\S+)"), None)
     data = b"global it 120/500 L=0.7\nstep 3 loss 0.1\n"

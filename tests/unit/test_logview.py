@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from guardrun.supervisor.logview import Follower, choose, copy, keep, rank_prefixes
+from guardrun.supervisor.cli.logview import Follower, choose, copy, keep, rank_prefixes
 
 
 def attempt(job, number: int, text: str | None = None):

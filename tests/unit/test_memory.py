@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from guardrun.supervisor import proctree
-from guardrun.supervisor.memory import HostMemory, ProcfsMemory, TreeSample
-from guardrun.supervisor.proctree import ProcId, ProcReader, ProcTree
+from guardrun.supervisor.watch import proctree
+from guardrun.supervisor.watch.memory import HostMemory, ProcfsMemory, TreeSample
+from guardrun.supervisor.watch.proctree import ProcId, ProcReader, ProcTree
 
 PAGE = 4096
 KIB = 1024

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from fakes import FakeClock
-from guardrun.supervisor.notify import (Notifier, NotifyingConsole, WatchdogClock, socket_address,
+from guardrun.supervisor.record.notify import (Notifier, NotifyingConsole, WatchdogClock, socket_address,
                                         watchdog_period)
 
 

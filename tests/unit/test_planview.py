@@ -6,7 +6,7 @@ import textwrap
 
 from click.testing import CliRunner
 
-from guardrun.supervisor.cli import main
+from guardrun.supervisor.cli.main import main
 
 RECIPE = """\
 launcher: deepspeed

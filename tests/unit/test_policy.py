@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.supervisor.logs import parse_line
-from guardrun.supervisor.policy import (AttemptEnd, MemoryLimits, MemoryReading, backoff, classify,
+from guardrun.supervisor.diagnose.logs import parse_line
+from guardrun.supervisor.run.policy import (AttemptEnd, MemoryLimits, MemoryReading, backoff, classify,
                                         judge_memory)
 
 GIB = 1 << 30

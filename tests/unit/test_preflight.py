@@ -12,12 +12,12 @@ from guardrun.launcher.modelinfo import resolve
 from guardrun.launcher.modelspec import Model
 from guardrun.launcher.preflight import Known, Resources, check, choose, gather, predict, workload, zero_settings
 from guardrun.launcher.units import GIB
-from guardrun.supervisor import loop as loop_module
-from guardrun.supervisor.clock import MonotonicClock
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.fitcheck import measure, preflight_plan
-from guardrun.supervisor.journal import Journal
-from guardrun.supervisor.loop import Supervisor
+from guardrun.supervisor.run import loop as loop_module
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.watch.fitcheck import measure, preflight_plan
+from guardrun.supervisor.record.journal import Journal
+from guardrun.supervisor.run.loop import Supervisor
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import FakeGpuSource, ScriptedMemory  # noqa: E402

@@ -11,8 +11,8 @@ import pytest
 from guardrun.launcher.command import build
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import decide
-from guardrun.supervisor.journalread import history
-from guardrun.supervisor.rankcount import ranks_in_file, ranks_seen
+from guardrun.supervisor.record.journalread import history
+from guardrun.supervisor.diagnose.rankcount import ranks_in_file, ranks_seen
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from recipes_util import make_recipe  # noqa: E402

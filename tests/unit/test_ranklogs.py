@@ -9,9 +9,9 @@ import pytest
 
 from conftest import wait_until
 from guardrun.launcher.command import rank_logs
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.output import MAX_EVIDENCE, OutputReader
-from guardrun.supervisor.ranklogs import RankLogs
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.diagnose.output import MAX_EVIDENCE, OutputReader
+from guardrun.supervisor.diagnose.ranklogs import RankLogs
 
 
 @pytest.mark.parametrize("launcher,argv,env", [

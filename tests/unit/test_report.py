@@ -19,10 +19,10 @@ import pytest
 
 from conftest import REPO
 
-from guardrun.supervisor.journal import read_events
-from guardrun.supervisor.memtrail import MemoryTrail
-from guardrun.supervisor.policy import MemoryReading
-from guardrun.supervisor.reportdata import build
+from guardrun.supervisor.record.journal import read_events
+from guardrun.supervisor.run.memtrail import MemoryTrail
+from guardrun.supervisor.run.policy import MemoryReading
+from guardrun.supervisor.report.data import build
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 JOURNALS = REPO / "tests" / "data" / "journals"
@@ -110,7 +110,7 @@ def test_gpu_panels_come_from_the_samples_with_their_limits(tmp_path):
     assert sorted(rep.gpus) == [0, 1]
     assert {(p.used, p.total, p.limit) for p in rep.gpus[0]} == {(30 * GIB, 80 * GIB, 76 * GIB)}
     pytest.importorskip("matplotlib")
-    from guardrun.supervisor.reportplot import render
+    from guardrun.supervisor.report.plot import render
     without = png_size(render(build("cpu", recorded("host_oom")), tmp_path / "cpu.png"))
     with_gpus = png_size(render(rep, tmp_path / "gpu.png"))
     assert with_gpus[1] > without[1]  # two more panels

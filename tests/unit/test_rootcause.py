@@ -1,4 +1,4 @@
-"""The root cause of a failed attempt (supervisor/rootcause.py), from real captured outputs
+"""The root cause of a failed attempt (supervisor/diagnose/rootcause.py), from real captured outputs
 (tests/data/outputs/) and real torchelastic error files (tests/data/errorfiles/)."""
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.supervisor.diagnosis import root_cause
-from guardrun.supervisor.extlocks import Build
-from guardrun.supervisor.lines import iter_lines, strip_ansi
-from guardrun.supervisor.logs import first_failure, parse_line
-from guardrun.supervisor.policy import AttemptEnd
-from guardrun.supervisor.rootcause import (MAX_FRAMES, RootCause, Trace, TraceTracker, choose, judged,
+from guardrun.supervisor.run.diagnosis import root_cause
+from guardrun.supervisor.run.extlocks import Build
+from guardrun.supervisor.diagnose.lines import iter_lines, strip_ansi
+from guardrun.supervisor.diagnose.logs import first_failure, parse_line
+from guardrun.supervisor.run.policy import AttemptEnd
+from guardrun.supervisor.diagnose.rootcause import (MAX_FRAMES, RootCause, Trace, TraceTracker, choose, judged,
                                            read_error_files, settle)
 
 DATA = Path(__file__).resolve().parent.parent / "data"

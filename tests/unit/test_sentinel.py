@@ -7,11 +7,11 @@ import pytest
 
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
-from guardrun.supervisor.lines import iter_lines
-from guardrun.supervisor.logs import parse_line
-from guardrun.supervisor.patterns import Patterns
-from guardrun.supervisor.policy import AttemptEnd, classify, signature
-from guardrun.supervisor.sentinel import HangWatch, NanTracker, judge_hang, judge_nan
+from guardrun.supervisor.diagnose.lines import iter_lines
+from guardrun.supervisor.diagnose.logs import parse_line
+from guardrun.supervisor.diagnose.patterns import Patterns
+from guardrun.supervisor.run.policy import AttemptEnd, classify, signature
+from guardrun.supervisor.diagnose.sentinel import HangWatch, NanTracker, judge_hang, judge_nan
 
 OUTPUTS = Path(__file__).resolve().parent.parent / "data" / "outputs"
 

@@ -1,7 +1,7 @@
 """Every transition goes through one checked function (supervisord's shape)."""
 import pytest
 
-from guardrun.supervisor.states import State, TransitionError, check_transition
+from guardrun.supervisor.core.states import State, TransitionError, check_transition
 
 
 @pytest.mark.parametrize("source,target", [

@@ -13,11 +13,11 @@ from guardrun.launcher.checkpoints import Saved, inspect
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.resume import Target, declared_epochs, declared_max_steps, reached
-from guardrun.supervisor.console import Console
-from guardrun.supervisor.loop import _exit, _no_rung, _teardown_warning
-from guardrun.supervisor.output import OutputReader
-from guardrun.supervisor.policy import AttemptEnd, classify, target_of
-from guardrun.supervisor.target import LastRun, already_finished, last_run
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.run.loop import _exit, _no_rung, _teardown_warning
+from guardrun.supervisor.diagnose.output import OutputReader
+from guardrun.supervisor.run.policy import AttemptEnd, classify, target_of
+from guardrun.supervisor.run.target import LastRun, already_finished, last_run
 
 GIB = 1 << 30
 

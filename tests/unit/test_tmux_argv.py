@@ -1,7 +1,7 @@
 """The tmux commands guardrun builds (the real server is tested in integration/test_tmux.py)."""
 from __future__ import annotations
 
-from guardrun.supervisor import tmux
+from guardrun.supervisor.unattended import tmux
 
 
 def test_session_names_are_valid_tmux_targets():

@@ -1,0 +1,3 @@
+"""The commands: what the user types and reads (run, plan, status, logs, stop, report, doctor,
+...).
+"""

@@ -1,0 +1,176 @@
+"""`guardrun logs JOB [-f] [--attempt N] [--rank R]`: an attempt's output, whole or followed.
+
+Each attempt's merged output is `attempts/<N>/output.log`. A rank's own output is
+`attempts/<N>/ranks/<R>.log` where a launcher wrote one; otherwise the rank's lines are
+picked out of output.log by the prefix launchers put on them: `[R]`, `[rankR]` (torch's
+own prefix on error lines), `[defaultR]:` (torchrun `--tee`, role "default").
+
+Following reads what is there, then polls for more; it moves on to a newer attempt when
+one starts (unless `--attempt` pinned one) and ends when the supervisor is gone and the
+log is read to its end.
+
+A damaged state dir is read around: an entry of attempts/ that is not an attempt number
+is skipped and said once; a log that cannot be read (a directory, a symlink, EIO) raises
+LogUnreadable, which `guardrun logs` turns into one error line and exit 1.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, TextIO
+
+from ..record.statedir import open_regular, reason
+
+#: How often a followed log is polled for new lines (a person is reading it).
+FOLLOW_POLL = 0.2
+
+
+@dataclass(frozen=True)
+class LogChoice:
+    attempt: int
+    path: Path
+    prefixes: tuple[str, ...] | None  # keep only lines starting with one of these (a rank)
+    note: str                          # said to the user on stderr, when not empty
+
+
+class LogUnreadable(Exception):
+    """An attempt's log exists but cannot be read; the message names it and says why."""
+
+
+def attempts(job_dir: Path, say: Callable[[str], None] | None = None) -> list[int]:
+    """The attempt numbers of a job, oldest first; `say` hears about what was skipped."""
+    folder = job_dir / "attempts"
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    except OSError as err:
+        if say is not None:
+            say(f"{folder}: {'not a directory' if isinstance(err, NotADirectoryError) else reason(err)}: "
+                "no attempts read")
+        return []
+    # isascii: '²'.isdigit() is True, and int('²') raises.
+    odd = sorted(name for name in names if not (name.isascii() and name.isdigit()))
+    if odd and say is not None:
+        one = len(odd) == 1
+        say(f"{folder}: skipped {len(odd)} {'entry that is' if one else 'entries that are'} not an "
+            f"attempt number ({', '.join(map(repr, odd[:3]))}{', ...' if len(odd) > 3 else ''})")
+    return sorted(int(name) for name in names if name.isascii() and name.isdigit())
+
+
+def _open_log(path: Path) -> TextIO:
+    """The log for reading (FileNotFoundError if absent), LogUnreadable if it cannot be read."""
+    try:
+        return open(open_regular(path), encoding="utf-8", errors="replace")
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise LogUnreadable(f"cannot read {path}: {reason(err)}") from None
+
+
+def rank_prefixes(rank: int) -> tuple[str, ...]:
+    return (f"[{rank}]", f"[rank{rank}]", f"[default{rank}]")
+
+
+def choose(job_dir: Path, attempt: int, rank: int | None) -> LogChoice:
+    """Which file to read, and which lines of it, for an attempt and maybe one rank."""
+    folder = job_dir / "attempts" / str(attempt)
+    if rank is None:
+        return LogChoice(attempt, folder / "output.log", None, "")
+    own = folder / "ranks" / f"{rank}.log"
+    if own.is_file():
+        return LogChoice(attempt, own, None, "")
+    prefixes = rank_prefixes(rank)
+    note = (f"attempt {attempt} has no per-rank log ({own.relative_to(job_dir)}): showing the "
+            f"lines of output.log that start with {' or '.join(prefixes)}")
+    return LogChoice(attempt, folder / "output.log", prefixes, note)
+
+
+def keep(line: str, prefixes: tuple[str, ...] | None) -> bool:
+    return prefixes is None or line.startswith(prefixes)
+
+
+def copy(choice: LogChoice, out: TextIO) -> int:
+    """Write the chosen lines of the whole file to `out`; how many were written."""
+    written = 0
+    try:
+        with _open_log(choice.path) as handle:
+            for line in handle:
+                if keep(line, choice.prefixes):
+                    out.write(line)
+                    written += 1
+    except FileNotFoundError:
+        return 0
+    except OSError as err:  # EIO while reading
+        raise LogUnreadable(f"cannot read {choice.path}: {reason(err)}") from None
+    out.flush()
+    return written
+
+
+class Follower:
+    """`logs -f`: print lines as they are written, across attempts, until the run is over."""
+
+    def __init__(self, job_dir: Path, choice: LogChoice, *, pinned: bool, rank: int | None,
+                 alive: Callable[[], bool], sleep: Callable[[float], None], out: TextIO,
+                 say: Callable[[str], None]):
+        self.job_dir, self.choice, self.pinned, self.rank = job_dir, choice, pinned, rank
+        self.alive, self.sleep, self.out, self.say = alive, sleep, out, say
+        self._handle: TextIO | None = None
+        self._partial = ""
+
+    def run(self) -> None:
+        try:
+            while True:
+                running = self.alive()  # looked at before reading: what it wrote last is read
+                if self._drain():
+                    continue
+                newer = [n for n in attempts(self.job_dir) if n > self.choice.attempt]
+                if newer and not self.pinned:
+                    self._switch(newer[0])
+                elif not running:
+                    self._flush_partial()
+                    return
+                else:
+                    self.sleep(FOLLOW_POLL)
+        finally:
+            if self._handle is not None:
+                self._handle.close()
+
+    def _drain(self) -> bool:
+        """Write the complete lines added since the last look; whether there were any."""
+        if self._handle is None:
+            try:
+                self._handle = _open_log(self.choice.path)
+            except FileNotFoundError:
+                return False
+        try:
+            data = self._handle.read()
+        except OSError as err:
+            raise LogUnreadable(f"cannot read {self.choice.path}: {reason(err)}") from None
+        if not data:
+            return False
+        lines = (self._partial + data).split("\n")
+        self._partial = lines.pop()
+        for line in lines:
+            if keep(line, self.choice.prefixes):
+                self.out.write(line + "\n")
+        self.out.flush()
+        return True
+
+    def _switch(self, attempt: int) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        self._flush_partial()
+        self.choice = choose(self.job_dir, attempt, self.rank)
+        self.say(f"attempt {attempt} started")
+        if self.choice.note:
+            self.say(self.choice.note)
+
+    def _flush_partial(self) -> None:
+        """A last line without its newline (the writer is done with this file)."""
+        if self._partial and keep(self._partial, self.choice.prefixes):
+            self.out.write(self._partial + "\n")
+            self.out.flush()
+        self._partial = ""

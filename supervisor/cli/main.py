@@ -1,0 +1,200 @@
+"""The `guardrun` command.
+
+Exit codes: 0 the job finished; 1 gave up (restarts used up, ladder exhausted, or a
+user error); 2 bad recipe or usage; 130 interrupted.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from ..core import signals
+
+if os.path.basename(sys.argv[0]) == "guardrun":
+    # The console script imports this module first: catch SIGTERM/^C before the ~200 ms of
+    # imports below (issue 12 §6). Commands other than `run` give the handlers back (main).
+    signals.install_early()
+
+from pathlib import Path  # noqa: E402 - after the handlers, on purpose
+
+import click  # noqa: E402
+
+from guardrun.launcher import checkpoints as ckpts
+from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
+from guardrun.launcher.units import parse_size
+
+from . import doctor as doctor_checks
+from . import planview
+from ..diagnose.rootcause import root_cause_lines
+from ..report import build as reporting
+from ..record.journal import Journal, StateDirError
+from . import jobs as unattended
+from ..unattended.jobrun import JobRun
+from ..run.loop import EXIT_USAGE, Options, Supervisor
+
+
+class DefaultRunGroup(click.Group):
+    """`guardrun RECIPE ...` means `guardrun run RECIPE ...`."""
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=DefaultRunGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="guardrun")
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """Run a training job under a supervisor that degrades and resumes instead of dying.
+
+    guardrun RECIPE is the same as guardrun run RECIPE.
+    """
+    if ctx.invoked_subcommand != "run":
+        signals.release_early()  # `status`, `logs -f`, `stop`: ^C and SIGTERM end them as before
+
+
+def _load(path: str) -> Recipe:
+    try:
+        return load_recipe(path)
+    except RecipeError as err:
+        click.echo(f"guardrun: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("-q", "--quiet", is_flag=True, help="Show only guardrun's lines; the job's output goes to the log.")
+@click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
+def run(recipe: str, quiet: bool, fresh: bool) -> None:
+    """Run RECIPE in the foreground until it finishes or guardrun gives up."""
+    # A stop asked for from here on (the handlers are in before the recipe, the lock and a
+    # dead run's leftovers) ends the run with 130, recorded as interrupted.
+    early = signals.take_early()
+    requests = early if early is not None else signals.Requests()
+    restore = None if early is not None else signals.install(requests)
+    try:
+        _run(recipe, quiet, fresh, requests)
+    finally:
+        if restore is not None:
+            restore()
+
+
+def _run(recipe: str, quiet: bool, fresh: bool, requests: signals.Requests) -> None:
+    loaded = _load(recipe)
+    try:
+        journal = Journal(loaded.name)
+    except (StateDirError, OSError) as err:
+        click.echo(f"guardrun: error: state directory: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        # JobRun: the job's lock, a dead predecessor's leftovers, control socket, sd_notify.
+        with JobRun(loaded, journal, requests, quiet=quiet) as job:
+            job.console.say(f"job {loaded.name}: journal in {journal.dir}")
+            code = job.run(Supervisor(loaded, journal, job.console, job.clock,
+                                      options=Options(fresh=fresh), requests=requests))
+    finally:
+        journal.close()
+    sys.exit(code)
+
+
+def _size(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_size(value, allow_percent=False).bytes
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
+@main.command()
+@click.argument("recipe", type=click.Path(dir_okay=False))
+@click.option("--rung", type=int, default=None, help="Show rung N in full (default: the first that fits).")
+@click.option("--all", "show_all", is_flag=True, help="Show every rung in full.")
+@click.option("--gpu-free", callback=_size, help="Plan as if every GPU had SIZE free (e.g. 24GiB).")
+@click.option("--host-available", callback=_size, help="Plan as if the host had SIZE available.")
+def plan(recipe: str, rung: int | None, show_all: bool, gpu_free: int | None,
+         host_available: int | None) -> None:
+    """Every rung: configuration, predicted memory, fits or not; then the exact command. Runs nothing."""
+    try:
+        lines = planview.plan_command(recipe, rung, show_all, gpu_free, host_available)
+    except (RecipeError, ValueError) as err:
+        click.echo(f"guardrun: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo("\n".join(lines))
+
+
+@main.command()
+def doctor() -> None:
+    """Check this machine: GPUs, memory, cgroups, systemd, tmux, py-spy, ptrace. Exit 1 on a FAIL."""
+    checks = doctor_checks.run()
+    click.echo("\n".join(check.line() for check in checks))
+    sys.exit(doctor_checks.exit_code(checks))
+
+
+@main.command()
+@click.argument("job", required=False)
+@click.option("--json", "as_json", is_flag=True, help="JSON: one object for JOB, else a list.")
+def status(job: str | None, as_json: bool) -> None:
+    """Show the state of JOB, or of every job guardrun knows."""
+    # Liveness from the job's lock, uptime, memory source, live figures: supervisor.unattended.
+    unattended.show_status(job, as_json, describe=_describe_state)
+
+
+def _describe_state(name: str, state: dict) -> str:
+    current = state.get("state", "?")
+    pid = state.get("pid")
+    if current in ("starting", "running", "stopping", "backoff") and pid and not _alive(pid):
+        current = f"dead (its supervisor, pid {pid}, is gone; it was {current})"
+    lines = [f"{name}: {current}"]
+    keys = ("attempt", "rung", "ranks", "per_device", "grad_accum", "global_batch", "step",
+            "loss", "memory", "vram", "logging", "resume_from", "last_kind", "last_evidence", "gave_up", "started", "updated")
+    lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
+    if isinstance(state.get("root_cause"), dict):
+        lines += ["  " + line for line in root_cause_lines(state["root_cause"])]
+    return "\n".join(lines)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@main.command(name="checkpoints")
+@click.argument("directory", type=click.Path(file_okay=False))
+@click.option("--pattern", default=None, help="Regex whose first group is the step (default: HF and DeepSpeed names).")
+def checkpoints_cmd(directory: str, pattern: str | None) -> None:
+    """List the checkpoints in DIRECTORY, complete or not, and why."""
+    found = ckpts.find(Path(directory), pattern)
+    if not found:
+        click.echo(f"no checkpoints in {directory}")
+        return
+    for each in found:
+        verdict = "valid" if each.valid else f"INVALID: {each.reason}"
+        click.echo(f"{each.name:<28} step {each.step:>8}  {verdict}")
+
+
+@main.command()
+@click.argument("job")
+@click.option("--out", type=click.Path(file_okay=False), default=None,
+              help="Folder for JOB-memory.png and JOB-report.html (default: the job's state folder).")
+def report(job: str, out: str | None) -> None:
+    """Plot JOB's memory over time against its limits (PNG) and write an HTML report with the
+    attempts and root causes, from its journal. Needs matplotlib: pip install 'guardrun[plot]'."""
+    try:
+        written = reporting.make(job, Path(out) if out else None)
+    except (reporting.ReportError, StateDirError, OSError) as err:
+        click.echo(f"guardrun: error: {err}", err=True)
+        sys.exit(EXIT_USAGE)
+    click.echo(f"{job}: {written.attempts} attempt(s), {written.samples} memory samples")
+    click.echo(f"plot:   {written.png}")
+    click.echo(f"report: {written.html}")
+
+
+for _command in unattended.COMMANDS:  # start, list, logs, stop, tmux
+    main.add_command(_command)

@@ -1,0 +1,3 @@
+"""The leaves every layer may use: the clock, signal handling, the job's states. Imports
+nothing of supervisor/.
+"""

@@ -1,0 +1,251 @@
+"""One attempt: spawn the launch, watch it every interval, stop it when told, classify its end.
+
+The watch loop measures (memory, output progress) and hands the numbers to the pure
+policy; it acts only on the policy's verdict or on a recorded signal.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from guardrun.launcher import checkpoints
+from guardrun.launcher.command import LaunchSpec
+from guardrun.launcher.failures import Failure
+from guardrun.launcher.units import format_bytes
+
+from ..watch import proc
+from ..watch.cgroupv1 import Group
+from ..core.clock import Clock
+from ..record.console import Console
+from ..watch.containment import CgroupMemory, Containment
+from .diagnosis import Diagnosis
+from .extlocks import clear_build_locks, extensions_root, find_builds
+from ..watch.follow import CheckpointFollower, Seen
+from ..watch.gpuwatch import GpuMonitor
+from ..watch.memory import ProcfsMemory
+from .memtrail import MemoryTrail
+from ..diagnose.output import MAX_LOG, OutputReader, Progress
+from ..diagnose.patterns import Patterns
+from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge, judge_memory, target_of
+from ..core.signals import Requests
+from ..record.spacewatch import SpaceWatch
+
+#: How long the output pipe may stay open after the tree is gone (a writer we do not
+#: know of); past it the reader is abandoned rather than hang the supervisor.
+READER_JOIN_TIMEOUT = 10.0
+
+
+class SpawnError(Exception):
+    """The launcher could not be started (its program missing, not executable, ENOEXEC)."""
+
+    def __init__(self, error: OSError):
+        super().__init__(str(error))
+        self.error = error
+
+
+@dataclass
+class Peaks:
+    tree: int = 0
+    pss: int = 0
+    min_available: int | None = None
+
+    def update(self, reading: MemoryReading) -> None:
+        self.tree = max(self.tree, reading.tree_fast)
+        self.pss = max(self.pss, reading.tree_pss or 0)
+        if self.min_available is None or reading.available < self.min_available:
+            self.min_available = reading.available
+
+
+@dataclass(frozen=True)
+class Watch:
+    """What the attempt needs from the supervisor, bundled so it is passed as one thing."""
+
+    clock: Clock
+    memory: ProcfsMemory
+    console: Console
+    requests: Requests
+    limits: MemoryLimits
+    interval: float
+    grace: float
+    emit: Callable[..., None]
+    status: Callable[[Progress, MemoryReading | None], str]
+    checkpoints: CheckpointFollower | None = None  # follows the checkpoint folder, if the recipe has one
+    gpu: GpuMonitor | None = None  # samples VRAM each interval, where there are GPUs
+    diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
+    space: SpaceWatch | None = None  # the state dir's write health (the journal's), for output.log
+    log_max_size: int = MAX_LOG  # logs.max_size: output.log's bound
+    containment: Containment | None = None  # the job's cgroup, where it has one
+
+
+def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
+    """Run one launch to its end; the tree is verified gone when this returns."""
+    env = dict(os.environ)
+    env.update(spec.env)
+    for path, text in spec.files:
+        path.write_text(text)
+    # Wall clock on purpose: it is compared with file mtimes. One second of slack
+    # covers filesystems that store whole seconds.
+    spawned_at = time.time() - 1.0
+    group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
+    popen, group = _spawn(spec, env, number, group, watch)
+    watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv),
+               cgroup=str(group.path) if group else None)
+    if group is not None:  # one memory.stat read per sample instead of the /proc walk
+        fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
+        watch = dataclasses.replace(watch, memory=CgroupMemory(group, watch.memory, fell_back))
+    started = watch.clock.monotonic()
+    diagnosis = watch.diagnosis
+    reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",
+                          patterns=diagnosis.patterns if diagnosis else Patterns(),
+                          rank_logs=diagnosis.rank_logs if diagnosis else None,
+                          max_log=watch.log_max_size, space=watch.space).start()
+    tree = proc.ProcTree(adopter=os.getpid())
+    peaks = Peaks()
+    stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))
+    # Before the kill: which torch extensions the tree is compiling (their locks are its own;
+    # the compiler also goes into the root cause). Cleared once the tree is gone.
+    extensions = extensions_root(env)
+    builds = find_builds(extensions, tree.pids(popen.pid))
+    _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now, group=group)
+    kernel_oom = _kernel_oom(group, watch)
+    clear_build_locks(extensions, builds, spawned_at, watch.emit, number)
+    if not reader.join(READER_JOIN_TIMEOUT):
+        watch.emit("output.still_open", attempt=number)
+    progress = reader.progress()
+    seen = watch.checkpoints.stop() if watch.checkpoints else None
+    end = AttemptEnd(exit_code=popen.returncode, events=reader.evidence(),
+                     stopped_for=stopped_for, interrupted=interrupted,
+                     progressed=progress.step is not None or progress.loss is not None,
+                     attempt=number, last_step=progress.step,
+                     incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
+                     building=builds, reached_target=_reached(progress, seen), kernel_oom=kernel_oom,
+                     **(diagnosis.end_facts(reader) if diagnosis else {}))
+    return end, peaks
+
+
+def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
+           watch: Watch) -> tuple[subprocess.Popen, Group | None]:
+    """Start the launch inside `group` (it joins before exec); if joining fails, without
+    it, said (never the run's failure). SpawnError when nothing could be started."""
+    join = os.fsencode(group.path / "cgroup.procs") if group is not None else None
+    while True:
+        try:
+            return proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, join=join), group
+        except subprocess.SubprocessError as err:
+            if join is None or "preexec_fn" not in str(err):
+                watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+                raise SpawnError(OSError(str(err))) from None
+            watch.containment.fell_back(f"the launcher could not join {group.path} ({err}); this "
+                                        "attempt is watched through /proc", watch.console.say,
+                                        watch.emit, number)
+            group.remove()
+            join = group = None
+        except OSError as err:  # nothing was started: nothing to stop
+            watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+            if group is not None:
+                group.remove()
+            raise SpawnError(err) from None
+
+
+def _kernel_oom(group: Group | None, watch: Watch) -> str:
+    """The kernel's OOM kills inside the attempt's cgroup, as host_oom's evidence; then
+    the (now empty) cgroup is removed."""
+    if group is None:
+        return ""
+    kills = group.oom_kills()
+    limit = watch.containment.hard_limit if watch.containment else None
+    left = group.remove()
+    if left:
+        watch.emit("cgroup.not_removed", left=left)
+    if kills <= 0:
+        return ""
+    at = f" at the hard limit {format_bytes(limit)}" if limit else ""
+    watch.emit("cgroup.oom_kill", path=str(group.path), kills=kills, hard_limit=limit)
+    return (f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} "
+            f"(memory.oom_control oom_kill)")
+
+
+def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch,
+           trail: MemoryTrail) -> tuple[Failure | None, bool]:
+    """Poll until the launcher exits, a stop is requested, or memory crosses a limit."""
+    while True:
+        if popen.poll() is not None:
+            return None, False
+        if watch.requests.stop:
+            return None, True
+        if watch.checkpoints is not None:
+            watch.checkpoints.poll()
+        if watch.diagnosis is not None:
+            found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
+            if found is not None:
+                watch.emit("diagnosis.stop", kind=str(found.kind), evidence=found.evidence, step=found.step)
+                return found, False
+        reading = _measure(popen.pid, watch)
+        peaks.update(reading)
+        verdict = judge(reading, watch.limits, watch.gpu.sample() if watch.gpu is not None else None)
+        watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
+        trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
+        if verdict.stop:
+            watch.emit("limit.breached", kind=str(verdict.failure.kind),
+                       evidence=verdict.failure.evidence, tree=reading.tree_fast,
+                       pss=reading.tree_pss, available=reading.available)
+            return verdict.failure, False
+        watch.clock.sleep(watch.interval)
+
+
+def _incomplete(seen: Seen | None) -> str | None:
+    """The checkpoint this attempt began and never finished, as evidence for save_failed."""
+    if seen is None or not seen.incomplete:
+        return None
+    last = seen.incomplete[-1]
+    return f"{last.name} is incomplete ({last.reason})"
+
+
+def _reached(progress: Progress, seen: Seen | None) -> str:
+    """"step 30/30" when the attempt trained to its end (policy.target_of): judged from the
+    trainer_state.json of a checkpoint it wrote, else from its progress output. A checkpoint
+    from before the attempt does not count: a recipe may have raised max_steps since."""
+    saved = (checkpoints.inspect(seen.newest.path)
+             if seen is not None and seen.newest is not None and seen.newest_at is not None else None)
+    return target_of(progress.step, progress.total, progress.per_epoch,
+                     saved.global_step if saved else None, saved.max_steps if saved else None)
+
+
+def _measure(root_pid: int, watch: Watch) -> MemoryReading:
+    sample = watch.memory.sample_tree(root_pid, adopter=os.getpid())
+    host = watch.memory.host()
+    reading = MemoryReading(tree_fast=sample.anon, available=host.available)
+    if judge_memory(reading, watch.limits).confirm:
+        # Re-read just before acting (earlyoom's habit): PSS counts each shared page once.
+        reading = MemoryReading(tree_fast=sample.anon, available=host.available,
+                                tree_pss=watch.memory.pss(sample.pids))
+    return reading
+
+
+def _stop(popen, tree, watch: Watch, number: int, hurry: bool, group: Group | None = None) -> None:
+    """Make sure nothing of the attempt is left: graceful if it is still running."""
+    running = popen.poll() is None
+    if running:
+        watch.console.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
+                          f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
+    report = proc.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
+                            clock=watch.clock, hurry=lambda: watch.requests.kill_now,
+                            group=group.procs if group is not None else None)
+    watch.emit("attempt.stopped", attempt=number, was_running=running,
+               killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
+    if report.left:
+        watch.console.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))
+
+
+def describe_reading(reading: MemoryReading | None, limits: MemoryLimits) -> str:
+    if reading is None:
+        return ""
+    used = reading.tree_pss if reading.tree_pss is not None else reading.tree_fast
+    limit = f"/{format_bytes(limits.tree)}" if limits.tree else ""
+    return f"mem {format_bytes(used)}{limit} · avail {format_bytes(reading.available)}"

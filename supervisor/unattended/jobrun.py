@@ -1,0 +1,145 @@
+"""What `guardrun run` sets up around one Supervisor, so the loop itself stays simple.
+
+In order: the job's lock (one supervisor per job: a second run exits 2 naming the pid
+of the first), the processes a SIGKILLed predecessor left behind (stopped before
+anything starts), the job's mark in the environment (so the *next* run can find this
+one's leftovers), the control socket (`guardrun stop`, `guardrun status`), and systemd's
+notify protocol (a console and a clock that report to it). On the way out: STOPPING=1,
+the socket removed, the lock released, in that order, so a `guardrun stop` waiting for
+the lock sees a supervisor that is really done.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+from guardrun.launcher.recipe import Recipe
+
+from ..watch import cgroup, cgroupv1, leftovers
+from ..watch.containment import leftover_members
+from ..core.clock import Clock, MonotonicClock
+from ..record.console import Console
+from .control import ControlServer
+from ..record.journal import Journal, StateDirError, read_state
+from .lock import JobLock, LockHeld
+from ..record.notify import Notifier, NotifyingConsole, WatchdogClock
+from ..core.signals import Requests
+
+EXIT_GAVE_UP, EXIT_USAGE = 1, 2  # supervisor.loop's codes (see the README's table)
+
+#: Set by `guardrun start` for its daemon: written into the lock file once the lock is
+#: taken, which is how `start` knows its own daemon (not another) got the job.
+START_TOKEN = "GUARDRUN_START_TOKEN"
+
+
+def _fail(message: str, code: int) -> SystemExit:
+    print(f"guardrun: error: {message}", file=sys.stderr, flush=True)
+    return SystemExit(code)
+
+
+class JobRun:
+    """A context for one foreground run: `with JobRun(...) as job: job.run(supervisor)`."""
+
+    def __init__(self, recipe: Recipe, journal: Journal, requests: Requests | None = None, *,
+                 quiet: bool = False):
+        self.recipe = recipe
+        self.journal = journal
+        self.requests = requests if requests is not None else Requests()  # filled since before the recipe
+        self.notifier = Notifier.from_env()
+        self.console: Console = (NotifyingConsole(self.notifier, quiet=quiet)
+                                 if self.notifier.enabled else Console(quiet=quiet))
+        inner = MonotonicClock()
+        self.clock: Clock = WatchdogClock(inner, self.notifier) if self.notifier.watchdog_every else inner
+        self.requests.when_hung_up(self.console.detach)
+        self.memory_source = cgroup.detect()
+        self._lock = JobLock(journal.dir)
+        self._server: ControlServer | None = None
+
+    def __enter__(self) -> "JobRun":
+        try:
+            self._lock.acquire(os.environ.pop(START_TOKEN, ""))
+        except LockHeld as err:
+            raise _fail(f"job {self.recipe.name} is {err}; stop it with `guardrun stop "
+                        f"{self.recipe.name}` or wait for it", EXIT_USAGE) from None
+        except (StateDirError, OSError) as err:
+            raise _fail(f"state directory: {err}", EXIT_USAGE) from None
+        try:
+            self._stop_leftovers()
+        except BaseException:
+            self._lock.release()
+            raise
+        leftovers.mark_environment(self.journal.dir)
+        return self
+
+    def run(self, supervisor) -> int:
+        """Serve the control socket while `supervisor` runs; its exit code."""
+        try:
+            self._server = ControlServer(self.journal.dir, supervisor.requests,
+                                         supervisor.snapshot).start()
+        except (StateDirError, OSError) as err:
+            raise _fail(f"control socket: {err}", EXIT_USAGE) from None
+        supervisor.note(memory_source=self.memory_source.kind,
+                        memory_source_why=self.memory_source.reason,
+                        control_socket=str(self._server.path),
+                        supervisor_start=leftovers.start_time(os.getpid()))
+        code = supervisor.run()
+        self.notifier.stopping(f"guardrun exits {code}: {supervisor.snapshot().get('state', '?')}")
+        return code
+
+    def __exit__(self, *_exc) -> None:
+        if self._server is not None:
+            self._server.close()
+        self.notifier.close()
+        self._lock.release()
+
+    def _stop_leftovers(self) -> None:
+        """Stop what a dead supervisor of this job left running; refuse to start over it.
+
+        A stop asked for meanwhile does not cut it short (the old job gets its grace, as an
+        attempt would), a second ^C does; the run then ends as interrupted (supervisor.loop).
+        """
+        finder = self._leftover_finder()
+        found = finder()
+        if not found:
+            self._remove_leftover_cgroup()
+            return
+        pids = ", ".join(str(ident.pid) for ident in found)
+        self.console.say(f"stopping {len(found)} process(es) left by a previous supervisor "
+                         f"of this job: {pids}")
+        report = leftovers.stop(finder, self.recipe.stop_grace, self.clock,
+                                hurry=lambda: self.requests.kill_now)
+        self.journal.emit("leftovers.stopped", pids=list(report.found), killed=list(report.killed),
+                          left=list(report.left), took=round(report.took, 3))
+        self._remove_leftover_cgroup()
+        if report.left:
+            raise _fail("processes of the previous run survived SIGKILL (stuck in the kernel?): "
+                        + ", ".join(map(str, report.left)) + "; not starting over them", EXIT_GAVE_UP)
+
+    def _job_cgroup(self):
+        """This job's v1 cgroup path (this user's, this state dir's), or None where there is none."""
+        try:
+            path = cgroupv1.JobCgroup.path_for(self.recipe.name, self.journal.dir)
+        except cgroupv1.CgroupError:
+            return None
+        return path if path.is_dir() else None
+
+    def _leftover_finder(self):
+        """A dead run's processes by every /proc handle, and every member of its job cgroup."""
+        finder = leftovers.Finder(self.journal.dir, read_state(self.journal.dir))
+        path = self._job_cgroup()
+        if path is None:
+            return finder
+        in_cgroup = leftover_members(path)
+
+        def members():
+            found = finder()
+            seen = {ident.pid for ident in found}
+            return found + [ident for ident in in_cgroup() if ident.pid not in seen and ident.pid != os.getpid()]
+        return members
+
+    def _remove_leftover_cgroup(self) -> None:
+        """A dead supervisor's empty cgroups of this job go (never another job's or user's)."""
+        path = self._job_cgroup()
+        if path is not None:
+            left = cgroupv1.JobCgroup(path).remove()
+            self.journal.emit("cgroup.leftover_removed", path=str(path), left=left)
