@@ -324,7 +324,7 @@ def _is_library(path: str) -> bool:
 
 # -- choosing ------------------------------------------------------------------------------
 
-def choose(error_files: Iterable[RootCause], traces: Iterable[Trace], evidence: str = "") -> RootCause | None:
+def pick_root_cause(error_files: Iterable[RootCause], traces: Iterable[Trace], evidence: str = "") -> RootCause | None:
     """The root cause: the earliest error file, else the traceback behind `evidence`.
 
     `evidence` is the line the classifier based the attempt's kind on, so the cause shown

@@ -20,7 +20,7 @@ from .extlocks import compiling
 from ..diagnose.output import OutputReader
 from ..diagnose.patterns import Patterns
 from .policy import AttemptEnd
-from ..diagnose.rootcause import RootCause, choose, compile_cause, read_error_files, settle
+from ..diagnose.rootcause import RootCause, compile_cause, pick_root_cause, read_error_files, settle
 from ..diagnose.sentinel import Sentinel
 
 
@@ -76,6 +76,6 @@ def root_cause(end: AttemptEnd, failure: Failure | None, attempt_dir: Path) -> R
     extensions = compiling(end.building)
     if failure.kind is Kind.HOST_OOM and extensions:
         return compile_cause(str(failure.kind), extensions, failure.evidence)
-    found = choose(read_error_files(attempt_dir), end.traces, evidence=failure.evidence)
+    found = pick_root_cause(read_error_files(attempt_dir), end.traces, evidence=failure.evidence)
     return settle(found, str(failure.kind), failure.evidence,
                   decided_by_guardrun=end.stopped_for is not None)

@@ -13,7 +13,7 @@ from guardrun.supervisor.run.extlocks import Build
 from guardrun.supervisor.diagnose.lines import iter_lines, strip_ansi
 from guardrun.supervisor.diagnose.logs import first_failure, parse_line
 from guardrun.supervisor.run.policy import AttemptEnd
-from guardrun.supervisor.diagnose.rootcause import (MAX_FRAMES, RootCause, Trace, TraceTracker, choose, judged,
+from guardrun.supervisor.diagnose.rootcause import (MAX_FRAMES, RootCause, Trace, TraceTracker, judged, pick_root_cause,
                                            read_error_files, settle)
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -29,7 +29,7 @@ def cause_of(name: str) -> RootCause | None:
             events += found
             tracker.feed(line, found)
     evidence = first_failure(events)
-    return choose([], tracker.traces(), evidence.text if evidence else "")
+    return pick_root_cause([], tracker.traces(), evidence.text if evidence else "")
 
 
 # file -> (event kind, rank, exception, message start, innermost frame's text)
@@ -118,14 +118,14 @@ def test_a_real_error_file_is_read_with_rank_frames_and_time(tmp_path):
 def test_the_earliest_error_file_wins(tmp_path):
     place(tmp_path, "gpu_rank0_gloo_closed.json", 0, timestamp="1795603999")
     place(tmp_path, "cpu_rank1_valueerror.json", 1, timestamp="1795603990")
-    assert choose(read_error_files(tmp_path), []).rank == 1
+    assert pick_root_cause(read_error_files(tmp_path), []).rank == 1
 
 
 def test_same_second_error_files_prefer_the_telling_one_over_the_echo(tmp_path):
     """Rank 0's 'Connection closed by peer' (transient) and rank 1's error in the same second."""
     place(tmp_path, "gpu_rank0_gloo_closed.json", 0, timestamp="1795603871")
     place(tmp_path, "cpu_rank1_valueerror.json", 1, timestamp="1795603871")
-    cause = choose(read_error_files(tmp_path), [])
+    cause = pick_root_cause(read_error_files(tmp_path), [])
     assert (cause.rank, cause.exception) == (1, "ValueError")
 
 
@@ -142,7 +142,7 @@ def test_error_files_beat_the_output(tmp_path):
     for line in ("Traceback (most recent call last):", '  File "x.py", line 1, in <module>',
                  "KeyError: 'a'"):
         tracker.feed(line, parse_line(line))
-    assert choose(read_error_files(tmp_path), tracker.traces()).exception == "ValueError"
+    assert pick_root_cause(read_error_files(tmp_path), tracker.traces()).exception == "ValueError"
 
 
 # --- the record -----------------------------------------------------------------------------
