@@ -189,8 +189,8 @@ def first_fitting(verdicts: Sequence[Fit]) -> int | None:
     return next((index for index, verdict in enumerate(verdicts) if verdict.fits), None)
 
 
-def choose(recipe: Recipe, failures: Sequence[Failure], known: Known, resources: Resources,
-           visible_gpus: Sequence[int] | None = None) -> Choice:
+def decide_fitting(recipe: Recipe, failures: Sequence[Failure], known: Known, resources: Resources,
+                   visible_gpus: Sequence[int] | None = None) -> Choice:
     """ladder.decide, then past every rung predicted not to fit (unless `preflight: off`)."""
     decision = decide(recipe, failures, visible_gpus)
     if decision.plan is None or not recipe.preflight:

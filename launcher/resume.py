@@ -103,7 +103,7 @@ def _declared(args: tuple, args_is_list: bool, key: str, kind: type) -> float | 
         return None
 
 
-def choose(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:
+def pick_checkpoint(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:
     """The newest valid checkpoint (older than `before_step` when given: a NaN rollback),
     and every checkpoint newer than it that must be set aside so the trainer's own
     "last checkpoint" logic cannot pick it."""
@@ -168,7 +168,7 @@ def left_in_place(unmoved: Sequence[SetAside], chosen: Checkpoint | None, resume
     With the resume path passed explicitly the trainer loads what it is given, so the
     broken ones left in place are a warning. A script that resumes by itself
     (`resume_arg: null`) picks the newest by its own rule, and every unmoved one is newer
-    than the pick (`choose`): it could resume the broken one, so the attempt must not start.
+    than the pick (`pick_checkpoint`): it could resume the broken one, so the attempt must not start.
     """
     names = ", ".join(f"{each.checkpoint.name} ({each.why})" for each in unmoved)
     if not unmoved:

@@ -20,8 +20,8 @@ from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal
 from guardrun.launcher.command import Resume
 from guardrun.launcher.ladder import Plan
 from guardrun.launcher.recipe import Recipe
-from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, choose, declared_epochs,
-                                      declared_max_steps, left_in_place, reached)
+from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, declared_epochs,
+                                      declared_max_steps, left_in_place, pick_checkpoint, reached)
 
 from ..watch import proc
 from ..core.clock import Clock
@@ -96,7 +96,7 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = 
     if spec is None:
         return Resume()
     found = checkpoints.find(spec.dir, spec.pattern)
-    choice = choose(found, before_step)
+    choice = pick_checkpoint(found, before_step)
     target = at_target(recipe, choice.checkpoint)
     if target is not None and fresh:
         choice = Choice(None, tuple(SetAside(each, "finished", f"of a run finished at {target}; --fresh "

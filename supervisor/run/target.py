@@ -15,7 +15,7 @@ from pathlib import Path
 
 from guardrun.launcher import checkpoints
 from guardrun.launcher.recipe import Recipe
-from guardrun.launcher.resume import choose
+from guardrun.launcher.resume import pick_checkpoint
 
 from ..record.journalread import Skipped, read_events
 from .checkpointprep import at_target
@@ -59,7 +59,7 @@ def already_finished(recipe: Recipe, digest: str, last: LastRun | None) -> str:
     spec = recipe.checkpoints
     if spec is None:
         return ""
-    newest = choose(checkpoints.find(spec.dir, spec.pattern)).checkpoint
+    newest = pick_checkpoint(checkpoints.find(spec.dir, spec.pattern)).checkpoint
     if newest is None:
         return ""
     fresh = "use --fresh to start over"

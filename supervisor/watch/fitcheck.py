@@ -11,7 +11,7 @@ from typing import Callable, Sequence
 
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.ladder import Plan
-from guardrun.launcher.preflight import Known, Resources, choose, describe_skip, gather
+from guardrun.launcher.preflight import Known, Resources, decide_fitting, describe_skip, gather
 from guardrun.launcher.recipe import Recipe
 from guardrun.launcher.units import format_bytes
 
@@ -53,7 +53,7 @@ def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequenc
         return plan
     known = known or gather(recipe)
     resources = measure(recipe, gpus, memory)
-    choice = choose(recipe, failures, known, resources, visible)
+    choice = decide_fitting(recipe, failures, known, resources, visible)
     chosen = choice.decision.plan
     if chosen is None or chosen.rungs[:len(plan.rungs)] != plan.rungs:
         return plan  # the ladder disagrees with the caller's plan: launch what it asked for

@@ -10,7 +10,7 @@ from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import walk
 from guardrun.launcher.modelinfo import resolve
 from guardrun.launcher.modelspec import Model
-from guardrun.launcher.preflight import Known, Resources, check, choose, gather, predict, workload, zero_settings
+from guardrun.launcher.preflight import Known, Resources, check, decide_fitting, gather, predict, workload, zero_settings
 from guardrun.launcher.units import GIB
 from guardrun.supervisor.run import loop as loop_module
 from guardrun.supervisor.core.clock import MonotonicClock
@@ -48,7 +48,7 @@ def gpus(free: int, count: int = 8) -> dict[int, int]:
 
 def test_situation_4_starts_at_offload_with_batch_8_and_accumulation_2(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
-    choice = choose(recipe, [], gather(recipe), Resources(gpus(24 * GIB), PLENTY))
+    choice = decide_fitting(recipe, [], gather(recipe), Resources(gpus(24 * GIB), PLENTY))
     plan = choice.decision.plan
     # the fix the XTuner users found by crashing first: offload, batch 16 -> 8, accumulation 1 -> 2
     assert plan.rungs == (1, 2, 3)
@@ -61,14 +61,14 @@ def test_situation_4_starts_at_offload_with_batch_8_and_accumulation_2(tmp_path)
 
 def test_on_80gb_gpus_the_recipe_starts_as_written(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
-    choice = choose(recipe, [], gather(recipe), Resources(gpus(80 * GIB), PLENTY))
+    choice = decide_fitting(recipe, [], gather(recipe), Resources(gpus(80 * GIB), PLENTY))
     assert choice.decision.plan.rungs == () and choice.skipped == ()
 
 
 def test_short_host_memory_takes_the_host_oom_rungs(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
     # ZeRO-2 loads a whole bf16 copy per rank: 8 x 14 GB x 1.5 + runtime > 120 GiB
-    choice = choose(recipe, [], gather(recipe), Resources(gpus(80 * GIB), 120 * GIB))
+    choice = decide_fitting(recipe, [], gather(recipe), Resources(gpus(80 * GIB), 120 * GIB))
     assert choice.decision.plan.ranks == 4
     assert choice.skipped[0][1].kind is Kind.HOST_OOM
     assert "of host memory >" in choice.skipped[0][1].reason
@@ -76,7 +76,7 @@ def test_short_host_memory_takes_the_host_oom_rungs(tmp_path):
 
 def test_nothing_known_nothing_skipped(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
-    assert choose(recipe, [], gather(recipe), Resources(None, None)).decision.plan.rungs == ()
+    assert decide_fitting(recipe, [], gather(recipe), Resources(None, None)).decision.plan.rungs == ()
     bare = make_recipe(tmp_path, "launcher: torchrun\nscript: train.py\ngpus: 8\n", name="bare.yaml")
     assert check(walk(bare)[0], predict(bare, walk(bare)[0], gather(bare)),
                  Resources(gpus(1 * GIB), 1 * GIB)).fits
@@ -85,12 +85,12 @@ def test_nothing_known_nothing_skipped(tmp_path):
 def test_preflight_off_launches_the_recipe_as_written(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4 + "preflight: off\n")
     assert recipe.preflight is False
-    assert choose(recipe, [], gather(recipe), Resources(gpus(1 * GIB), PLENTY)).decision.plan.rungs == ()
+    assert decide_fitting(recipe, [], gather(recipe), Resources(gpus(1 * GIB), PLENTY)).decision.plan.rungs == ()
 
 
 def test_when_nothing_fits_the_lightest_rung_runs_anyway(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
-    choice = choose(recipe, [], gather(recipe), Resources(gpus(2 * GIB), PLENTY))
+    choice = decide_fitting(recipe, [], gather(recipe), Resources(gpus(2 * GIB), PLENTY))
     assert choice.none_fits and choice.decision.plan.rungs == (1, 2, 3)
     assert not choice.fit.fits
 
@@ -98,7 +98,7 @@ def test_when_nothing_fits_the_lightest_rung_runs_anyway(tmp_path):
 def test_after_a_real_failure_the_next_rung_is_checked_too(tmp_path):
     recipe = make_recipe(tmp_path, SITUATION_4)
     history = [Failure(Kind.CUDA_OOM, attempt=1)]
-    choice = choose(recipe, history, gather(recipe), Resources(gpus(24 * GIB), PLENTY))
+    choice = decide_fitting(recipe, history, gather(recipe), Resources(gpus(24 * GIB), PLENTY))
     assert choice.decision.plan.rungs == (1, 2, 3)
     assert [p.rungs for p, _ in choice.skipped] == [(1,), (1, 2)]
 

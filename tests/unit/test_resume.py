@@ -9,7 +9,7 @@ import pytest
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, Saved
 from guardrun.launcher.ladder import Plan
-from guardrun.launcher.resume import SetAside, adapt, choose, left_in_place
+from guardrun.launcher.resume import SetAside, adapt, left_in_place, pick_checkpoint
 
 
 def ck(step: int, valid: bool = True, reason: str = "") -> Checkpoint:
@@ -23,25 +23,25 @@ def plan(ranks: int = 2, per_device: int | None = 4) -> Plan:
 
 def test_newest_valid_is_chosen_and_newer_incomplete_ones_are_set_aside():
     found = [ck(10), ck(20, False, "no trainer_state.json"), ck(30), ck(40, False, "empty file")]
-    choice = choose(found)
+    choice = pick_checkpoint(found)
     assert choice.checkpoint.step == 30
     assert [(a.checkpoint.step, a.label, a.why) for a in choice.set_aside] == [(40, "incomplete", "empty file")]
 
 
 def test_older_invalid_checkpoints_are_left_alone():
     """The trainer only ever picks the newest; an old broken one is not in its way."""
-    choice = choose([ck(10, False, "x"), ck(20)])
+    choice = pick_checkpoint([ck(10, False, "x"), ck(20)])
     assert choice.checkpoint.step == 20 and choice.set_aside == ()
 
 
 def test_with_nothing_valid_everything_in_the_way_is_set_aside_and_it_starts_fresh():
-    choice = choose([ck(10, False, "a"), ck(20, False, "b")])
+    choice = pick_checkpoint([ck(10, False, "a"), ck(20, False, "b")])
     assert choice.checkpoint is None
     assert [a.checkpoint.step for a in choice.set_aside] == [10, 20]
 
 
 def test_nan_rollback_resumes_before_the_first_nan_and_sets_later_ones_aside():
-    choice = choose([ck(10), ck(20), ck(30), ck(40, False, "torn")], before_step=25)
+    choice = pick_checkpoint([ck(10), ck(20), ck(30), ck(40, False, "torn")], before_step=25)
     assert choice.checkpoint.step == 20
     assert [(a.checkpoint.step, a.label) for a in choice.set_aside] == [(30, "nan"), (40, "incomplete")]
     assert "first NaN (step 25)" in choice.set_aside[0].why
