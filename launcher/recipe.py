@@ -12,10 +12,13 @@ import re
 import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 from yaml.nodes import Node
 
 from . import accelerate, dsconfig, modelspec
+from .overrides import apply as apply_overrides
+from .overrides import parse as parse_overrides
 from .accelerate import AccelerateCfg
 from .modelspec import Model
 from .rungs import HF_RUNG_FLAGS, Rung, read_ladder
@@ -147,19 +150,23 @@ class Recipe:
     model: Model | None = None
     preflight: bool = True           # skip rungs predicted not to fit
     warnings: tuple[str, ...] = ()   # missing paths, when loaded with missing_ok (guardrun plan)
+    overrides: tuple[str, ...] = ()  # KEY=VALUE from the command line, as given (overrides.py)
     logs: Logs = Logs()
     accelerate: AccelerateCfg | None = None  # launcher: accelerate (accelerate.py)
 
 
-def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
+def load_recipe(path: str | Path, *, missing_ok: bool = False, overrides: Sequence[str] = ()) -> Recipe:
     """Read and check a recipe file. Raises RecipeError on the first problem.
 
     `missing_ok` (used by `guardrun plan` only, which runs nothing): a missing workdir,
     script or DeepSpeed config becomes a line in `warnings` instead of an error, so a
-    recipe written for another machine can still be planned.
+    recipe written for another machine can still be planned. `overrides`: KEY=VALUE words
+    from the command line, set into the file's keys before it is read (overrides.py).
     """
     file = Path(path)
     root, loader = compose(file)
+    given = parse_overrides(overrides)
+    apply_overrides(root, given)
     ctx = Ctx(file=file, loader=loader, workdir=file.absolute().parent, missing=[] if missing_ok else None)
     for name, _key_node, value_node in pairs(root, "", ctx):
         if name == "workdir":
@@ -167,7 +174,8 @@ def load_recipe(path: str | Path, *, missing_ok: bool = False) -> Recipe:
     values = read_fields(root, "", ctx, TOP)
     _check_target(root, ctx, values)
     accelerate.check_launcher(root, ctx, values)
-    recipe = Recipe(path=file.absolute(), **values, warnings=tuple(dict.fromkeys(ctx.missing or ())))
+    recipe = Recipe(path=file.absolute(), **values, warnings=tuple(dict.fromkeys(ctx.missing or ())),
+                    overrides=tuple(each.text for each in given))
     _check_rungs_apply(root, ctx, recipe)
     return recipe
 
