@@ -14,6 +14,7 @@ from typing import Callable, Sequence
 from guardrun.launcher.failures import Failure, Kind
 
 from . import stacks
+from ..core import events
 from ..core.clock import Clock
 from .logs import Event, split_rank
 
@@ -126,7 +127,7 @@ class Sentinel:
         if not judge_hang(silent, self.hang_after):
             return None
         evidence = f"no output and no checkpoint activity for {silent:.0f}s (hang_after {self.hang_after:g}s)"
-        self.emit("hang.detected", silent_for=round(silent, 3), hang_after=self.hang_after)
+        self.emit(events.HANG_DETECTED, silent_for=round(silent, 3), hang_after=self.hang_after)
         self.dump(pids())
         return Failure(Kind.HANG, evidence)
 
@@ -135,14 +136,14 @@ class Sentinel:
         py_spy = stacks.find_py_spy()
         python_pids = [pid for pid in pids if stacks.is_python(pid)]
         if py_spy is None:
-            self.emit("stacks.skipped", why="py-spy not found (pip install 'guardrun[diagnosis]')",
+            self.emit(events.STACKS_SKIPPED, why="py-spy not found (pip install 'guardrun[diagnosis]')",
                       pids=python_pids)
             self.say("hang: no py-spy to dump the stacks with (pip install 'guardrun[diagnosis]')")
             return
         folder = self.attempt_dir / "stacks"
         started = self.clock.monotonic()
         dumps = stacks.dump_stacks(py_spy, python_pids, folder, self.clock)
-        self.emit("stacks.dumped", dir=str(folder), took=round(self.clock.monotonic() - started, 3),
+        self.emit(events.STACKS_DUMPED, dir=str(folder), took=round(self.clock.monotonic() - started, 3),
                   ok=[d.pid for d in dumps if d.ok],
                   failed={str(d.pid): d.note for d in dumps if not d.ok})
         self.say(f"hang: stacks of {sum(d.ok for d in dumps)} process(es) in {folder}")

@@ -25,6 +25,7 @@ from typing import Any
 
 import structlog
 
+from ..core import events
 from .journalread import Skipped, history, read_events, read_state
 from .spacewatch import SpaceWatch, reserve, unreserve, write_all
 from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
@@ -95,11 +96,11 @@ class Journal:
         if not space.may_write("events.jsonl"):
             space.lost("events.jsonl", events=1)
             return
-        data = _render({"job": self.name, **fields, "event": f"guardrun.{event}"})
+        data = _render({"job": self.name, **fields, "event": events.journaled(event)})
         outage = space.peek("events.jsonl")
         if outage is not None:
-            data = _render({"job": self.name, "event": "guardrun.logging.resumed", "what": "events.jsonl",
-                            "reason": outage.reason, "since": outage.since_wall,
+            data = _render({"job": self.name, "event": events.journaled(events.LOGGING_RESUMED),
+                            "what": "events.jsonl", "reason": outage.reason, "since": outage.since_wall,
                             "lost_events": outage.lost_events}) + data
         with self._write_lock:
             if self._events.closed:

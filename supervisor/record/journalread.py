@@ -14,8 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.failures import FATAL, Failure, Kind
 
+from ..core import events
 from .statedir import open_regular, reason, warn
 
 #: A journal line longer than this is not an event guardrun wrote (the longest it writes,
@@ -108,7 +109,7 @@ def _numbered_events(skipped: Skipped) -> Iterator[tuple[int, dict]]:
                 else:
                     event, why = _event(raw)
                 if pending is not None:
-                    torn = event is not None and event["event"] == "guardrun.run.started"
+                    torn = event is not None and events.name_of(event) == events.RUN_STARTED
                     skipped.torn += torn
                     skipped.add(pending[0], TORN if torn else pending[1])
                     pending = None
@@ -198,18 +199,18 @@ def history(directory: Path, digest: str | None = None,
     failures: list[Failure] = []
     recorded_under = None  # the digest of the recipe the failures so far were recorded with
     for number, event in _numbered_events(skipped):
-        name = event.get("event")
-        if name == "guardrun.run.finished":
+        name = events.name_of(event)
+        if name == events.RUN_FINISHED:
             failures = []
-        elif name == "guardrun.run.started":
+        elif name == events.RUN_STARTED:
             if event.get("digest") != recorded_under:
                 failures = []
             recorded_under = event.get("digest")
-        elif name == "guardrun.attempt.ended" and event.get("kind") not in (None, "success"):
+        elif name == events.ATTEMPT_ENDED and event.get("kind") not in (None, "success"):
             failure, why = _failure(event)
             if failure is None:
                 skipped.add(number, why)
-            elif failure.kind not in (Kind.INTERRUPTED, Kind.USER_ERROR):
+            elif failure.kind not in FATAL:  # they end a run at once: no rung climbs from them
                 failures.append(failure)
     if skipped.damaged:
         say(f"{skipped.line()}; the failure history is not used: this run starts as if the job had none")

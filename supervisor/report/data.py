@@ -17,6 +17,8 @@ from typing import Any, Iterable
 
 from guardrun.launcher.units import format_bytes
 
+from ..core import events
+
 
 @dataclass(frozen=True)
 class Attempt:
@@ -95,13 +97,13 @@ def seconds(ts: Any) -> float | None:
         return None
 
 
-def last_run(events: Iterable[dict]) -> tuple[list[dict], int]:
+def last_run(rows: Iterable[dict]) -> tuple[list[dict], int]:
     """The events of the last run, and how many runs came before it."""
-    events = [e for e in events if seconds(e.get("ts")) is not None]
-    starts = [i for i, e in enumerate(events) if e.get("event") == "guardrun.run.started"]
+    rows = [e for e in rows if seconds(e.get("ts")) is not None]
+    starts = [i for i, e in enumerate(rows) if events.name_of(e) == events.RUN_STARTED]
     if not starts:
-        return events, 0
-    return events[starts[-1]:], len(starts) - 1
+        return rows, 0
+    return rows[starts[-1]:], len(starts) - 1
 
 
 def _int(value: Any) -> bool:
@@ -132,41 +134,41 @@ def _gpus(value: Any) -> bool:
 
 #: The fields build() computes with, per event, and the test each value (when not null) must pass.
 FIELDS = {
-    "guardrun.run.started": {"tree_limit": _int, "min_available": _int},
-    "guardrun.attempt.started": {"attempt": _int, "rung": _int, "ranks": _int, "per_device": _int,
-                                 "grad_accum": _int, "global_batch": _int, "lr": _num,
-                                 "resume_from": _str, "notes": _strings},
-    "guardrun.attempt.ended": {"attempt": _int, "kind": _str, "evidence": _str, "exit_code": _int,
-                               "step": _int, "root_cause": _dict, "peak_pss": _num, "peak_tree": _num},
-    "guardrun.memory.sample": {"attempt": _int, "pss": _num, "tree": _num, "available": _num,
-                               "gpus": _gpus},
-    "guardrun.limit.breached": {"kind": _str, "attempt": _int},
-    "guardrun.diagnosis.stop": {"attempt": _int}, "guardrun.attempt.stopped": {"attempt": _int},
-    "guardrun.run.gave_up": {"why": _str}, "guardrun.run.stopped": {"why": _str},
+    events.RUN_STARTED: {"tree_limit": _int, "min_available": _int},
+    events.ATTEMPT_STARTED: {"attempt": _int, "rung": _int, "ranks": _int, "per_device": _int,
+                             "grad_accum": _int, "global_batch": _int, "lr": _num,
+                             "resume_from": _str, "notes": _strings},
+    events.ATTEMPT_ENDED: {"attempt": _int, "kind": _str, "evidence": _str, "exit_code": _int,
+                           "step": _int, "root_cause": _dict, "peak_pss": _num, "peak_tree": _num},
+    events.MEMORY_SAMPLE: {"attempt": _int, "pss": _num, "tree": _num, "available": _num,
+                           "gpus": _gpus},
+    events.LIMIT_BREACHED: {"kind": _str, "attempt": _int},
+    events.DIAGNOSIS_STOP: {"attempt": _int}, events.ATTEMPT_STOPPED: {"attempt": _int},
+    events.RUN_GAVE_UP: {"why": _str}, events.RUN_STOPPED: {"why": _str},
 }
 
 
-def usable(events: Iterable[dict]) -> tuple[list[dict], list[str]]:
+def usable(rows: Iterable[dict]) -> tuple[list[dict], list[str]]:
     """The events build() can use, and why each other one was left out."""
     kept, skipped = [], []
-    for event in events:
-        name = event.get("event")
+    for event in rows:
+        name = events.name_of(event)
         tests = FIELDS.get(name, {})
         bad = [key for key, test in tests.items() if event.get(key) is not None and not test(event[key])]
-        if name == "guardrun.attempt.started" and not _int(event.get("attempt")):
+        if name == events.ATTEMPT_STARTED and not _int(event.get("attempt")):
             bad = bad or ["attempt"]
         if bad:
-            skipped.append(f"{name}: {', '.join(bad)} of the wrong type")
+            skipped.append(f"{event.get('event')}: {', '.join(bad)} of the wrong type")
         if not bad:
             kept.append(event)
-        elif name == "guardrun.run.started":  # it divides the runs: kept, without the bad fields
+        elif name == events.RUN_STARTED:  # it divides the runs: kept, without the bad fields
             kept.append({k: v for k, v in event.items() if k not in bad})
     return kept, skipped
 
 
-def build(job: str, events: Iterable[dict]) -> Report:
-    events, skipped = usable(events)
-    run, earlier = last_run(events)
+def build(job: str, rows: Iterable[dict]) -> Report:
+    kept, skipped = usable(rows)
+    run, earlier = last_run(kept)
     if not run:
         return Report(job, "", "no events", None, None, (), (), earlier_runs=earlier,
                       skipped=tuple(skipped))
@@ -175,18 +177,18 @@ def build(job: str, events: Iterable[dict]) -> Report:
     host: list[HostPoint] = []
     gpus: dict[int, list[GpuPoint]] = {}
     breaches: list[Marker] = []
-    started = run[0] if run[0].get("event") == "guardrun.run.started" else {}
+    started = run[0] if events.name_of(run[0]) == events.RUN_STARTED else {}
     outcome = "no end recorded"
     current, watching = None, False  # the attempt being watched, and whether it still is
     for event in run:
-        name, t = event.get("event", ""), seconds(event["ts"]) - origin
+        name, t = events.name_of(event), seconds(event["ts"]) - origin
         number = event.get("attempt")
-        if name == "guardrun.attempt.started":
+        if name == events.ATTEMPT_STARTED:
             attempts[number] = _started(event, t)
             current, watching = number, True
-        elif name == "guardrun.attempt.ended" and number in attempts:
+        elif name == events.ATTEMPT_ENDED and number in attempts:
             attempts[number].update(_ended(event, t))
-        elif name == "guardrun.memory.sample":
+        elif name == events.MEMORY_SAMPLE:
             tree = event.get("pss") if event.get("pss") is not None else event.get("tree")
             host.append(HostPoint(t, number, int(tree or 0), int(event.get("available") or 0)))
             for index, used, total, limit in event.get("gpus") or ():
@@ -194,13 +196,13 @@ def build(job: str, events: Iterable[dict]) -> Report:
         elif name in WATCH_ENDS and watching:
             watching = False
             _hold(host, gpus, current, t)
-            if name == "guardrun.limit.breached":
+            if name == events.LIMIT_BREACHED:
                 breaches.append(Marker(t, "breach", event.get("kind", "")))
-        elif name == "guardrun.run.finished":
+        elif name == events.RUN_FINISHED:
             outcome = "finished"
-        elif name == "guardrun.run.gave_up":
+        elif name == events.RUN_GAVE_UP:
             outcome = f"gave up: {event.get('why', '')}"
-        elif name == "guardrun.run.stopped":
+        elif name == events.RUN_STOPPED:
             outcome = f"stopped: {event.get('why', '')}"
     rows = tuple(Attempt(**fields) for _, fields in sorted(attempts.items()))
     return Report(job=job, started_at=run[0]["ts"], outcome=outcome, tree_limit=started.get("tree_limit"),
@@ -213,7 +215,7 @@ def build(job: str, events: Iterable[dict]) -> Report:
 #: Events after which an attempt's memory is no longer sampled: the limit or diagnosis stop,
 #: else the tree's end. Its last sample is held up to then: a reading that moved by more than
 #: the trail's threshold would have been journaled (supervisor/run/memtrail.py).
-WATCH_ENDS = ("guardrun.limit.breached", "guardrun.diagnosis.stop", "guardrun.attempt.stopped")
+WATCH_ENDS = (events.LIMIT_BREACHED, events.DIAGNOSIS_STOP, events.ATTEMPT_STOPPED)
 
 
 def _hold(host: list[HostPoint], gpus: dict[int, list[GpuPoint]], attempt: int | None, t: float) -> None:

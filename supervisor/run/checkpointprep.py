@@ -18,12 +18,13 @@ from typing import Callable
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal_dir
 from guardrun.launcher.command import Resume
-from guardrun.launcher.ladder import Plan
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.plan import Plan
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, declared_epochs,
                                       declared_max_steps, left_in_place, pick_checkpoint, reached)
 
 from ..watch import proc
+from ..core import events
 from ..core.clock import Clock
 
 #: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
@@ -130,12 +131,12 @@ def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:
         except QuarantineError as err:
             if err.refused:
                 raise ResumeError(str(err)) from None
-            ctx.emit("checkpoint.not_quarantined", path=str(aside.checkpoint.path),
+            ctx.emit(events.CHECKPOINT_NOT_QUARANTINED, path=str(aside.checkpoint.path),
                      step=aside.checkpoint.step, why=aside.why, error=str(err))
             unmoved.append(aside)
             problem = problem or str(err)
             continue
-        ctx.emit("checkpoint.quarantined", path=str(aside.checkpoint.path), to=str(moved),
+        ctx.emit(events.CHECKPOINT_QUARANTINED, path=str(aside.checkpoint.path), to=str(moved),
                  step=aside.checkpoint.step, why=aside.why)
         ctx.say(f"set aside {aside.checkpoint.name} ({aside.why}) as {moved}")
     warning, refusal = left_in_place(unmoved, choice.checkpoint, resume_arg, problem)
@@ -169,11 +170,11 @@ def _fix_batch(path: Path, batch: int, ctx: Context) -> None:
     except (OSError, ValueError) as err:
         state = path / "trainer_state.json"
         reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
-        ctx.emit("checkpoint.batch_not_fixed", path=str(path), train_batch_size=batch, error=reason)
+        ctx.emit(events.CHECKPOINT_BATCH_NOT_FIXED, path=str(path), train_batch_size=batch, error=reason)
         ctx.say(f"warning: could not rewrite train_batch_size in {state} ({reason}): a transformers "
                 f"release before Feb 2026 restores the saved micro-batch on resume")
         return
-    ctx.emit("checkpoint.batch_fixed", path=str(path), train_batch_size=batch)
+    ctx.emit(events.CHECKPOINT_BATCH_FIXED, path=str(path), train_batch_size=batch)
 
 
 def fix_batch(path: Path, batch: int) -> None:
@@ -196,7 +197,7 @@ def rescale_lr(recipe: Recipe, path: Path, lr: float, ctx: Context) -> None:
     argv = [recipe.python, "-c", RESCALE_LR, str(scheduler), str(path / SCHEDULER_BACKUP), repr(lr)]
     log = ctx.attempt_dir / "lr-rescale.log"
     code, took = _run_tool(argv, recipe, log, ctx, RESCALE_TIMEOUT)
-    ctx.emit("checkpoint.lr_rescaled", path=str(scheduler), lr=lr, exit_code=code, took=took)
+    ctx.emit(events.CHECKPOINT_LR_RESCALED, path=str(scheduler), lr=lr, exit_code=code, took=took)
     if code != 0:
         raise ResumeError(f"could not rescale the learning rate in {scheduler} (exit {code}); see {log}")
 
@@ -215,7 +216,7 @@ def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
     log = ctx.attempt_dir / "universal-conversion.log"
     ctx.say(f"converting {tag} to a universal checkpoint (log: {log})")
     code, took = _run_tool(argv, recipe, log, ctx, CONVERT_TIMEOUT)
-    ctx.emit("checkpoint.converted", tag=str(tag), to=str(out), exit_code=code, took=took)
+    ctx.emit(events.CHECKPOINT_CONVERTED, tag=str(tag), to=str(out), exit_code=code, took=took)
     if code != 0:
         raise ResumeError(f"the universal conversion of {tag} failed (exit {code}); see {log}")
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from ..core import events
 from .policy import MemoryReading
 
 EVERY = 5.0
@@ -56,4 +57,4 @@ class MemoryTrail:
         fields = sample_fields(reading, gpu)
         if force or self.due(now, fields):
             self._at, self._last = now, fields
-            self.emit("memory.sample", attempt=self.attempt, **fields)
+            self.emit(events.MEMORY_SAMPLE, attempt=self.attempt, **fields)

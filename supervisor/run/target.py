@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guardrun.launcher import checkpoints
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.resume import pick_checkpoint
 
+from ..core import events
 from ..record.journalread import Skipped, read_events
 from .checkpointprep import at_target
 
@@ -38,18 +39,18 @@ def last_run(directory: Path) -> LastRun | None:
     run's end. Its lines are skipped in silence: `history`, read just before, has said so."""
     run, skipped = None, Skipped(directory / "events.jsonl")
     for event in read_events(directory, skipped):
-        name = event.get("event")
-        if name == "guardrun.run.started":
+        name = events.name_of(event)
+        if name == events.RUN_STARTED:
             run = LastRun(number=(run.number if run else 0) + 1, finished=False, digest=event.get("digest"))
         elif run is None:
             continue
-        elif name == "guardrun.checkpoint.saved" and isinstance(event.get("path"), str):
+        elif name == events.CHECKPOINT_SAVED and isinstance(event.get("path"), str):
             run = LastRun(run.number, run.finished, run.digest, event["path"], run.step)
-        elif name == "guardrun.attempt.ended":
+        elif name == events.ATTEMPT_ENDED:
             step = event.get("step")
             run = LastRun(run.number, run.finished, run.digest, run.checkpoint,
                           step if isinstance(step, int) and not isinstance(step, bool) else None)
-        elif name == "guardrun.run.finished":
+        elif name == events.RUN_FINISHED:
             run = LastRun(run.number, True, run.digest, run.checkpoint, run.step)
     return None if skipped.damaged else run
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 from guardrun.launcher.failures import Failure
-from guardrun.launcher.ladder import Plan
+from guardrun.launcher.plan import Plan
 from guardrun.launcher.preflight import Known, Resources, decide_fitting, describe_skip, gather
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 
+from ..core import events
 from .gpu import GpuError, GpuSource
 from .memory import ProcfsMemory
 
@@ -59,14 +60,14 @@ def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequenc
         return plan  # the ladder disagrees with the caller's plan: launch what it asked for
     for skipped, verdict in choice.skipped:
         say(describe_skip(skipped, verdict))
-        emit("preflight.skipped", rung=skipped.rung, rungs=list(skipped.rungs), kind=str(verdict.kind),
+        emit(events.PREFLIGHT_SKIPPED, rung=skipped.rung, rungs=list(skipped.rungs), kind=str(verdict.kind),
              reason=verdict.reason, gpu=verdict.estimate.gpu if verdict.estimate else None,
              host=verdict.estimate.host if verdict.estimate else None)
     if choice.none_fits and choice.fit is not None:
         say(f"no rung is predicted to fit ({choice.fit.reason}); starting at rung {chosen.rung} anyway")
-        emit("preflight.none_fits", rung=chosen.rung, reason=choice.fit.reason)
+        emit(events.PREFLIGHT_NONE_FITS, rung=chosen.rung, reason=choice.fit.reason)
     elif choice.fit is not None and choice.fit.estimate is not None:
-        emit("preflight.fits", rung=chosen.rung, gpu=choice.fit.estimate.gpu,
+        emit(events.PREFLIGHT_FITS, rung=chosen.rung, gpu=choice.fit.estimate.gpu,
              host=choice.fit.estimate.host, detail=choice.fit.reason)
     return chosen
 

@@ -25,6 +25,7 @@ from watchdog.observers import Observer
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint
 
+from ..core import events
 from ..core.clock import Clock
 
 #: Quiet time before a rescan. HF writes a checkpoint's files back to back, the
@@ -160,14 +161,14 @@ class CheckpointFollower:
             floor = seen.newest.step if seen.newest else -1
             for each in valid[:-1]:
                 if each.step > floor and each.name not in self._before:
-                    self.emit("checkpoint.saved", path=str(each.path), step=each.step)
-            self.emit("checkpoint.saved", path=str(newest.path), step=newest.step)
+                    self.emit(events.CHECKPOINT_SAVED, path=str(each.path), step=each.step)
+            self.emit(events.CHECKPOINT_SAVED, path=str(newest.path), step=newest.step)
             seen = Seen(newest=newest, newest_at=self.clock.monotonic())
         floor = seen.newest.step if seen.newest else -1
         incomplete = tuple(c for c in found if not c.valid and c.name not in self._before and c.step > floor)
         for each in incomplete:
             if each.name not in {c.name for c in self.seen.incomplete}:
-                self.emit("checkpoint.incomplete", path=str(each.path), step=each.step, reason=each.reason)
+                self.emit(events.CHECKPOINT_INCOMPLETE, path=str(each.path), step=each.step, reason=each.reason)
         self.seen = Seen(seen.newest, seen.newest_at, incomplete)
 
 

@@ -12,9 +12,10 @@ from typing import Callable, Collection, Mapping, Sequence
 
 from guardrun.launcher.gpus import (GpuChoice, GpuProcess, GpuReading, allowed_indices, check_explicit,
                                    job_gpus, pick_gpus)
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import GIB, Size
 
+from ..core import events
 from ..core.clock import Clock
 from ..record.console import Console
 from .gpu import GpuError, GpuSnapshot, GpuSource, snapshot, tagged_pids, wait_gpus_released
@@ -121,7 +122,7 @@ class GpuGuard:
                                                             else tuple(r.index for r in current.readings))
             for warning in check_explicit(ids, current.readings, current.processes, own):
                 self.console.say(f"warning: {warning}")
-                self.emit("gpu.warning", message=warning)
+                self.emit(events.GPU_WARNING, message=warning)
             return Pick(None if isinstance(wanted, tuple) else ids)
         return self._pick(int(wanted), allowed)
 
@@ -131,16 +132,17 @@ class GpuGuard:
         while True:
             choice = self._try_pick(count, allowed)
             if choice.ok:
-                self.emit("gpu.chosen", gpus=list(choice.ids), waited=round(self.clock.monotonic() - started, 3))
+                self.emit(events.GPU_CHOSEN, gpus=list(choice.ids),
+                          waited=round(self.clock.monotonic() - started, 3))
                 self.console.say("GPUs chosen: " + ",".join(map(str, choice.ids)))
                 return Pick(choice.ids)
             waited = self.clock.monotonic() - started
             if waited >= wait:
-                self.emit("gpu.unavailable", reason=choice.reason, waited=round(waited, 3))
+                self.emit(events.GPU_UNAVAILABLE, reason=choice.reason, waited=round(waited, 3))
                 after = f" after waiting {waited:g}s" if wait else " (set wait_for_gpus to wait for them)"
                 return Pick(None, give_up=f"not enough free GPUs{after}: {choice.reason}")
             if waited == 0:
-                self.emit("gpu.waiting", reason=choice.reason, up_to=wait)
+                self.emit(events.GPU_WAITING, reason=choice.reason, up_to=wait)
             self.console.status(f"waiting for {count} free GPU(s), {wait - waited:.0f}s left: "
                                 f"{choice.reason}", self.clock.monotonic())
             if not self._sleep(min(PICK_EVERY, wait - waited)):
@@ -165,7 +167,7 @@ class GpuGuard:
         if choice is None or self._query_noted:
             return
         self._query_noted = True
-        self.emit("gpu.processes", query=choice.query.version if choice.query else None, detail=choice.note)
+        self.emit(events.GPU_PROCESSES, query=choice.query.version if choice.query else None, detail=choice.note)
         if choice.query is None:
             self.console.say(f"GPU process list {choice.note}; VRAM is watched per GPU, "
                              "without telling the job's processes from others'")
@@ -181,7 +183,7 @@ class GpuGuard:
         self._note_process_query()
         monitor = self._last
         if monitor is not None and monitor.peaks:
-            self.emit("vram.peak", attempt=monitor.attempt,
+            self.emit(events.VRAM_PEAK, attempt=monitor.attempt,
                       peaks={f"gpu{i}": used for i, used in sorted(monitor.peaks.items())},
                       error=monitor.error or None)
 
@@ -195,7 +197,7 @@ class GpuGuard:
             on_wait=lambda held, waited: self.console.status(
                 f"waiting for the last attempt's GPU memory to be released ({waited:.0f}s): "
                 + _held_text(held), self.clock.monotonic()))
-        self.emit("gpu.released" if not release.stuck else "gpu.stuck", waited=round(release.waited, 3),
+        self.emit(events.GPU_STUCK if release.stuck else events.GPU_RELEASED, waited=round(release.waited, 3),
                   stuck={str(pid): why for pid, why in release.stuck.items()})
         if release.stuck and not self.requests.stop:
             return (f"GPU memory still held {release.waited:.0f}s after the last attempt ended: "
