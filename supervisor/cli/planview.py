@@ -249,13 +249,23 @@ def summary(plan: Plan) -> str:
 
 def plan_command(path: str, rung: int | None = None, show_all: bool = False,
                  gpu_free: int | None = None, host_available: int | None = None,
-                 gpus: GpuSource | None | str = "detect", memory: ProcfsMemory | None = None) -> list[str]:
-    """Everything `guardrun plan` does: load (missing paths become warnings), walk the
-    ladder, measure, render. Raises RecipeError, or ValueError for a bad `rung`."""
-    recipe = load_recipe(path, missing_ok=True)
+                 gpus: GpuSource | None | str = "detect", memory: ProcfsMemory | None = None,
+                 overrides: Sequence[str] = ()) -> list[str]:
+    """Everything `guardrun plan` does: plan_view, then render. Raises RecipeError, or
+    ValueError for a bad `rung`."""
+    view = plan_view(path, gpu_free, host_available, gpus, memory, overrides)
+    if rung is not None and not 0 <= rung < len(view.plans):
+        raise ValueError(f"--rung {rung}: the recipe has rungs 0 to {len(view.plans) - 1}")
+    return render(view, rung, show_all)
+
+
+def plan_view(path: str, gpu_free: int | None = None, host_available: int | None = None,
+              gpus: GpuSource | None | str = "detect", memory: ProcfsMemory | None = None,
+              overrides: Sequence[str] = ()) -> View:
+    """Load (missing paths become warnings; `overrides`: KEY=VALUE from the command line),
+    walk the ladder, measure (`plan --json` renders this too). Raises RecipeError."""
+    recipe = load_recipe(path, missing_ok=True, overrides=overrides)
     plans = walk(recipe)
-    if rung is not None and not 0 <= rung < len(plans):
-        raise ValueError(f"--rung {rung}: the recipe has rungs 0 to {len(plans) - 1}")
     resume = None
     if recipe.checkpoints:
         newest = ckpts.newest_valid(recipe.checkpoints.dir, recipe.checkpoints.pattern)
@@ -271,5 +281,4 @@ def plan_command(path: str, rung: int | None = None, show_all: bool = False,
     if host_available is not None:  # another machine: a percent limit is taken of this figure
         limit = recipe.limits.host_memory.resolve(host_available) if recipe.limits.host_memory else None
         resources = dataclasses.replace(resources, host_available=host_available, host_limit=limit)
-    view = make_view(recipe, plans, gather(recipe), resources, resume, note)
-    return render(view, rung, show_all)
+    return make_view(recipe, plans, gather(recipe), resources, resume, note)
