@@ -38,12 +38,12 @@ port, engine); accelerate reads it again itself. Its default config
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from yaml.nodes import Node
 
+from .spec import AccelerateCfg
 from .yamlnodes import Ctx, Field, integer, items, kind_of, pairs, read_fields, scalar, text
 
 #: `--tee 3`: both streams of every rank into its own file under `--log_dir`, and still shown
@@ -63,21 +63,6 @@ OWNED = {"--num_processes": "from the rung's gpus", "--num_machines": "from acce
          "--tee": "to keep each rank's output", "-t": "to keep each rank's output",
          "-m": "from the recipe's module:", "--module": "from the recipe's module:",
          "--multi_gpu": "for more than one process; accelerate refuses it for one"}
-
-
-@dataclass(frozen=True)
-class AccelerateCfg:
-    """The `accelerate:` section, with what its config file says that changes the command."""
-
-    config_file: Path | None = None   # absolute
-    num_machines: int = 1             # the recipe's, else the file's, else 1
-    machine_rank: int | None = None   # the recipe's (the file's applies by itself)
-    main_process_ip: str | None = None
-    main_process_port: int | None = None
-    port_in_file: bool = False        # the config file names main_process_port
-    engine: str | None = None         # the file's distributed_type, or an engine flag in `flags:`;
-    #                                   UNREAD: a config file missing (guardrun plan on another machine)
-    flags: tuple[str, ...] = ()       # more `accelerate launch` flags, as given
 
 
 def launch_argv(python: str, cfg: AccelerateCfg | None, ranks: int, gpu_ids: object,

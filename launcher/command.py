@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import accelerate, dsconfig, kvargs
 from .plan import Plan
-from .recipe import Recipe
+from .spec import Recipe
 from .trainer import hf_overrides
 
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 import copy
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # the recipe loader checks configs with `load`; ladder imports the recipe
-    from .ladder import Plan
+from .plan import Plan
 
 BATCH_KEYS = ("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size")
 GATHER_KEYS = ("stage3_gather_16bit_weights_on_model_save", "stage3_gather_fp16_weights_on_model_save")
@@ -36,7 +35,7 @@ def load(path: Path) -> dict[str, Any]:
     return data
 
 
-def derive(config: dict[str, Any], plan: "Plan", *, load_universal: bool = False) -> dict[str, Any]:
+def derive(config: dict[str, Any], plan: Plan, *, load_universal: bool = False) -> dict[str, Any]:
     """`config` adjusted to `plan`; the input is not changed."""
     out = copy.deepcopy(config)
     _batch(out, plan)
@@ -61,12 +60,12 @@ def derive(config: dict[str, Any], plan: "Plan", *, load_universal: bool = False
     return out
 
 
-def _touches_zero(plan: "Plan") -> bool:
+def _touches_zero(plan: Plan) -> bool:
     return (plan.zero_stage is not None or bool(plan.zero3_offload)
             or plan.gather_16bit_on_save is not None)
 
 
-def _batch(config: dict[str, Any], plan: "Plan") -> None:
+def _batch(config: dict[str, Any], plan: Plan) -> None:
     if plan.per_device is None:
         return
     values = {"train_micro_batch_size_per_gpu": plan.per_device,

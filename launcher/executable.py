@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from .recipe import Recipe
+from .spec import Recipe
 from .yamlnodes import RecipeError, line_in_file
 
 

@@ -9,7 +9,7 @@ so only absolute sizes can be too large.
 """
 from __future__ import annotations
 
-from .recipe import Recipe
+from .spec import Recipe
 from .units import format_bytes
 from .yamlnodes import RecipeError, line_in_file
 

@@ -12,25 +12,16 @@ way) or a restart at the current configuration (transient, hang, unknown, ...).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from typing import Iterable, Sequence
 
 from .failures import DEGRADING, Failure, Kind
-from .plan import Plan
 from .launchdiff import Launch, fingerprint
-from .recipe import Recipe, Rung
+from .plan import SWITCHES, Decision, Plan
+from .spec import Recipe, Rung
 from .trainer import dataloader_workers, trainer
 
-__all__ = ["Decision", "Plan", "apply_rung", "base_plan", "base_ranks", "decide", "default_ladder",
-           "describe_rung", "effective_ladder", "walk"]
-
-
-@dataclass(frozen=True)
-class Decision:
-    """What to launch next, or why nothing more should be launched."""
-
-    plan: Plan | None
-    give_up: str = ""  # non-empty when the ladder has nothing left for the last failure
+__all__ = ["apply_rung", "base_plan", "base_ranks", "decide", "default_ladder", "describe_rung",
+           "effective_ladder", "walk"]
 
 
 def effective_ladder(recipe: Recipe, ranks: int | None = None) -> tuple[Rung, ...]:
@@ -292,9 +283,7 @@ def apply_rung(plan: Plan, rung: Rung, number: int) -> Plan:
                                  else int(rung.batch))
     if rung.lr is not None and plan.lr is not None:
         changes["lr"] = plan.lr * rung.lr
-    for field in ("gradient_checkpointing", "zero_stage", "zero3_offload",
-                  "offload_pin_memory", "gather_16bit_on_save", "save_only_model",
-                  "dataloader_workers"):
+    for field in SWITCHES:
         value = getattr(rung, field)
         if value is not None:
             changes[field] = value

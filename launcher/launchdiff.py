@@ -18,7 +18,7 @@ from typing import NamedTuple
 from . import dsconfig
 from .command import build
 from .plan import Plan
-from .recipe import Recipe
+from .spec import Recipe
 
 #: Set per attempt and per rung, not part of the job's configuration.
 _BOOKKEEPING = frozenset({"GUARDRUN_ATTEMPT", "GUARDRUN_RUNG"})

@@ -12,8 +12,8 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from .modelspec import Model
 from .params import ConfigError, Shape, count, from_count
+from .spec import Model
 
 #: Files torch.load reads whole into each rank's private memory. safetensors files are
 #: mmapped instead: their pages are shared page cache, counted once for all ranks.

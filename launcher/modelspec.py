@@ -9,10 +9,10 @@ file, line and key on a mistake, like the rest of the recipe (yamlnodes.py).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 
 from yaml.nodes import Node
 
+from .spec import Model
 from .yamlnodes import (Ctx, Field, boolean, choice, integer, items, kind_of, number, pairs,
                         read_fields, scalar, text)
 
@@ -22,26 +22,6 @@ LORA_TARGETS = ("all-linear", "attention")
 OFFLOAD = ("none", "optimizer", "all")
 ARGS_STYLES = ("flags", "key=value")
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-
-@dataclass(frozen=True)
-class Model:
-    """What the job trains, for the memory estimate. Unset values come from config.json."""
-
-    path: str | None = None          # a local HF model folder (relative to workdir) or a hub id
-    params: float | None = None      # total parameters, when there is no config.json to read
-    vision_params: float | None = None  # the vision tower's, when config.json does not say
-    vocab_size: int | None = None
-    trainable: str = "full"          # full | lora
-    lora_rank: int = 8
-    lora_targets: str = "all-linear"
-    vision_tower_frozen: bool = True
-    precision: str = "bf16"
-    load_precision: str | None = None  # dtype the weights are loaded in (default: precision)
-    seq_len: int = 2048              # tokens per sample, image tokens included (the worst case)
-    gradient_checkpointing: bool | None = None  # None: read `gradient_checkpointing` in args
-    zero_stage: int | None = None    # when the DeepSpeed config cannot be read here
-    offload: str | None = None       # none | optimizer | all, likewise
 
 
 def _params(node: Node, key: str, ctx: Ctx) -> float:

@@ -1,13 +1,17 @@
-"""The Plan: one launch configuration, the recipe with the taken rungs applied.
+"""The Plan: one launch configuration, the recipe with the taken rungs applied; the Decision.
 
 A leaf module (it imports nothing of the project) so that both the ladder, which makes
-Plans, and the command builder, which renders them, can use it without importing each
-other: the ladder needs the rendered command to tell a rung that changes nothing
-(launchdiff.py), and the command builder needs the Plan type.
+Plans and Decisions, and the command builder, which renders them, can use it without
+importing each other: the ladder needs the rendered command to tell a rung that changes
+nothing (launchdiff.py), and the command builder needs the Plan type.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+
+#: The rung keys a plan takes over as they are (a Rung and a Plan both have them).
+SWITCHES = ("gradient_checkpointing", "zero_stage", "zero3_offload", "offload_pin_memory",
+            "gather_16bit_on_save", "save_only_model", "dataloader_workers")
 
 
 @dataclass(frozen=True)
@@ -38,3 +42,11 @@ class Plan:
     def rung(self) -> int:
         """The number of the last rung taken; 0 is the recipe as written."""
         return self.rungs[-1] if self.rungs else 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to launch next, or why nothing more should be launched."""
+
+    plan: Plan | None
+    give_up: str = ""  # non-empty when the ladder has nothing left for the last failure

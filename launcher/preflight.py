@@ -20,10 +20,11 @@ from typing import Any, Mapping, Sequence
 from . import dsconfig
 from .estimate import Estimate, Workload, estimate
 from .failures import Failure, Kind
-from .ladder import Decision, Plan, decide
+from .ladder import decide
 from .modelinfo import ModelInfo, resolve
 from .params import lora_params
-from .recipe import Recipe
+from .plan import Decision, Plan
+from .spec import Recipe
 from .units import format_bytes
 
 #: Share of the free memory kept out of reach: the allocator's fragmentation, the

@@ -1,7 +1,7 @@
 """A recipe file -> a frozen Recipe, or one RecipeError naming file, line and key.
 
 Each mapping in the file is read through a table of `Field`s (yamlnodes.py): adding a
-top-level key is one entry in `TOP` plus one field of `Recipe`. The first problem found
+top-level key is one entry in `TOP` plus one field of `Recipe` (spec.py). The first problem found
 is raised, in file order, except that `workdir` is read first because the other paths
 are relative to it. The ladder's rungs live in rungs.py.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -19,16 +19,14 @@ from yaml.nodes import Node
 from . import accelerate, dsconfig, modelspec
 from .overrides import apply as apply_overrides
 from .overrides import parse as parse_overrides
-from .accelerate import AccelerateCfg
-from .modelspec import Model
-from .rungs import HF_RUNG_FLAGS, Rung, read_ladder
-from .units import Size
+from .rungs import HF_RUNG_FLAGS, read_ladder
+from .spec import (WORLD_SIZE_POLICIES, Batch, Checkpoints, DeepSpeedCfg, LearningRate, Limits, Logs, Monitor,
+                   ProgressPatterns, Recipe, Restarts, Rung, SuccessEvidence)
 from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, duration, env_pairs,
                         integer, items, kind_of, mapping_args, number, optional, pairs, read_fields,
                         scalar, size, size_bytes, text)
 
-__all__ = ["Batch", "Checkpoints", "DeepSpeedCfg", "LearningRate", "Limits", "Logs", "Monitor", "ProgressPatterns", "Recipe",
-           "RecipeError", "Restarts", "Rung", "SuccessEvidence", "load_recipe"]
+__all__ = ["RecipeError", "load_recipe"]  # the types are in spec.py
 
 LAUNCHERS = ("torchrun", "deepspeed", "python", "accelerate", "command")  # command: `command:` as given
 TRAINERS = ("auto", "hf", "plain")  # does the job parse HF TrainingArguments (launcher/trainer.py)
@@ -37,122 +35,6 @@ CONTAINMENTS = ("auto", "cgroup", "off")  # a memory cgroup of the job's own (su
 MIN_LOG_SIZE = 128 * 1024
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-@dataclass(frozen=True)
-class Batch:
-    per_device: int
-    grad_accum: int = 1
-    per_device_arg: str = "--per_device_train_batch_size"
-    grad_accum_arg: str = "--gradient_accumulation_steps"
-
-
-@dataclass(frozen=True)
-class LearningRate:
-    value: float
-    arg: str = "--learning_rate"
-
-
-@dataclass(frozen=True)
-class DeepSpeedCfg:
-    config: Path  # absolute; the file exists
-    arg: str = "--deepspeed"
-
-
-@dataclass(frozen=True)
-class Checkpoints:
-    dir: Path  # absolute; need not exist yet
-    resume_arg: str | None = "--resume_from_checkpoint"  # None: the script resumes by itself
-    pattern: str | None = None  # a regex whose one group is the step
-    # A ZeRO checkpoint resumed on another number of ranks: convert it to a universal
-    # checkpoint, pass only its weights (through weights_arg), or give up.
-    on_world_size_change: str = "universal"
-    weights_arg: str | None = None  # with weights_only: the argument that takes the checkpoint path
-
-
-@dataclass(frozen=True)
-class Limits:
-    host_memory: Size | None = None    # the job's process tree (PSS); a percent of MemTotal
-    min_available: Size | None = None  # MemAvailable floor for the whole machine
-    vram: Size | None = None           # per GPU; a percent of that GPU's memory
-    hang_after: float | None = None    # seconds without progress
-    gpu_release: float = 120.0         # seconds to wait for the last attempt's GPU memory
-    hard_memory: Size | str | None = None  # the cgroup's kernel limit; None: host_memory + 10%; "off"
-
-
-@dataclass(frozen=True)
-class Restarts:
-    max: int = 8
-    backoff: tuple[float, float] = (10.0, 300.0)  # first wait, cap (seconds)
-
-
-@dataclass(frozen=True)
-class Logs:
-    max_size: int = 1 << 30  # bytes of output.log per attempt: the head and the newest tail are kept
-
-
-@dataclass(frozen=True)
-class Monitor:
-    interval: float = 0.5  # seconds between samples
-
-
-@dataclass(frozen=True)
-class ProgressPatterns:
-    """Regexes for jobs whose progress no built-in parser reads (supervisor/diagnose/logs.py)."""
-
-    step_regex: str | None = None  # group 1: the step; an optional group 2: the total
-    loss_regex: str | None = None  # group 1: the loss ('nan' and 'inf' count as NaN)
-
-
-@dataclass(frozen=True)
-class SuccessEvidence:
-    """What must be seen before an exit 0 counts as finished (XTuner exits 0 after a failure)."""
-
-    regex: str | None = None  # a line of the output must match
-    file: Path | None = None  # absolute; must exist when the job exits
-
-
-@dataclass(frozen=True)
-class Recipe:
-    path: Path  # absolute
-    name: str
-    workdir: Path
-    launcher: str
-    script: Path | None
-    module: str | None
-    args: tuple  # mapping form: ((key, value), ...) in file order; list form: (str, ...)
-    args_is_list: bool
-    env: tuple[tuple[str, str], ...]
-    gpus: int | tuple[int, ...] | str  # a count, GPU ids, or "all"
-    batch: Batch | None
-    lr: LearningRate | None
-    deepspeed: DeepSpeedCfg | None
-    checkpoints: Checkpoints | None
-    limits: Limits
-    ladder: tuple[Rung, ...]
-    ladder_given: bool  # False: no `ladder:` key, the default ladder applies
-    restarts: Restarts
-    monitor: Monitor
-    stop_grace: float = 30.0
-    python: str = sys.executable
-    wait_for_gpus: float | None = None  # seconds to wait for enough free GPUs; None: fail at once
-    progress: ProgressPatterns | None = None
-    success: SuccessEvidence | None = None
-    nan_patience: int = 1            # logged nan/inf steps in a row before guardrun acts
-    startup_window: float = 600.0    # the same error twice this soon after the start: user_error
-    trainer: str = "auto"            # hf | plain | auto: may rungs pass TrainingArguments flags
-    containment: str = "auto"        # auto | cgroup | off: run the job in a memory cgroup of its own
-    # issue 7 (modelspec.py): a tool's own command line, and what the memory preflight needs
-    command: tuple[str, ...] = ()    # launcher: command, e.g. (llamafactory-cli, train, cfg.yaml)
-    args_style: str = "flags"        # flags: --key value; key=value: LLaMA-Factory, --cfg-options
-    args_group: str | None = None    # key=value tokens go after this flag (XTuner's --cfg-options)
-    ranks_env: str | None = None     # set to the rung's rank count (NPROC_PER_NODE)
-    model: Model | None = None
-    preflight: bool = True           # skip rungs predicted not to fit
-    warnings: tuple[str, ...] = ()   # missing paths, when loaded with missing_ok (guardrun plan)
-    overrides: tuple[str, ...] = ()  # KEY=VALUE from the command line, as given (overrides.py)
-    logs: Logs = Logs()
-    accelerate: AccelerateCfg | None = None  # launcher: accelerate (accelerate.py)
 
 
 def load_recipe(path: str | Path, *, missing_ok: bool = False, overrides: Sequence[str] = ()) -> Recipe:
@@ -359,7 +241,7 @@ CHECKPOINTS = (
     Field("dir", _dir_in_workdir, hint="the folder the job saves checkpoints in, relative to workdir"),
     Field("resume_arg", optional(text), default=Checkpoints.resume_arg),
     Field("pattern", _regex(1, 1, "the step, like 'checkpoint-(\\d+)'"), default=None),
-    Field("on_world_size_change", choice(("universal", "weights_only", "fail")),
+    Field("on_world_size_change", choice(WORLD_SIZE_POLICIES),
           default=Checkpoints.on_world_size_change),
     Field("weights_arg", optional(text), default=None),
 )

@@ -13,9 +13,7 @@ from typing import Sequence
 
 from .checkpoints import Checkpoint, Saved
 from .command import render_mapping
-from .ladder import Plan
-
-WORLD_SIZE_POLICIES = ("universal", "weights_only", "fail")
+from .plan import Plan
 
 
 @dataclass(frozen=True)

@@ -6,11 +6,10 @@ checks what the user wrote.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
-
 from yaml.nodes import Node
 
 from .failures import RUNG_KINDS, Kind
+from .spec import Rung
 from .yamlnodes import (Ctx, Field, boolean, env_pairs, integer, items, kind_of, line_of, mapping_args,
                         number, read_fields, scalar)
 
@@ -19,24 +18,6 @@ RUNG_KIND_NAMES = tuple(kind.value for kind in Kind if kind in RUNG_KINDS)
 #: Rung keys rendered as an HF TrainingArguments flag, and the flag each becomes (trainer.py).
 HF_RUNG_FLAGS = {"gradient_checkpointing": "gradient_checkpointing", "save_only_model": "save_only_model",
                  "dataloader_workers": "dataloader_num_workers"}
-
-
-@dataclass(frozen=True)
-class Rung:
-    on: tuple[Kind, ...]
-    gpus: int | None = None
-    batch: int | str | None = None             # 'halve' or a positive micro-batch
-    lr: float | None = None                    # a factor: 'halve' -> 0.5
-    gradient_checkpointing: bool | None = None
-    zero_stage: int | None = None              # 0..3
-    zero3_offload: bool | None = None
-    offload_pin_memory: bool | None = None
-    gather_16bit_on_save: bool | None = None
-    save_only_model: bool | None = None
-    dataloader_workers: int | None = None      # >= 0
-    args: tuple[tuple[str, object], ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    line: int = 0                              # 1-based line where the rung starts
 
 
 def _on(node: Node, key: str, ctx: Ctx) -> tuple[Kind, ...]:

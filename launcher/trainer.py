@@ -29,8 +29,8 @@ from pathlib import Path
 import yaml
 
 from .plan import Plan
-from .recipe import Recipe
 from .rungs import HF_RUNG_FLAGS
+from .spec import Recipe
 
 #: Tools whose command line and config file are read by HfArgumentParser into TrainingArguments.
 HF_TOOLS = frozenset({"llamafactory-cli", "lmf"})

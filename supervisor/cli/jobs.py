@@ -24,7 +24,8 @@ import click
 
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
-from guardrun.launcher.recipe import Recipe, RecipeError, load_recipe
+from guardrun.launcher.recipe import RecipeError, load_recipe
+from guardrun.launcher.spec import Recipe
 
 from ..unattended import control, daemon, lock, tmux
 from . import jobview, logview

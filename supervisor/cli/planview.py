@@ -19,21 +19,19 @@ from typing import Sequence
 from guardrun.launcher import checkpoints as ckpts
 from guardrun.launcher import dsconfig, kvargs
 from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
-from guardrun.launcher.ladder import Plan, effective_ladder, walk
+from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.launchdiff import changes, fingerprint
-from guardrun.launcher.trainer import trainer
+from guardrun.launcher.plan import SWITCHES, Plan
 from guardrun.launcher.preflight import (Fit, Known, Resources, first_fitting, fits, gather, workload,
                                          zero_settings)
-from guardrun.launcher.recipe import Recipe, load_recipe
+from guardrun.launcher.recipe import load_recipe
+from guardrun.launcher.spec import Recipe
+from guardrun.launcher.trainer import trainer
 from guardrun.launcher.units import format_bytes
 
 from ..watch.fitcheck import describe_resources, measure
 from ..watch.gpu import GpuSource, open_gpu_source
 from ..watch.memory import ProcfsMemory
-
-_FIELDS = ("gradient_checkpointing", "zero_stage", "zero3_offload", "offload_pin_memory",
-           "gather_16bit_on_save", "save_only_model", "dataloader_workers")
-
 
 @dataclass(frozen=True)
 class View:
@@ -240,7 +238,7 @@ def summary(plan: Plan) -> str:
                      f"{plan.ranks} = global {plan.global_batch}")
     if plan.lr is not None:
         parts.append(f"lr {plan.lr:g}")
-    for field in _FIELDS:
+    for field in SWITCHES:
         value = getattr(plan, field)
         if value is not None:
             parts.append(f"{field} {value}")

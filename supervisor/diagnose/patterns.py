@@ -14,7 +14,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
+from guardrun.launcher.spec import ProgressPatterns, SuccessEvidence
 
 from .logs import SCAN_CAP, TEXT_CAP, Event, parse_line
 

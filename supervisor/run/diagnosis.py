@@ -13,7 +13,7 @@ from typing import Callable, Sequence
 
 from guardrun.launcher.command import RANKS_DIR
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 
 from ..core.clock import Clock
 from .extlocks import compiling

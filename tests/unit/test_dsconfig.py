@@ -6,7 +6,7 @@ import copy
 import pytest
 
 from guardrun.launcher.dsconfig import DeepSpeedConfigError, derive, load
-from guardrun.launcher.ladder import Plan
+from guardrun.launcher.plan import Plan
 
 USER = {
     "train_micro_batch_size_per_gpu": 16, "gradient_accumulation_steps": 1, "train_batch_size": "auto",

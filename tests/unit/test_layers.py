@@ -105,10 +105,7 @@ def cycle_through(start: str) -> list[str] | None:
     return None
 
 
-@pytest.mark.parametrize("package", [
-    pytest.param("launcher", marks=pytest.mark.xfail(
-        strict=True, reason="dsconfig -> ladder -> recipe -> dsconfig: issue 14 §2 breaks it")),
-    "supervisor"])
+@pytest.mark.parametrize("package", ["launcher", "supervisor"])
 def test_no_import_cycle(package):
     cycles = {" -> ".join(c) for n in GRAPH if n.startswith(package) if (c := cycle_through(n))}
     assert not cycles, "\n".join(sorted(cycles))

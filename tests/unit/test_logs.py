@@ -505,7 +505,7 @@ def test_a_recipes_own_regexes_win_over_the_built_in_recognisers(tmp_path):
     `progress: {step_regex, loss_regex}` the reader follows the recipe's, whatever the order."""
     import io
 
-    from guardrun.launcher.recipe import ProgressPatterns
+    from guardrun.launcher.spec import ProgressPatterns
     from guardrun.supervisor.record.console import Console
     from guardrun.supervisor.diagnose.output import OutputReader
     from guardrun.supervisor.diagnose.patterns import Patterns

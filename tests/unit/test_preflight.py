@@ -9,10 +9,10 @@ import sys
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.ladder import walk
 from guardrun.launcher.modelinfo import resolve
-from guardrun.launcher.modelspec import Model
+from guardrun.launcher.spec import Model
 from guardrun.launcher.preflight import Known, Resources, check, decide_fitting, gather, predict, workload, zero_settings
 from guardrun.launcher.units import GIB
-from guardrun.supervisor.run import loop as loop_module
+from guardrun.supervisor.watch import proc
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.record.console import Console
 from guardrun.supervisor.watch.fitcheck import measure, preflight_plan
@@ -173,7 +173,7 @@ def test_measure_reads_nvml_meminfo_and_the_limit(tmp_path):
 def test_the_supervisor_starts_on_the_first_rung_that_fits(tmp_path, state_dir, monkeypatch):
     """The loop's wiring: a real (tiny) job, a fake 24 GB GPU; rungs 0-2 are skipped with a
     console line and a journal event each, and the job runs with rung 3's arguments."""
-    monkeypatch.setattr(loop_module.proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
+    monkeypatch.setattr(proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     (tmp_path / "job.py").write_text("import sys; print('args', ' '.join(sys.argv[1:]))\n")
     body = SITUATION_4.replace("launcher: torchrun", "launcher: python").replace("script: train.py", "script: job.py")

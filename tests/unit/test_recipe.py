@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Kind
-from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
-from guardrun.launcher.recipe import (Batch, Checkpoints, DeepSpeedCfg, LearningRate, Limits, Monitor,
-                                      Recipe, RecipeError, Restarts, Rung, load_recipe)
+from guardrun.launcher.recipe import RecipeError, load_recipe
+from guardrun.launcher.spec import (Batch, Checkpoints, DeepSpeedCfg, LearningRate, Limits, Monitor,
+                                    ProgressPatterns, Recipe, Restarts, Rung, SuccessEvidence)
 from guardrun.launcher.rungs import RUNG
 from guardrun.launcher.units import Size
 

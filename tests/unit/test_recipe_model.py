@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from guardrun.launcher.modelspec import Model
+from guardrun.launcher.spec import Model
 from guardrun.launcher.recipe import RecipeError, load_recipe
 
 

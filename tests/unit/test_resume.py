@@ -8,7 +8,7 @@ import pytest
 
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, Saved
-from guardrun.launcher.ladder import Plan
+from guardrun.launcher.plan import Plan
 from guardrun.launcher.resume import SetAside, adapt, left_in_place, pick_checkpoint
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.recipe import ProgressPatterns, SuccessEvidence
+from guardrun.launcher.spec import ProgressPatterns, SuccessEvidence
 from guardrun.supervisor.diagnose.lines import iter_lines
 from guardrun.supervisor.diagnose.logs import parse_line
 from guardrun.supervisor.diagnose.patterns import Patterns
