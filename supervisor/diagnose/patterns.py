@@ -33,10 +33,6 @@ class Patterns:
                    loss=compiled(progress.loss_regex) if progress else None,
                    success=compiled(success.regex) if success else None)
 
-    @property
-    def empty(self) -> bool:
-        return self.step is None and self.loss is None and self.success is None
-
     def events(self, line: str) -> tuple[Event, ...]:
         """The line's events: the built-in recognisers' (logs.parse_line) and the recipe's.
 

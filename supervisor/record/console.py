@@ -65,10 +65,6 @@ class Console:
         self._last_plain: float | None = None
         self._sink = _sink_for(self._stream, self._tty)
 
-    @property
-    def attached(self) -> bool:
-        return self._sink.attached
-
     def detach(self) -> None:
         """Stop writing (the terminal hung up). Safe to call from a signal handler."""
         self._sink.attached = False

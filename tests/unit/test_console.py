@@ -29,13 +29,24 @@ def test_quiet_hides_job_output_not_guardrun_lines():
     assert out.getvalue() == "guardrun: attempt 1 ended: host_oom\n"
 
 
-class BrokenTerminal(io.StringIO):
+class HungUpTerminal(io.StringIO):
+    """EIO on the first write (the terminal hung up); it would take later writes."""
+
+    def __init__(self):
+        super().__init__()
+        self.hung_up = False
+
     def write(self, text):
-        raise OSError(5, "Input/output error")
+        if not self.hung_up:
+            self.hung_up = True
+            raise OSError(5, "Input/output error")
+        return super().write(text)
 
 
 def test_write_error_after_hangup_detaches_quietly():
-    console = Console(BrokenTerminal(), tty=True)
+    terminal = HungUpTerminal()
+    console = Console(terminal, tty=True)
     console.say("still here")
-    assert not console.attached
     console.output("[1] ", "more")  # no exception: the journal keeps the record
+    console.say("and more")
+    assert terminal.hung_up and terminal.getvalue() == ""  # detached: nothing written after the hangup
