@@ -13,6 +13,7 @@ from . import accelerate, dsconfig, kvargs
 from .plan import Plan
 from .spec import Recipe
 from .trainer import hf_overrides
+from .units import is_number
 
 
 @dataclass(frozen=True)
@@ -234,7 +235,7 @@ def set_arg(tokens: list[str], flag: str, value: object) -> list[str]:
         if token == flag or token.startswith(flag + "="):
             index += 1
             if token == flag:  # skip the old values: tokens up to the next flag
-                while index < len(tokens) and not _is_flag(tokens[index]):
+                while index < len(tokens) and not is_flag(tokens[index]):
                     index += 1
             if not replaced:
                 out += [flag, *values]
@@ -247,16 +248,9 @@ def set_arg(tokens: list[str], flag: str, value: object) -> list[str]:
     return out
 
 
-def _is_flag(token: str) -> bool:
-    return token.startswith("-") and not _looks_numeric(token)
-
-
-def _looks_numeric(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
+def is_flag(token: str) -> bool:
+    """`--lr` or `-v`, not a negative number like `-1`."""
+    return token.startswith("-") and not is_number(token)
 
 
 def _env(recipe: Recipe, plan: Plan, attempt: int) -> tuple[tuple[str, str], ...]:

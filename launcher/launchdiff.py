@@ -16,7 +16,7 @@ import json
 from typing import NamedTuple
 
 from . import dsconfig
-from .command import build
+from .command import build, is_flag
 from .plan import Plan
 from .spec import Recipe
 
@@ -88,7 +88,7 @@ def _items(argv: tuple[str, ...]) -> dict[str, str]:
         items[name] = " ".join(values)
 
     for token in argv:
-        flag = token.startswith("-") and not _numeric(token)
+        flag = is_flag(token)
         if flag or ("=" in token and not token.startswith("-")):
             close()
             key, _, rest = token.partition("=")
@@ -105,14 +105,6 @@ def _kv_keys(argv: tuple[str, ...]) -> set[str]:
 
 def _show(key: str, value: str) -> str:
     return f"{key}={value}" if not key.startswith("-") and key else f"{key} {value}".strip()
-
-
-def _numeric(token: str) -> bool:
-    try:
-        float(token)
-    except ValueError:
-        return False
-    return True
 
 
 def _env_changes(old: dict[str, str], new: dict[str, str]) -> list[str]:

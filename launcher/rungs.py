@@ -10,6 +10,7 @@ from yaml.nodes import Node
 
 from .failures import RUNG_KINDS, Kind
 from .spec import Rung
+from .units import is_number
 from .yamlnodes import (Ctx, Field, boolean, env_pairs, integer, items, kind_of, line_of, mapping_args,
                         number, read_fields, scalar)
 
@@ -54,18 +55,10 @@ def _halve_or(convert, what: str, halve_as: object):
     def read(node: Node, key: str, ctx: Ctx):
         if node.id == "scalar" and node.value == "halve":
             return halve_as
-        if node.id == "scalar" and node.tag == "tag:yaml.org,2002:str" and not _numeric(node.value):
+        if node.id == "scalar" and node.tag == "tag:yaml.org,2002:str" and not is_number(node.value):
             ctx.fail(node, key, f"expected {what}, got {kind_of(node)}")
         return convert(node, key, ctx)
     return read
-
-
-def _numeric(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 RUNG = (

@@ -101,6 +101,15 @@ def _bytes(text: str, number: Fraction, unit: str, accepted: str) -> int:
     return int(count)
 
 
+def is_number(text: str) -> bool:
+    """Whether `text` reads as a number (`-1`, `0.5`, `1e-4`): a value, not a flag or a word."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
 def match_number(text: str) -> str:
     """The number part of a size or duration text (for messages)."""
     found = re.search(_NUMBER, text)
