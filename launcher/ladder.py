@@ -17,7 +17,7 @@ from typing import Iterable, Sequence
 from .failures import DEGRADING, Failure, Kind
 from .launchdiff import Launch, fingerprint
 from .plan import SWITCHES, Decision, Plan
-from .spec import Recipe, Rung
+from .spec import RUNG_CHANGES, Recipe, Rung
 from .trainer import dataloader_workers, trainer
 
 __all__ = ["apply_rung", "base_plan", "base_ranks", "decide", "default_ladder", "describe_rung",
@@ -211,15 +211,15 @@ def added_flag_rejected(recipe: Recipe, plan: Plan, evidence: str) -> str:
 def describe_rung(rung: Rung) -> str:
     """`batch halve, gradient_checkpointing True`: what a rung sets, in the recipe's words."""
     parts = []
-    for field in dataclasses.fields(Rung):
-        value = getattr(rung, field.name)
-        if field.name in ("on", "line") or value is None or value == ():
+    for name in RUNG_CHANGES:
+        value = getattr(rung, name)
+        if value is None or value == ():
             continue
-        if field.name in ("args", "env"):
+        if name in ("args", "env"):
             value = ", ".join(f"{key}={item}" for key, item in value)
-        elif field.name == "lr":
+        elif name == "lr":
             value = f"×{value:g}"
-        parts.append(f"{field.name} {value}")
+        parts.append(f"{name} {value}")
     return ", ".join(parts)
 
 

@@ -9,7 +9,7 @@ import difflib
 from yaml.nodes import Node
 
 from .failures import RUNG_KINDS, Kind
-from .spec import Rung
+from .spec import RUNG_CHANGES, Rung
 from .units import is_number
 from .yamlnodes import (Ctx, Field, boolean, env_pairs, integer, items, kind_of, line_of, mapping_args,
                         number, read_fields, scalar)
@@ -77,7 +77,6 @@ RUNG = (
     Field("args", mapping_args, default=()),
     Field("env", env_pairs, default=()),
 )
-_CHANGES = tuple(field.key for field in RUNG if field.key != "on")
 
 
 def read_rung(node: Node, key: str, ctx: Ctx) -> Rung:
@@ -86,7 +85,7 @@ def read_rung(node: Node, key: str, ctx: Ctx) -> Rung:
     defaults = Rung(on=rung.on, line=rung.line)
     if rung == defaults:
         ctx.fail(node, key, "this rung changes nothing: add what it changes besides `on`, one of "
-                 + ", ".join(_CHANGES))
+                 + ", ".join(RUNG_CHANGES))
     return rung
 
 

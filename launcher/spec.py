@@ -8,7 +8,7 @@ supervisor) imports this and not recipe.py, which reads and checks the file
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from .failures import Kind
@@ -34,6 +34,10 @@ class Rung:
     args: tuple[tuple[str, object], ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     line: int = 0                              # 1-based line where the rung starts
+
+
+#: What a rung can change: every field but `on` and `line`, in the order the recipe lists them.
+RUNG_CHANGES = tuple(field.name for field in fields(Rung) if field.name not in ("on", "line"))
 
 
 @dataclass(frozen=True)
