@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Callable
@@ -157,6 +159,7 @@ def main() -> int:
                                 group=group.procs if group is not None else None)
         if job is not None:
             job.remove()
+            shutil.rmtree(job.job_dir)
     print_table(times)
     alive = [ident.pid for ident in idents if tree.alive(ident)]
     print(f"teardown: {report.took * 1000:.0f} ms, killed {len(report.killed)}, "
@@ -170,7 +173,7 @@ def _cgroup() -> tuple[cgroupv1.JobCgroup | None, cgroupv1.Group | None]:
     if why:
         print(f"no cgroup row: {why}")
         return None, None
-    job = cgroupv1.JobCgroup.create("bench-sampling", Path(f"/tmp/bench-sampling-{os.getpid()}"))
+    job = cgroupv1.JobCgroup.create("bench-sampling", Path(tempfile.mkdtemp(prefix="bench-sampling-")))
     return job, job.attempt(1, None)
 
 

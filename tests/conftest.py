@@ -61,27 +61,47 @@ def no_leftover_processes(monkeypatch):
         pytest.fail(f"processes left behind by the test: {left}")
 
 
+#: The prefix of the cgroups the suite's real cgroup v2 tests make themselves (in the
+#: cgroup2 mount, /sys/fs/cgroup/unified on a hybrid host): this session's pid in it, so a
+#: suite running beside this one is not counted.
+V2_TEST_PREFIX = f"guardrun-test-{os.getpid()}-"
+
+
 def _job_cgroups(state_root: Path) -> list[Path]:
-    """The v1 job cgroups of the jobs under a state root that exist now (issue 17)."""
+    """The job cgroups (v1 or v2) of the jobs under a state root that exist now (issue 17):
+    where the job's state dir recorded it, else where a v1 one is made."""
     from guardrun.supervisor.watch import cgroupv1
     found = []
     for job in (state_root.iterdir() if state_root.is_dir() else ()):
         try:
             path = cgroupv1.JobCgroup.path_for(job.name, job)
         except cgroupv1.CgroupError:
-            return []
+            continue  # no record and no v1 hierarchy
         if path.is_dir():
             found.append(path)
     return found
 
 
+def _v2_test_cgroups() -> list[Path]:
+    from guardrun.supervisor.watch import cgroupv2
+    root = cgroupv2.find_root()
+    if root is None:
+        return []
+    try:
+        base = cgroupv2.base_dir(root)
+    except cgroupv2.CgroupError:
+        return []
+    return sorted(base.glob(V2_TEST_PREFIX + "*"))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def no_leftover_cgroups(tmp_path_factory):
-    """No job cgroup of the suite's jobs outlives the suite (issue 17)."""
+    """No job cgroup of the suite's jobs, and no cgroup v2 a test made, outlives the suite (issue 17)."""
     yield
     base = tmp_path_factory.getbasetemp()
     left = [str(path) for root in (*base.glob("*/state"), *base.glob("*/*/state")) for path in _job_cgroups(root)]
-    assert not left, f"job cgroups left behind by the suite: {left}"
+    left += [str(path) for path in _v2_test_cgroups()]
+    assert not left, f"cgroups left behind by the suite: {left}"
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import sys
 
 from guardrun.launcher.recipe import Recipe
 
-from ..watch import cgroup, cgroupv1, leftovers
+from ..watch import cgroupv1, cgroupv2 as cgroup, leftovers
 from ..watch.containment import leftover_members
 from ..core.clock import Clock, MonotonicClock
 from ..record.console import Console

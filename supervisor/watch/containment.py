@@ -1,8 +1,9 @@
 """Whether a job runs contained (a memory cgroup of its own), and what the loop needs of it.
 
 `containment: auto` (the default) puts the job in a cgroup where this machine allows it
-(supervisor.cgroupv1; a delegated v2 is detected by supervisor.cgroup but not used yet)
-and falls back to /proc with the reason otherwise; `cgroup` makes it a requirement (the
+(a writable v1 memory hierarchy, supervisor.watch.cgroupv1, first: on a hybrid host memory
+is there; else a delegated v2 subtree, supervisor.watch.cgroupv2) and falls back to /proc
+with the reasons otherwise; `cgroup` makes it a requirement (the
 run is refused, exit 2, when it is impossible); `off` never tries. Nothing here may
 fail a run: every error in creating, joining or removing a cgroup becomes a reason
 said on the console, in the journal and in `guardrun status`, and the attempt is
@@ -14,17 +15,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 
-from . import cgroup, cgroupv1
+from . import cgroupfs, cgroupv1, cgroupv2
 from .leftovers import start_time
 from .memory import HostMemory, ProcfsMemory, TreeSample
 from .proctree import ProcId
 
 #: The default hard limit above `limits.host_memory`: guardrun stops the job gracefully
 #: at host_memory; the kernel's kill is the backstop for a spike within one interval.
-HARD_OVER = cgroup.MAX_OVER_LIMIT
+HARD_OVER = 0.10
 
 
 class ContainmentRequired(Exception):
@@ -44,13 +45,20 @@ def hard_limit(recipe: Recipe, total: int) -> int | None:
     return int(limits.host_memory.resolve(total) * (1 + HARD_OVER))
 
 
+def high_limit(recipe: Recipe, total: int) -> int | None:
+    """v2's memory.high: limits.host_memory, where the kernel starts reclaiming and
+    throttling the job before guardrun's own stop (None: no host_memory, no memory.high)."""
+    host = recipe.limits.host_memory
+    return host.resolve(total) if host is not None else None
+
+
 class CgroupMemory:
     """ProcfsMemory's interface as the watch loop uses it, read from the attempt's cgroup:
     one memory.stat read, flat in the number of processes; PSS is the same figure."""
 
     kind = "cgroup"
 
-    def __init__(self, group: cgroupv1.Group, host_source: ProcfsMemory,
+    def __init__(self, group: cgroupfs.Group, host_source: ProcfsMemory,
                  on_fallback: Callable[[str], None] = lambda why: None):
         self.group, self._host, self._on_fallback = group, host_source, on_fallback
         self.failed = ""  # why the cgroup could not be read: /proc from then on
@@ -81,19 +89,20 @@ class CgroupMemory:
 class Containment:
     """The job's cgroup (None: watched through /proc) and the attempts' hard limit."""
 
-    job: cgroupv1.JobCgroup | None
-    kind: str    # "cgroup v1" or "procfs"
+    job: cgroupfs.JobCgroup | None
+    kind: str    # "cgroup v1", "cgroup v2" or "procfs"
     reason: str  # why, for `guardrun status`
     hard_limit: int | None = None
+    high: int | None = None  # v2's memory.high (host_memory)
 
     def attempt(self, number: int, say: Callable[[str], None],
-                emit: Callable[..., None]) -> cgroupv1.Group | None:
+                emit: Callable[..., None]) -> cgroupfs.Group | None:
         """Attempt `number`'s cgroup, or None (and why, said) when it cannot be made."""
         if self.job is None:
             return None
         try:
-            group = self.job.attempt(number, self.hard_limit)
-        except cgroupv1.CgroupError as err:
+            group = self.job.attempt(number, self.hard_limit, self.high)
+        except cgroupfs.CgroupError as err:
             self.fell_back(f"{err}; this attempt is watched through /proc", say, emit, number)
             return None
         emit("cgroup.attempt", attempt=number, path=str(group.path), hard_limit=self.hard_limit)
@@ -112,24 +121,32 @@ class Containment:
         emit("cgroup.removed", path=str(self.job.path), left=left)
 
 
-def prepare(recipe: Recipe, job_dir: Path, total: int, mount: Path = cgroupv1.V1_MEMORY) -> Containment:
-    """The run's containment, from the recipe's `containment:` and what this machine allows."""
+def prepare(recipe: Recipe, job_dir: Path, total: int, mount: Path = cgroupv1.V1_MEMORY,
+            root: Path | None = None, self_cgroup: str | None = None) -> Containment:
+    """The run's containment, from the recipe's `containment:` and what this machine allows:
+    the first of v1 and v2 that can make the job's cgroup, else /proc with both reasons."""
     mode = getattr(recipe, "containment", "auto")
     if mode == "off":
         return Containment(None, "procfs", "containment: off in the recipe")
-    why = cgroupv1.why_not(mount)
-    if not why:
-        try:
-            job = cgroupv1.JobCgroup.create(recipe.name, job_dir, mount=mount)
-        except cgroupv1.CgroupError as err:
-            why = str(err)
-        else:
-            limit = hard_limit(recipe, total)
-            said = f"hard limit {format_bytes(limit)}" if limit else "no hard limit"
-            return Containment(job, "cgroup v1", f"the job's own memory cgroup {job.path} ({said})",
-                               limit)
-    v2 = cgroup.detect()
-    why = f"{why}; {v2.reason}" if not v2.cgroup_ok else f"{why}; a delegated cgroup v2 exists, not used yet"
+    limit, high = hard_limit(recipe, total), high_limit(recipe, total)
+    sources = (("cgroup v1", lambda: cgroupv1.why_not(mount, self_cgroup),
+                lambda: cgroupv1.JobCgroup.create(recipe.name, job_dir, mount=mount, self_cgroup=self_cgroup)),
+               ("cgroup v2", lambda: cgroupv2.why_not(root, self_cgroup),
+                lambda: cgroupv2.JobCgroup.create(recipe.name, job_dir, root=root, self_cgroup=self_cgroup)))
+    tried = []
+    for kind, why_not, create in sources:
+        why = why_not()
+        if not why:
+            try:
+                job = create()
+            except cgroupfs.CgroupError as err:
+                why = str(err)
+            else:
+                said = f"hard limit {format_bytes(limit)}" if limit else "no hard limit"
+                return Containment(job, kind, f"the job's own memory cgroup {job.path} ({said})", limit, high)
+        tried.append(f"{kind}: {why}")
+    scope = cgroupv2.detect()
+    why = "; ".join(tried + [scope.reason] if scope.cgroup_ok else tried)
     if mode == "cgroup":
         raise ContainmentRequired(f"containment: cgroup, but no cgroup can be made here: {why}")
     return Containment(None, "procfs", why)
@@ -137,11 +154,9 @@ def prepare(recipe: Recipe, job_dir: Path, total: int, mount: Path = cgroupv1.V1
 
 def leftover_members(job_cgroup: Path, proc_root: str = "/proc") -> Callable[[], list[ProcId]]:
     """The live members of a dead supervisor's job cgroup, asked again on each call."""
-    group = cgroupv1.Group(job_cgroup)
-
     def members() -> list[ProcId]:
         found = []
-        for pid in group.procs():
+        for pid in cgroupfs.subtree_procs(job_cgroup):
             start = start_time(pid, proc_root)
             if start is not None:
                 found.append(ProcId(pid, start))

@@ -12,6 +12,7 @@ from guardrun.launcher.recipe import RecipeError
 from guardrun.supervisor.run import attempt
 from guardrun.supervisor.watch import cgroupv1, containment
 from guardrun.supervisor.watch.memory import ProcfsMemory
+from guardrun.supervisor.watch.seams import RealProcesses
 from guardrun.supervisor.run.policy import AttemptEnd, classify
 from recipes_util import make_recipe
 
@@ -49,15 +50,15 @@ def test_bad_containment_and_hard_memory_name_file_and_line(tmp_path):
 
 
 def test_off_never_tries_and_no_hierarchy_falls_back_with_why(tmp_path):
-    off = containment.prepare(make_recipe(tmp_path, BASE + "containment: 'off'\n"), tmp_path, 1 << 30,
-                              mount=tmp_path / "nothing")
+    nothing = {"mount": tmp_path / "nothing", "root": tmp_path / "nothing"}
+    off = containment.prepare(make_recipe(tmp_path, BASE + "containment: 'off'\n"), tmp_path, 1 << 30, **nothing)
     assert (off.job, off.kind, off.reason) == (None, "procfs", "containment: off in the recipe")
-    auto = containment.prepare(make_recipe(tmp_path, BASE), tmp_path, 1 << 30, mount=tmp_path / "nothing")
+    auto = containment.prepare(make_recipe(tmp_path, BASE), tmp_path, 1 << 30, **nothing)
     assert auto.job is None and auto.kind == "procfs"
-    assert auto.reason.startswith(f"no cgroup v1 memory hierarchy at {tmp_path / 'nothing'}")
+    assert auto.reason.startswith(f"cgroup v1: no cgroup v1 memory hierarchy at {tmp_path / 'nothing'}; "
+                                  f"cgroup v2: this process's cgroup {tmp_path / 'nothing'}")
     with pytest.raises(containment.ContainmentRequired, match="containment: cgroup, but no cgroup"):
-        containment.prepare(make_recipe(tmp_path, BASE + "containment: cgroup\n"), tmp_path, 1 << 30,
-                            mount=tmp_path / "nothing")
+        containment.prepare(make_recipe(tmp_path, BASE + "containment: cgroup\n"), tmp_path, 1 << 30, **nothing)
 
 
 def test_job_names_cannot_collide_across_users_or_state_dirs(tmp_path):
@@ -120,7 +121,8 @@ def test_a_launcher_that_cannot_join_its_cgroup_runs_without_it_and_says_why(tmp
     said, emitted = [], []
     box = containment.Containment(None, "cgroup v1", "test")
     watch = SimpleNamespace(containment=box, console=SimpleNamespace(say=said.append),
-                            emit=lambda name, **fields: emitted.append((name, fields)))
+                            emit=lambda name, **fields: emitted.append((name, fields)),
+                            processes=RealProcesses())
     spec = SimpleNamespace(argv=(sys.executable, "-c", "pass"), cwd=tmp_path)
     gone = cgroupv1.Group(tmp_path / "no-such-cgroup")
     popen, group = attempt._spawn(spec, dict(os.environ), 1, gone, watch)
