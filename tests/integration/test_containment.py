@@ -34,9 +34,25 @@ def _kill(pid: int | None) -> None:
         os.kill(pid, signal.SIGKILL)
 
 
-def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(tmp_path, state_dir):
+def _join(cgroup: Path):
+    """A preexec_fn: the child joins `cgroup` (a v1 memory cgroup) before exec."""
+    procs = os.fsencode(cgroup / "cgroup.procs")
+
+    def join() -> None:
+        fd = os.open(procs, os.O_WRONLY)
+        try:
+            os.write(fd, b"0")
+        finally:
+            os.close(fd)
+    return join
+
+
+@pytest.mark.parametrize("session", ["this session", "another session"])
+def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(session, tmp_path, state_dir):
     """setsid + double fork + an empty environment, and the supervisor SIGKILLed: only the
-    job's cgroup still knows the worker (before: it lived on, leftovers.py's 'left undone')."""
+    job's cgroup still knows the worker (before: it lived on, leftovers.py's 'left undone').
+    From another session the dead supervisor's own memory cgroup was another one, so its job
+    cgroup is elsewhere: the next run finds it by the path the state dir recorded."""
     pidfile, done = tmp_path / "worker.pid", tmp_path / "done"
     recipe = write_recipe(tmp_path, f"""
         launcher: python
@@ -44,14 +60,19 @@ def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(tmp_
         args: [--pidfile, "{pidfile}", --done, "{done}"]
         stop_grace: 2s
         """)
+    other = cgroupv1.mark_dir().parent / f"guardrun-test-session-{os.getpid()}-{tmp_path.name[-8:]}"
+    if session == "another session":
+        other.mkdir()
     first = subprocess.Popen([GUARDRUN, "run", str(recipe)], stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+                             stderr=subprocess.DEVNULL, preexec_fn=_join(other) if other.is_dir() else None)
     worker = None
     try:
         wait_until(pidfile.exists, timeout=30, what="the escaped worker")
         worker = int(pidfile.read_text())
         assert os.getsid(worker) != os.getsid(first.pid)
         assert Path(f"/proc/{worker}/environ").read_bytes() == b""  # no mark, no test tag
+        left_at = Path((state_dir / "job" / "cgroup").read_text().strip())
+        assert left_at.is_relative_to(other) == (session == "another session")
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         time.sleep(0.3)  # (not a wait on an event: a worker that died now would be the bug)
@@ -63,9 +84,13 @@ def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(tmp_
         [stopped] = named(events(state_dir), "leftovers.stopped")
         assert worker in stopped["pids"]
         assert "process(es) left by a previous supervisor" in second.stdout
+        assert not left_at.exists() and not (state_dir / "job" / "cgroup").exists()
+        assert other.is_dir() == (session == "another session")  # not guardrun's: left alone
     finally:
         _kill(first.pid if first.poll() is None else None)
         _kill(worker)
+        if other.is_dir():
+            cgroupv1.Group(other).remove()
     assert not cgroupv1.JobCgroup.path_for("job", state_dir / "job").exists()
 
 
