@@ -10,8 +10,8 @@ import enum
 
 class State(str, enum.Enum):
     STARTING = "starting"      # planning, validating checkpoints, spawning
-    RUNNING = "running"        # the job's tree is alive and watched
-    STOPPING = "stopping"      # SIGTERM sent, grace running, then SIGKILL
+    RUNNING = "running"        # the job's tree is spawned and watched
+    STOPPING = "stopping"      # stopping a launcher still running: SIGTERM, the grace, SIGKILL
     BACKOFF = "backoff"        # between attempts
     FINISHED = "finished"      # the job succeeded (exit 0)
     GAVE_UP = "gave_up"        # restarts used up, ladder exhausted, or user_error
@@ -21,6 +21,7 @@ class State(str, enum.Enum):
         return self.value
 
 
+#: The states a run ends in: the supervisor exits once it reaches one.
 TERMINAL = frozenset({State.FINISHED, State.GAVE_UP, State.INTERRUPTED})
 
 ALLOWED: dict[State, frozenset[State]] = {
@@ -29,7 +30,9 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.STARTING: frozenset({State.RUNNING, State.FINISHED, State.GAVE_UP, State.INTERRUPTED}),
     State.RUNNING: frozenset({State.STOPPING, State.BACKOFF, State.FINISHED, State.GAVE_UP,
                               State.INTERRUPTED}),
-    State.STOPPING: frozenset({State.BACKOFF, State.GAVE_UP, State.INTERRUPTED}),
+    # STOPPING -> FINISHED: the job reached its target, then hung in teardown and was
+    # stopped (policy.classify: a success, not relaunched).
+    State.STOPPING: frozenset({State.BACKOFF, State.FINISHED, State.GAVE_UP, State.INTERRUPTED}),
     State.BACKOFF: frozenset({State.STARTING, State.GAVE_UP, State.INTERRUPTED}),
     State.FINISHED: frozenset(),
     State.GAVE_UP: frozenset(),

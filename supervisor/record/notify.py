@@ -4,12 +4,15 @@ Under a `Type=notify` unit systemd sets NOTIFY_SOCKET (a path, or `@name` for th
 namespace) and, with WatchdogSec=, WATCHDOG_USEC (and WATCHDOG_PID, the pid it expects
 the pings from). What guardrun sends:
 
-- READY=1 once the first attempt runs (its tree is spawned and being watched);
+- READY=1 when the job first enters `running` (its first attempt is spawned and watched);
 - STATUS=<the status line>, at most every `status_every` seconds, and guardrun's own
   messages ("attempt 2 ended: host_oom") as they happen: `systemctl status` shows them;
 - WATCHDOG=1 from the loop's own sleeps (see WatchdogClock), so pings stop when the loop
   stops turning, which is what the watchdog is for;
-- STOPPING=1 when the supervisor is about to exit.
+- STOPPING=1 when the job enters a terminal state (the supervisor is about to exit), with
+  the exit code as the last STATUS.
+
+READY and STOPPING follow the job's state changes (`moved`, which the Supervisor calls).
 
 Without NOTIFY_SOCKET every call is a no-op. The variables are removed from the
 environment once read (sd_notify's unset_environment), so the job's own processes do
@@ -23,6 +26,7 @@ import socket
 from typing import Mapping, MutableMapping
 
 from ..core.clock import Clock
+from ..core.states import TERMINAL, State
 from .console import Console
 
 #: STATUS= from the live status line at most this often (the loop redraws it every
@@ -70,6 +74,7 @@ class Notifier:
         self._status_every = status_every
         self._sock: socket.socket | None = None
         self._ready = False
+        self._stopping = False
         self._last_status: float | None = None
         self._last_ping: float | None = None
 
@@ -104,9 +109,17 @@ class Notifier:
             self._ready = True  # once, even if that send failed: the manager may be gone
             self.send("READY=1")
 
+    def moved(self, state: State, exit_code: int | None) -> None:
+        """The job's state changed: READY=1 at the first `running`, STOPPING=1 at the end."""
+        if state is State.RUNNING:
+            self.ready()
+        elif state in TERMINAL:
+            self.stopping(f"guardrun exits {exit_code}: {state}")
+
     def status(self, text: str, now: float | None = None) -> None:
-        """STATUS=text; with `now`, rate-limited (the live line), else sent at once."""
-        if self.address is None:
+        """STATUS=text; with `now`, rate-limited (the live line), else sent at once. None
+        once STOPPING=1 went out: its STATUS (the exit code) is the one that stays."""
+        if self.address is None or self._stopping:
             return
         if now is not None:
             if self._last_status is not None and now - self._last_status < self._status_every:
@@ -124,10 +137,11 @@ class Notifier:
     def stopping(self, why: str) -> None:
         """STOPPING=1 with the final status; READY=1 first if it never went out (a job
         that ended before its first sample), so the manager sees a start, then a stop."""
-        if self.address is None:
+        if self.address is None or self._stopping:
             return
         if not self._ready:
             self.ready()
+        self._stopping = True
         self.send("STOPPING=1", "STATUS=" + " ".join(why.split())[:STATUS_MAX])
 
     def close(self) -> None:
@@ -137,8 +151,8 @@ class Notifier:
 
 
 class NotifyingConsole(Console):
-    """The console, also telling systemd: the first status line means the first attempt
-    runs (READY=1); status lines and guardrun's own messages become STATUS=."""
+    """The console, also telling systemd: status lines and guardrun's own messages
+    become STATUS=."""
 
     def __init__(self, notifier: Notifier, **kwargs):
         super().__init__(**kwargs)
@@ -146,7 +160,6 @@ class NotifyingConsole(Console):
 
     def status(self, text: str, now: float) -> None:
         super().status(text, now)
-        self._notifier.ready()
         self._notifier.status(text, now)
 
     def say(self, text: str) -> None:

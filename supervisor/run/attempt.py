@@ -18,7 +18,6 @@ from guardrun.launcher.command import LaunchSpec
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
 
-from ..watch import proc
 from ..watch.cgroupv1 import Group
 from ..core.clock import Clock
 from ..record.console import Console
@@ -27,7 +26,7 @@ from .diagnosis import Diagnosis
 from .extlocks import clear_build_locks, extensions_root, find_builds
 from ..watch.follow import CheckpointFollower, Seen
 from ..watch.gpuwatch import GpuMonitor
-from ..watch.memory import ProcfsMemory
+from ..watch.seams import Launched, MemorySource, ProcessOps, RealProcesses, Tree
 from .memtrail import MemoryTrail
 from ..diagnose.output import MAX_LOG, OutputReader, Progress
 from ..diagnose.patterns import Patterns
@@ -66,7 +65,7 @@ class Watch:
     """What the attempt needs from the supervisor, bundled so it is passed as one thing."""
 
     clock: Clock
-    memory: ProcfsMemory
+    memory: MemorySource
     console: Console
     requests: Requests
     limits: MemoryLimits
@@ -80,63 +79,106 @@ class Watch:
     space: SpaceWatch | None = None  # the state dir's write health (the journal's), for output.log
     log_max_size: int = MAX_LOG  # logs.max_size: output.log's bound
     containment: Containment | None = None  # the job's cgroup, where it has one
+    processes: ProcessOps = RealProcesses()  # spawn, the tree, its stop (supervisor.watch.seams)
 
 
-def run_attempt(spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch) -> tuple[AttemptEnd, Peaks]:
-    """Run one launch to its end; the tree is verified gone when this returns."""
-    env = dict(os.environ)
-    env.update(spec.env)
-    for path, text in spec.files:
-        path.write_text(text)
-    # Wall clock on purpose: it is compared with file mtimes. One second of slack
-    # covers filesystems that store whole seconds.
-    spawned_at = time.time() - 1.0
-    group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
-    popen, group = _spawn(spec, env, number, group, watch)
-    watch.emit("attempt.spawned", attempt=number, pid=popen.pid, argv=list(spec.argv),
-               cgroup=str(group.path) if group else None)
-    if group is not None:  # one memory.stat read per sample instead of the /proc walk
-        fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
-        watch = dataclasses.replace(watch, memory=CgroupMemory(group, watch.memory, fell_back))
-    started = watch.clock.monotonic()
-    diagnosis = watch.diagnosis
-    reader = OutputReader(popen.stdout, attempt_dir / "output.log", watch.console, prefix=f"[{number}] ",
-                          patterns=diagnosis.patterns if diagnosis else Patterns(),
-                          rank_logs=diagnosis.rank_logs if diagnosis else None,
-                          max_log=watch.log_max_size, space=watch.space).start()
-    tree = proc.ProcTree(adopter=os.getpid())
-    peaks = Peaks()
-    stopped_for, interrupted = _watch(popen, tree, reader, peaks, watch, MemoryTrail(number, watch.emit))
-    # Before the kill: which torch extensions the tree is compiling (their locks are its own;
-    # the compiler also goes into the root cause). Cleared once the tree is gone.
-    extensions = extensions_root(env)
-    builds = find_builds(extensions, tree.pids(popen.pid))
-    _stop(popen, tree, watch, number, hurry=interrupted and watch.requests.kill_now, group=group)
-    kernel_oom = _kernel_oom(group, watch)
-    clear_build_locks(extensions, builds, spawned_at, watch.emit, number)
-    if not reader.join(READER_JOIN_TIMEOUT):
-        watch.emit("output.still_open", attempt=number)
-    progress = reader.progress()
-    seen = watch.checkpoints.stop() if watch.checkpoints else None
-    end = AttemptEnd(exit_code=popen.returncode, events=reader.evidence(),
-                     stopped_for=stopped_for, interrupted=interrupted,
-                     progressed=progress.step is not None or progress.loss is not None,
-                     attempt=number, last_step=progress.step,
-                     incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - started,
-                     building=builds, reached_target=_reached(progress, seen), kernel_oom=kernel_oom,
-                     **(diagnosis.end_facts(reader) if diagnosis else {}))
-    return end, peaks
+@dataclass(frozen=True)
+class Watched:
+    """Why the watch ended: the launcher exited (neither set), a stop was asked for
+    (`interrupted`), or a failure found while it ran (`stopped_for`: a limit, a hang, NaN)."""
+
+    stopped_for: Failure | None = None
+    interrupted: bool = False
+
+
+@dataclass(frozen=True)
+class Ended:
+    """An attempt's end as the policy classifies it, and the memory peaks it reached."""
+
+    end: AttemptEnd
+    peaks: Peaks
+
+
+class Attempt:
+    """One launch, in the phases the loop moves the job's state between: spawn (then
+    RUNNING), watch, stop (STOPPING while the launcher still runs) and its end."""
+
+    def __init__(self, spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch):
+        self.spec, self.number, self.dir, self.watch = spec, number, attempt_dir, watch
+        self.env = dict(os.environ)
+        self.env.update(spec.env)
+        self.peaks = Peaks()
+
+    def spawn(self) -> int:
+        """Start the launch and its output reader; the launcher's pid (SpawnError: none)."""
+        for path, text in self.spec.files:
+            path.write_text(text)
+        # Wall clock on purpose: it is compared with file mtimes. One second of slack
+        # covers filesystems that store whole seconds.
+        self.spawned_at = time.time() - 1.0
+        watch, number = self.watch, self.number
+        group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
+        self.popen, self.group = _spawn(self.spec, self.env, number, group, watch)
+        watch.emit("attempt.spawned", attempt=number, pid=self.popen.pid, argv=list(self.spec.argv),
+                   cgroup=str(self.group.path) if self.group else None)
+        if self.group is not None:  # one memory.stat read per sample instead of the /proc walk
+            fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
+            self.watch = watch = dataclasses.replace(
+                watch, memory=CgroupMemory(self.group, watch.memory, fell_back))
+        self.started = watch.clock.monotonic()
+        diagnosis = watch.diagnosis
+        self.reader = OutputReader(self.popen.stdout, self.dir / "output.log", watch.console,
+                                   prefix=f"[{number}] ",
+                                   patterns=diagnosis.patterns if diagnosis else Patterns(),
+                                   rank_logs=diagnosis.rank_logs if diagnosis else None,
+                                   max_log=watch.log_max_size, space=watch.space).start()
+        self.tree = watch.processes.tree()
+        return self.popen.pid
+
+    def watch_until_done(self) -> Watched:
+        """Poll until the launcher exits, a stop is requested, or a failure is found."""
+        return _watch(self.popen, self.tree, self.reader, self.peaks, self.watch,
+                      MemoryTrail(self.number, self.watch.emit))
+
+    @property
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def stop(self, watched: Watched, running: bool) -> Ended:
+        """Make sure nothing of the attempt is left (graceful if `running`), then its end;
+        the tree is verified gone when this returns."""
+        watch, number, popen = self.watch, self.number, self.popen
+        # Before the kill: which torch extensions the tree is compiling (their locks are its own;
+        # the compiler also goes into the root cause). Cleared once the tree is gone.
+        extensions = extensions_root(self.env)
+        builds = find_builds(extensions, self.tree.pids(popen.pid))
+        _stop(popen, self.tree, watch, number, running,
+              hurry=watched.interrupted and watch.requests.kill_now, group=self.group)
+        kernel_oom = _kernel_oom(self.group, watch)
+        clear_build_locks(extensions, builds, self.spawned_at, watch.emit, number)
+        if not self.reader.join(READER_JOIN_TIMEOUT):
+            watch.emit("output.still_open", attempt=number)
+        progress = self.reader.progress()
+        seen = watch.checkpoints.stop() if watch.checkpoints else None
+        diagnosis = watch.diagnosis
+        end = AttemptEnd(exit_code=popen.returncode, events=self.reader.evidence(),
+                         stopped_for=watched.stopped_for, interrupted=watched.interrupted,
+                         progressed=progress.step is not None or progress.loss is not None,
+                         attempt=number, last_step=progress.step,
+                         incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - self.started,
+                         building=builds, reached_target=_reached(progress, seen), kernel_oom=kernel_oom,
+                         **(diagnosis.end_facts(self.reader) if diagnosis else {}))
+        return Ended(end, self.peaks)
 
 
 def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
-           watch: Watch) -> tuple[subprocess.Popen, Group | None]:
+           watch: Watch) -> tuple[Launched, Group | None]:
     """Start the launch inside `group` (it joins before exec); if joining fails, without
     it, said (never the run's failure). SpawnError when nothing could be started."""
     join = os.fsencode(group.path / "cgroup.procs") if group is not None else None
     while True:
         try:
-            return proc.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, join=join), group
+            return watch.processes.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), join=join), group
         except subprocess.SubprocessError as err:
             if join is None or "preexec_fn" not in str(err):
                 watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
@@ -171,21 +213,21 @@ def _kernel_oom(group: Group | None, watch: Watch) -> str:
             f"(memory.oom_control oom_kill)")
 
 
-def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch,
-           trail: MemoryTrail) -> tuple[Failure | None, bool]:
+def _watch(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watch: Watch,
+           trail: MemoryTrail) -> Watched:
     """Poll until the launcher exits, a stop is requested, or memory crosses a limit."""
     while True:
         if popen.poll() is not None:
-            return None, False
+            return Watched()
         if watch.requests.stop:
-            return None, True
+            return Watched(interrupted=True)
         if watch.checkpoints is not None:
             watch.checkpoints.poll()
         if watch.diagnosis is not None:
             found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
             if found is not None:
                 watch.emit("diagnosis.stop", kind=str(found.kind), evidence=found.evidence, step=found.step)
-                return found, False
+                return Watched(stopped_for=found)
         reading = _measure(popen.pid, watch)
         peaks.update(reading)
         verdict = judge(reading, watch.limits, watch.gpu.sample() if watch.gpu is not None else None)
@@ -195,7 +237,7 @@ def _watch(popen, tree, reader: OutputReader, peaks: Peaks, watch: Watch,
             watch.emit("limit.breached", kind=str(verdict.failure.kind),
                        evidence=verdict.failure.evidence, tree=reading.tree_fast,
                        pss=reading.tree_pss, available=reading.available)
-            return verdict.failure, False
+            return Watched(stopped_for=verdict.failure)
         watch.clock.sleep(watch.interval)
 
 
@@ -228,15 +270,15 @@ def _measure(root_pid: int, watch: Watch) -> MemoryReading:
     return reading
 
 
-def _stop(popen, tree, watch: Watch, number: int, hurry: bool, group: Group | None = None) -> None:
-    """Make sure nothing of the attempt is left: graceful if it is still running."""
-    running = popen.poll() is None
+def _stop(popen: Launched, tree: Tree, watch: Watch, number: int, running: bool, hurry: bool,
+          group: Group | None) -> None:
+    """Make sure nothing of the attempt is left: graceful if it is still `running`."""
     if running:
         watch.console.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
                           f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
-    report = proc.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
-                            clock=watch.clock, hurry=lambda: watch.requests.kill_now,
-                            group=group.procs if group is not None else None)
+    report = watch.processes.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
+                                       clock=watch.clock, hurry=lambda: watch.requests.kill_now,
+                                       group=group.procs if group is not None else None)
     watch.emit("attempt.stopped", attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:

@@ -14,18 +14,19 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from guardrun.launcher.command import Resume, build
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.failures import Failure, Kind
-from guardrun.launcher.ladder import Plan, added_flag_rejected, decide
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.ladder import added_flag_rejected, decide
+from guardrun.launcher.plan import Plan
+from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
-from ..watch import proc
 from ..core import signals
-from .attempt import SpawnError, Watch, describe_reading, run_attempt
+from .attempt import Attempt, Ended, SpawnError, Watch, describe_reading
 from ..core.clock import Clock
 from ..record.console import Console
 from ..watch.containment import Containment, ContainmentRequired
@@ -39,6 +40,7 @@ from ..watch.gpuwatch import GpuGuard, GpuMonitor, Pick
 from ..record.journal import Journal, history
 from ..watch.leftovers import start_time as process_start_time
 from ..watch.memory import ProcfsMemory
+from ..watch.seams import MemorySource, ProcessOps, RealProcesses
 from ..diagnose.output import Progress
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
 from ..diagnose.rankcount import ranks_in_file
@@ -46,7 +48,7 @@ from .checkpointprep import AtTarget, ResumeError
 from .checkpointprep import Context as ResumeContext
 from .checkpointprep import prepare as prepare_resume
 from ..record.spacewatch import RETRY_EVERY, SUSPENDED
-from ..core.states import State, check_transition
+from ..core.states import TERMINAL, State, check_transition
 from .target import LastRun, already_finished, last_run
 
 EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -71,16 +73,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+#: Told of every state change: the new state, and the exit code when it is terminal.
+StateListener = Callable[[State, "int | None"], None]
+
+
 class Supervisor:
     def __init__(self, recipe: Recipe, journal: Journal, console: Console, clock: Clock,
-                 memory: ProcfsMemory | None = None, options: Options = Options(),
-                 gpus: GpuSource | None | str = "detect", requests: signals.Requests | None = None):
+                 memory: MemorySource | None = None, options: Options = Options(),
+                 gpus: GpuSource | None | str = "detect", requests: signals.Requests | None = None,
+                 processes: ProcessOps | None = None):
         self.recipe = recipe
         self._hangup_noted = False
         self.journal = journal
         self.console = console
         self.clock = clock
         self.memory = memory or ProcfsMemory()
+        self.processes = processes or RealProcesses()
+        self._listeners: list[StateListener] = []
         self.options = options
         # Given: `guardrun run` installed the handlers before the recipe was read (cli.py).
         self._own_signals = requests is None
@@ -99,7 +108,7 @@ class Supervisor:
     def run(self) -> int:
         restore = signals.install(self.requests, self.console.detach) if self._own_signals else None
         try:
-            proc.set_child_subreaper()
+            self.processes.adopt_orphans()
             return self._run()
         finally:
             if self.containment is not None:
@@ -116,14 +125,9 @@ class Supervisor:
         """Add facts from around the loop to state.json (memory source, control socket)."""
         self._snapshot.update(fields)
 
-    def _attempt_event(self, event: str, **fields) -> None:
-        """Journal an attempt's fact; a spawn also goes to state.json as (pid, start time),
-        so the next run can find a launcher a SIGKILLed supervisor left (supervisor.leftovers)."""
-        self.journal.emit(event, **fields)
-        if event == "attempt.spawned":
-            self._snapshot.update(launcher_pid=fields["pid"],
-                                  launcher_start=process_start_time(fields["pid"]))
-            self._write_state(self.clock.monotonic())
+    def listen(self, listener: StateListener) -> None:
+        """Call `listener` at every state change (systemd's notify: record.notify)."""
+        self._listeners.append(listener)
 
     def _run(self) -> int:
         limits = self._limits()
@@ -213,23 +217,23 @@ class Supervisor:
                      port=free_port() if self.recipe.launcher == "deepspeed" else None,
                      log_dir=attempt_dir)
         self._announce(number, plan, resume)
-        self._move(State.RUNNING)
         started = self.clock.monotonic()
         follower = self._follower()
         self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
         watch = Watch(clock=self.clock, memory=self.memory, console=self.console,
                       requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
-                      grace=self.recipe.stop_grace, emit=self._attempt_event,
+                      grace=self.recipe.stop_grace, emit=self.journal.emit,
                       status=lambda progress, reading: self._status(number, plan, started,
                                                                     progress, reading, limits, follower),
                       checkpoints=follower, gpu=self._vram,
                       space=self.journal.space, log_max_size=self.recipe.logs.max_size,
-                      containment=self.containment,
+                      containment=self.containment, processes=self.processes,
                       diagnosis=Diagnosis.for_attempt(
-                          self.recipe, attempt_dir, clock=self.clock, emit=self._attempt_event,
+                          self.recipe, attempt_dir, clock=self.clock, emit=self.journal.emit,
                           say=self.console.say,
                           checkpoint_activity=lambda: follower.last_activity if follower else None))
-        end, peaks = run_attempt(spec, number, attempt_dir, watch)
+        ended = self._run_attempt(Attempt(spec, number, attempt_dir, watch))
+        end, peaks = ended.end, ended.peaks
         if self.gpu is not None:
             self.gpu.attempt_ended()
         failure = classify(end, failures, startup_window=self.recipe.startup_window)
@@ -257,6 +261,19 @@ class Supervisor:
         for line in cause.lines() if cause else ():
             self.console.say(line)
         return failure
+
+    def _run_attempt(self, attempt: Attempt) -> Ended:
+        """Spawn (RUNNING), watch, stop (STOPPING while it still runs): the attempt's end.
+        The launcher goes to state.json as (pid, start time), so the next run can find one
+        a SIGKILLed supervisor left (supervisor.watch.leftovers)."""
+        pid = attempt.spawn()
+        self._snapshot.update(launcher_pid=pid, launcher_start=process_start_time(pid))
+        self._move(State.RUNNING)
+        watched = attempt.watch_until_done()
+        running = attempt.running
+        if running:
+            self._move(State.STOPPING)
+        return attempt.stop(watched, running)
 
     # -- pieces --------------------------------------------------------------------------
     def _limits(self) -> MemoryLimits:
@@ -362,12 +379,16 @@ class Supervisor:
                    if attempts.is_dir() else [])
         return max(numbers, default=0) + 1
 
-    def _move(self, target: State) -> None:
+    def _move(self, target: State, exit_code: int | None = None) -> None:
+        """The one place the state changes: journaled, in state.json, told to the listeners
+        (`exit_code`: the run's, with a terminal state)."""
         if target is self.state:
             return
         self.state = check_transition(self.state, target)
         self.journal.emit("state.changed", state=str(target))
         self._write_state(self.clock.monotonic())
+        for listener in self._listeners:
+            listener(target, exit_code if target in TERMINAL else None)
 
     def _write_state(self, now: float) -> None:
         self._last_state_write = now
@@ -395,7 +416,7 @@ class Supervisor:
         self._snapshot["logging"] = self.journal.space.describe()
 
     def _finish(self, state: State, code: int, why: str) -> int:
-        self._move(state)
+        self._move(state, code)
         self.journal.emit("run.finished" if state is State.FINISHED else "run.stopped",
                           state=str(state), exit_code=code, why=why)
         self.console.say(why)
@@ -404,7 +425,7 @@ class Supervisor:
     def _give_up(self, why: str, code: int = EXIT_GAVE_UP) -> int:
         """Record and say why; exit 1, or 2 (EXIT_USAGE) when the recipe cannot be launched."""
         self._snapshot.update(gave_up=why)
-        self._move(State.GAVE_UP)
+        self._move(State.GAVE_UP, code)
         self.journal.emit("run.gave_up", exit_code=code, why=why)
         self.console.say(f"giving up: {why}")
         if code == EXIT_USAGE:  # a bad recipe, said where bad recipes are said

@@ -4,9 +4,9 @@ In order: the job's lock (one supervisor per job: a second run exits 2 naming th
 of the first), the processes a SIGKILLed predecessor left behind (stopped before
 anything starts), the job's mark in the environment (so the *next* run can find this
 one's leftovers), the control socket (`guardrun stop`, `guardrun status`), and systemd's
-notify protocol (a console and a clock that report to it). On the way out: STOPPING=1,
-the socket removed, the lock released, in that order, so a `guardrun stop` waiting for
-the lock sees a supervisor that is really done.
+notify protocol (a console and a clock that report to it; READY=1 and STOPPING=1 follow
+the job's states). On the way out: the socket removed, then the lock released, so a
+`guardrun stop` waiting for the lock sees a supervisor that is really done.
 """
 from __future__ import annotations
 
@@ -82,9 +82,8 @@ class JobRun:
                         memory_source_why=self.memory_source.reason,
                         control_socket=str(self._server.path),
                         supervisor_start=leftovers.start_time(os.getpid()))
-        code = supervisor.run()
-        self.notifier.stopping(f"guardrun exits {code}: {supervisor.snapshot().get('state', '?')}")
-        return code
+        supervisor.listen(self.notifier.moved)  # READY=1 at running, STOPPING=1 at the end
+        return supervisor.run()
 
     def __exit__(self, *_exc) -> None:
         if self._server is not None:

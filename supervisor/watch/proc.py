@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Sequence
 from ..core.clock import Clock
 from .proctree import GONE, ProcId, ProcTree, Walk
 
-__all__ = ["GONE", "ProcId", "ProcTree", "StopReport", "Walk", "kill_now", "reap",
+__all__ = ["GONE", "ProcId", "ProcTree", "StopReport", "Walk", "reap",
            "set_child_subreaper", "spawn", "stop_members", "stop_tree"]
 
 PR_SET_PDEATHSIG = 1
@@ -212,12 +212,6 @@ def _group_members(group: Callable[[], Iterable[int]], tree: ProcTree,
         if ident is not None:
             found.append(ident)
     return tuple(found)
-
-
-def kill_now(popen: subprocess.Popen, tree: ProcTree, clock: Clock, *,
-             on_event: Emit | None = None, exclude: Iterable[int] = ()) -> StopReport:
-    """SIGKILL the whole tree at once (the second ^C): stop_tree without the grace."""
-    return stop_tree(popen, tree, grace=0.0, clock=clock, on_event=on_event, exclude=exclude)
 
 
 def stop_members(members: Members, tree: ProcTree, *, grace: float, clock: Clock,

@@ -13,14 +13,14 @@ import subprocess
 import time
 
 from conftest import wait_until
-from fakes import FakeClock
+from fakes import FakeClock, FakePopen, FakeTree
 from helpers_proc import (FORKS_ONE, IGNORES_TERM, LEADERLESS, NO_FORWARD, POLITE, PY, TESTS,
                           TORCHRUN_LIKE, alive, assert_all_gone, start)
 
 from guardrun.supervisor.watch import proc
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.watch.memory import ProcfsMemory
-from guardrun.supervisor.watch.proctree import ProcId, ProcTree, Walk
+from guardrun.supervisor.watch.proctree import ProcId, ProcTree
 
 HELPER = str(TESTS / "helpers_proc.py")
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -83,10 +83,10 @@ def test_a_polite_job_exits_on_sigterm_well_before_the_grace():
     assert_all_gone(idents)
 
 
-def test_kill_now_sends_no_sigterm():
+def test_no_grace_sends_no_sigterm():
     popen, _ = start(POLITE)  # it would have exited 0 on SIGTERM
     idents = identities(popen)
-    report = proc.kill_now(popen, ProcTree(), MonotonicClock())
+    report = proc.stop_tree(popen, ProcTree(), grace=0.0, clock=MonotonicClock())
     assert report.term_sent_at is None and report.killed == (popen.pid,)
     assert popen.returncode == -signal.SIGKILL
     assert_all_gone(idents)
@@ -249,43 +249,6 @@ def test_held_fds_do_not_outlive_the_tree():
 
 # -- stop_tree's logic on fakes (no process can be held in D state unprivileged) -----------------
 
-class FakePopen:
-    def __init__(self, pid: int = 7):
-        self.pid, self.returncode, self.signals, self.waited = pid, None, [], False
-
-    def poll(self):
-        return self.returncode
-
-    def send_signal(self, sig):
-        self.signals.append(sig)
-
-    def wait(self, timeout=None):
-        self.waited = True
-        return self.returncode
-
-
-class FakeTree:
-    """A tree that obeys SIGKILL, except for the `stuck` (D state); killing a pid in
-    `forks` makes that child appear first (it forked while being killed)."""
-
-    def __init__(self, live, stuck=(), forks=None):
-        self.live, self.stuck, self.forks, self.signals = list(live), set(stuck), forks or {}, []
-
-    def walk(self, root_pid, exclude=()):
-        return Walk(tuple(self.live), tuple(ProcId(pid, 1) for pid in self.live), ())
-
-    def alive(self, ident):
-        return ident.pid in self.live
-
-    def signal(self, ident, sig):
-        self.signals.append((ident.pid, sig))
-        if sig == signal.SIGKILL and ident.pid not in self.stuck:
-            self.live.remove(ident.pid)
-            if ident.pid in self.forks:
-                self.live.append(self.forks.pop(ident.pid))
-        return True
-
-
 def test_a_process_stuck_after_sigkill_is_reported_not_waited_for_forever():
     popen, tree, clock = FakePopen(), FakeTree([7, 8], stuck=[7, 8]), FakeClock()
     events = []
@@ -299,7 +262,7 @@ def test_a_process_stuck_after_sigkill_is_reported_not_waited_for_forever():
 
 def test_a_process_forked_while_the_tree_is_killed_is_killed_too():
     popen, clock = FakePopen(), FakeClock()
-    report = proc.kill_now(popen, FakeTree([7], forks={7: 9}), clock)
+    report = proc.stop_tree(popen, FakeTree([7], forks={7: 9}), grace=0.0, clock=clock)
     assert report.killed == (7, 9) and report.left == ()
     assert popen.signals == [] and popen.waited
 

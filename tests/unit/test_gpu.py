@@ -17,7 +17,7 @@ from guardrun.launcher.failures import Kind
 from guardrun.launcher.gpus import GpuProcess, GpuReading, allowed_indices, check_explicit, pick_gpus
 from guardrun.launcher.units import GIB, parse_size
 from guardrun.supervisor.watch import gpu as gpu_module
-from guardrun.supervisor.run import loop as loop_module
+from guardrun.supervisor.watch import proc
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.record.console import Console
 from guardrun.supervisor.watch.gpu import (NamespacePids, gpu_holders, open_gpu_source, tagged_pids,
@@ -251,7 +251,7 @@ print("{{'loss': 0.5, 'epoch': 1.0}}", flush=True)
 
 
 def test_loop_picks_a_free_gpu_stops_on_vram_and_halves_the_batch(tmp_path, state_dir, monkeypatch):
-    monkeypatch.setattr(loop_module.proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
+    monkeypatch.setattr(proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     vram = tmp_path / "vram"
     vram.write_text("0 0")
@@ -315,7 +315,7 @@ def run_supervisor(recipe, source, clock) -> tuple[int, str, list[dict]]:
 
 
 def test_wait_for_gpus_waits_with_a_status_line_until_one_is_free(tmp_path, state_dir, monkeypatch):
-    monkeypatch.setattr(loop_module.proc, "set_child_subreaper", lambda: None)
+    monkeypatch.setattr(proc, "set_child_subreaper", lambda: None)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     (tmp_path / "job.py").write_text("import os; print('on', os.environ['CUDA_VISIBLE_DEVICES'])\n")
     recipe = make_recipe(tmp_path, "launcher: python\nscript: job.py\ngpus: 1\nwait_for_gpus: 1m\n",

@@ -8,6 +8,7 @@ import socket
 import pytest
 
 from fakes import FakeClock
+from guardrun.supervisor.core.states import State
 from guardrun.supervisor.record.notify import (Notifier, NotifyingConsole, WatchdogClock, socket_address,
                                         watchdog_period)
 
@@ -114,10 +115,26 @@ def test_watchdog_clock_pings_while_the_loop_sleeps_in_pieces(listener, tmp_path
     assert watched.monotonic() == clock.now
 
 
-def test_console_says_ready_at_the_first_status_line(listener, tmp_path):
+def test_the_console_sends_its_lines_as_status_and_never_ready(listener, tmp_path):
     notifier = Notifier(str(tmp_path / "notify.sock"))
     console = NotifyingConsole(notifier, stream=io.StringIO(), tty=False)
     console.say("job x: journal in /somewhere")
-    console.status("attempt 1 · rung 0 · 1 rank(s)", 5.0)
-    assert received(listener) == ["STATUS=job x: journal in /somewhere", "READY=1",
-                                  "STATUS=attempt 1 · rung 0 · 1 rank(s)"]
+    console.status("waiting for 1 free GPU(s), 60s left", 5.0)  # no attempt runs yet
+    assert received(listener) == ["STATUS=job x: journal in /somewhere",
+                                  "STATUS=waiting for 1 free GPU(s), 60s left"]
+
+
+def test_ready_when_running_stopping_with_the_exit_code_when_terminal(listener, tmp_path):
+    notifier = Notifier(str(tmp_path / "notify.sock"))
+    for state, code in [(State.RUNNING, None), (State.STOPPING, None), (State.BACKOFF, None),
+                        (State.STARTING, None), (State.RUNNING, None), (State.FINISHED, 0)]:
+        notifier.moved(state, code)
+    assert received(listener) == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 0: finished"]
+
+
+def test_after_stopping_its_status_stays_the_last(listener, tmp_path):
+    notifier = Notifier(str(tmp_path / "notify.sock"))
+    notifier.moved(State.GAVE_UP, 1)
+    notifier.status("giving up: restarts used up (3)")
+    notifier.stopping("again")
+    assert received(listener) == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 1: gave_up"]
