@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import itertools
 import os
-import signal
 import threading
-import time
 from pathlib import Path
 
 from guardrun.supervisor.watch import cgroupv1
@@ -31,9 +29,9 @@ POLL = 0.02  # s between reads of the subtree's counters
 _numbers = itertools.count(1)
 
 
-def why_not() -> str:
+def why_not(mount: Path = cgroupv1.V1_MEMORY) -> str:
     """'' when a kernel cap can be made here, else why not (the stand-in runs then)."""
-    return cgroupv1.why_not()
+    return cgroupv1.why_not(mount)
 
 
 class KernelCap:
@@ -90,12 +88,10 @@ class KernelCap:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self._read()
-        deadline = time.monotonic() + 5
-        while (members := self.group.procs()) and time.monotonic() < deadline:
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            time.sleep(0.01)
-        return self.group.remove()
+        try:
+            self.group.kill()
+        except cgroupv1.CgroupError as err:  # a member stuck in the kernel: remove() names it
+            left = [str(err)]
+        else:
+            left = []
+        return left + self.group.remove()
