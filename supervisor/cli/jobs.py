@@ -1,9 +1,10 @@
 """The commands for jobs that run unattended: start, list, logs, stop, tmux, and status's logic.
 
 Registered on the `guardrun` group by cli.py, whose `status` calls show_status. Exit
-codes follow the README's table: 0 done, 1 the action failed (a daemon that died at
-start, a stop that timed out, a log that cannot be read), 2 usage (no such job, bad recipe,
-the job already supervised: the message names the pid).
+codes follow the README's table (core/exits.py): 0 done, 1 the action failed (a daemon that
+died at start, a stop that timed out, a log that cannot be read), 2 usage (no such job, bad
+recipe, the job already supervised: the message names the pid); `status JOB` 0 running,
+3 not running, 4 no such job.
 
 A damaged state dir never ends a command in a traceback: what cannot be read (a state.json
 that is not a JSON object, an attempts/ entry that is not a number) is skipped and said in
@@ -21,44 +22,32 @@ from pathlib import Path
 from typing import Callable
 
 import click
+from click.shell_completion import CompletionItem
 
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
-from guardrun.launcher.recipe import RecipeError, load_recipe
-from guardrun.launcher.spec import Recipe
+from guardrun.launcher.units import parse_duration
 
 from ..unattended import control, daemon, lock, tmux
-from . import jobview, logview
+from . import jobview, logview, recipeargs
+from ..core.exits import FAILED, NOT_RUNNING, UNKNOWN_JOB, USAGE, fail
 from ..core.clock import MonotonicClock
 from ..record.journal import StateDirError, ensure_private_dir, job_dir, read_state, state_root
 from ..watch.memory import ProcfsMemory
 from ..record.statedir import warn
 
-EXIT_FAILED, EXIT_USAGE = 1, 2
 #: How often `stop` looks whether the supervisor has let go of the job's lock.
 STOP_POLL = 0.02
-
-
-def _error(message: str, code: int) -> None:
-    click.echo(f"guardrun: error: {message}", err=True)
-    sys.exit(code)
-
-
-def _recipe(path: str) -> Recipe:
-    try:
-        return load_recipe(path)
-    except RecipeError as err:
-        _error(str(err), EXIT_USAGE)
 
 
 def _job_dir(job: str) -> Path:
     """The state dir of an existing job, or exit 2 saying where guardrun looked."""
     if not job or "/" in job or job in (".", ".."):
-        _error(f"{job!r} is not a job name", EXIT_USAGE)
+        raise fail(f"{job!r} is not a job name", USAGE)
     directory = job_dir(job)
     if not directory.is_dir():
-        _error(f"no state recorded for job {job} in {directory} (guardrun list shows the jobs)",
-               EXIT_USAGE)
+        raise fail(f"no state recorded for job {job} in {directory} (guardrun list shows the jobs)",
+               USAGE)
     return directory
 
 
@@ -66,44 +55,56 @@ def _private_dir(name: str) -> Path:
     try:
         return ensure_private_dir(job_dir(name))
     except (StateDirError, OSError) as err:
-        _error(f"state directory: {err}", EXIT_USAGE)
+        raise fail(f"state directory: {err}", USAGE)
 
 
 def _refuse_if_supervised(name: str, directory: Path) -> None:
     holder = lock.holder(directory)
     if holder is not None:
-        _error(f"job {name} is already supervised by pid {holder}; "
-               f"`guardrun stop {name}` stops it", EXIT_USAGE)
+        raise fail(f"job {name} is already supervised by pid {holder}; "
+               f"`guardrun stop {name}` stops it", USAGE)
+
+
+def _complete_jobs(ctx, param, incomplete: str) -> list[CompletionItem]:
+    """The job names the state root holds, for the shell's completion of JOB."""
+    return [CompletionItem(name) for name in _job_names()
+            if name.startswith(incomplete)]
+
+
+def job_argument(required: bool = True):
+    """A command's JOB argument, which the shell completes with the jobs guardrun knows."""
+    return click.argument("job", required=required, shell_complete=_complete_jobs)
 
 
 @click.command()
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@recipeargs.words_argument
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
-def start(recipe: str, fresh: bool) -> None:
+def start(words: tuple[str, ...], fresh: bool) -> None:
     """Run RECIPE detached from the terminal; print how to follow it."""
-    loaded = _recipe(recipe)
+    loaded = recipeargs.load(words)
     unlaunchable = launch_problem(loaded, os.environ) or limits_problem(loaded, ProcfsMemory().host().total)
     if unlaunchable:  # said here, before detaching, as `run` would say it (exit 2)
-        _error(unlaunchable, EXIT_USAGE)
+        raise fail(unlaunchable, USAGE)
     directory = _private_dir(loaded.name)
     _refuse_if_supervised(loaded.name, directory)
     log = directory / daemon.SUPERVISOR_LOG
     token, offset = daemon.new_token(), daemon.log_size(log)
-    argv = daemon.run_argv(loaded.path.resolve(), ["--quiet", *(["--fresh"] if fresh else [])])
+    argv = daemon.run_argv(loaded.path.resolve(), ["--quiet", *(["--fresh"] if fresh else []),
+                                                    *loaded.overrides])
     try:
         pid = daemon.detach(argv, log, daemon.daemon_env(os.environ, token))
     except (daemon.DetachError, OSError) as err:
-        _error(f"cannot start the supervisor: {err}", EXIT_FAILED)
+        raise fail(f"cannot start the supervisor: {err}", FAILED)
     started = daemon.wait_started(directory, pid, token, offset, MonotonicClock())
     if not started.ok:
         why = "is still starting" if started.pid else "exited before it took the job"
-        _error(f"the supervisor (pid {pid}) {why}; its log {log}:\n{started.log_tail}", EXIT_FAILED)
+        raise fail(f"the supervisor (pid {pid}) {why}; its log {log}:\n{started.log_tail}", FAILED)
     settled = daemon.wait_settled(directory, started.pid, offset, MonotonicClock())
     ended = settled.state.get("state")
     if not settled.running and ended != "finished":
         why = settled.state.get("gave_up") or (f"state {ended}" if ended else "no state written")
-        _error(f"the supervisor (pid {started.pid}) exited at once ({why}); its log {log}:\n"
-               f"{settled.log_tail}", EXIT_FAILED)
+        raise fail(f"the supervisor (pid {started.pid}) exited at once ({why}); its log {log}:\n"
+               f"{settled.log_tail}", FAILED)
     name = loaded.name
     click.echo(f"guardrun: started job {name}: supervisor pid {started.pid}, its own log {log}\n"
                f"  follow it:  guardrun logs {name} -f\n"
@@ -147,14 +148,16 @@ def _recorded(directory: Path) -> bool:
                                    or lock.holder(directory) is not None)
 
 
-def show_status(job: str | None, as_json: bool, describe: Callable[[str, dict], str]) -> None:
-    """`guardrun status [JOB] [--json]`; `describe(name, view)` renders a job's fields (cli.py)."""
+def show_status(job: str | None, as_json: bool, describe: Callable[[str, dict], str]) -> int:
+    """`guardrun status [JOB] [--json]`; `describe(name, view)` renders a job's fields (cli.py).
+    The exit code: with JOB, 0 when it runs, 3 when not, 4 (said) when there is no such job."""
     names = [job] if job else _job_names()
     views = []
     for name in names:
         directory = job_dir(name)
         if job and ("/" in job or job in (".", "..") or not _recorded(directory)):
-            _error(f"{name}: no state recorded in {directory}", EXIT_USAGE)
+            raise fail(f"{name}: no state recorded in {directory} (guardrun list shows the jobs)",
+                       UNKNOWN_JOB)
         views.append(_view(name, directory, live=True))
     if as_json:
         click.echo(json.dumps(views[0] if job else views, indent=2, default=str))
@@ -163,6 +166,7 @@ def show_status(job: str | None, as_json: bool, describe: Callable[[str, dict], 
     else:
         click.echo("\n".join("\n".join([describe(v["job"], v), *jobview.extra_lines(v)])
                              for v in views))
+    return NOT_RUNNING if job and not views[0]["alive"] else 0
 
 
 @click.command(name="list")
@@ -178,47 +182,83 @@ def list_jobs(as_json: bool) -> None:
         click.echo("\n".join(jobview.list_lines(views)))
 
 
+def _duration(ctx, param, value):
+    """(seconds, the text as given) of a duration option."""
+    if value is None:
+        return None
+    try:
+        return parse_duration(value), value
+    except ValueError as err:
+        raise click.BadParameter(str(err)) from None
+
+
 @click.command()
-@click.argument("job")
+@job_argument()
 @click.option("-f", "--follow", is_flag=True, help="Keep printing as the job writes, across attempts.")
+@click.option("-n", "--lines", "last", type=click.IntRange(min=0),
+              help="Only the last N lines (of each attempt shown); with -f, then follow.")
+@click.option("--since", callback=_duration, metavar="DURATION",
+              help="The attempts that wrote output in the last DURATION (10m, 2h), each whole.")
 @click.option("--attempt", type=click.IntRange(min=1), help="This attempt (default: the latest).")
 @click.option("--rank", type=click.IntRange(min=0), help="Only this rank's lines.")
-def logs(job: str, follow: bool, attempt: int | None, rank: int | None) -> None:
-    """Print JOB's output: the latest attempt's, or --attempt N's."""
+def logs(job: str, follow: bool, last: int | None, since: tuple[float, str] | None, attempt: int | None,
+         rank: int | None) -> None:
+    """Print JOB's output: the latest attempt's, --attempt N's, or those of the last --since."""
+    if since is not None and attempt is not None:
+        raise click.UsageError("give --since or --attempt, not both")
     directory = _job_dir(job)
     numbers = logview.attempts(directory, say=warn)
     if attempt is not None and attempt not in numbers:
         have = f"{numbers[0]}-{numbers[-1]}" if numbers else "none yet"
-        _error(f"job {job} has no attempt {attempt} (attempts: {have})", EXIT_USAGE)
-    chosen = attempt or (numbers[-1] if numbers else None)
+        raise fail(f"job {job} has no attempt {attempt} (attempts: {have})", USAGE)
     say = lambda text: click.echo(f"guardrun: {text}", err=True)  # noqa: E731
+    shown = [attempt] if attempt else numbers[-1:]
+    if since is not None:
+        shown = logview.written_since(directory, numbers, time.time() - since[0])
+        if not shown:
+            say(f"no attempt of job {job} wrote output in the last {since[1]}")
+            if not follow:
+                return
     if not follow:
-        if chosen is None:
-            _error(f"job {job} has no attempt yet", EXIT_FAILED)
-        choice = logview.choose(directory, chosen, rank)
-        if choice.note:
-            say(choice.note)
-        try:
-            copied = logview.copy(choice, sys.stdout)
-        except logview.LogUnreadable as err:
-            _error(str(err), EXIT_FAILED)
-        if copied == 0 and rank is not None:
-            say(f"no lines for rank {rank} in attempt {chosen}")
+        if not shown:
+            raise fail(f"job {job} has no attempt yet", FAILED)
+        for number in shown:
+            _print_attempt(directory, number, rank, last, say, header=len(shown) > 1)
         return
+    for number in shown[:-1]:  # --since -f: the earlier attempts whole, then follow the last
+        _print_attempt(directory, number, rank, last, say, header=True)
     # Attempt 0 never exists: following it waits for the first attempt, then switches.
-    choice = logview.choose(directory, chosen or 0, rank)
-    if choice.note and chosen:
+    choice = logview.choose(directory, shown[-1] if shown else 0, rank)
+    if choice.note and shown:
         say(choice.note)
     try:
         logview.Follower(directory, choice, pinned=attempt is not None, rank=rank,
                          alive=lambda: lock.holder(directory) is not None, sleep=time.sleep,
-                         out=sys.stdout, say=say).run()
+                         out=sys.stdout, say=say, last=last).run()
     except logview.LogUnreadable as err:
-        _error(str(err), EXIT_FAILED)
+        raise fail(str(err), FAILED) from None
+
+
+def _print_attempt(directory: Path, number: int, rank: int | None, last: int | None,
+                   say: Callable[[str], None], header: bool) -> None:
+    """One attempt's lines (or the last N), and why there are none when there are none."""
+    if header:
+        say(f"attempt {number}:")
+    choice = logview.choose(directory, number, rank)
+    if choice.note:
+        say(choice.note)
+    try:
+        copied = logview.copy(choice, sys.stdout, last)
+    except logview.LogUnreadable as err:
+        raise fail(str(err), FAILED) from None
+    if copied == 0 and last != 0:
+        why = logview.explain_empty(directory, number, rank)
+        if why or rank is not None:
+            say(why or f"no lines for rank {rank} in attempt {number}")
 
 
 @click.command()
-@click.argument("job")
+@job_argument()
 @click.option("--now", is_flag=True, help="Kill the job at once, without the grace period.")
 @click.option("--timeout", type=click.FloatRange(min=0), default=600.0, show_default=True,
               help="Seconds to wait for the supervisor to finish stopping.")
@@ -236,7 +276,7 @@ def stop(job: str, now: bool, timeout: float) -> None:
         click.echo(f"guardrun: job {job} (supervisor pid {pid}): {reply['message']}")
     except (control.ControlError, StateDirError) as err:
         if now:
-            _error(f"cannot reach the supervisor: {err}", EXIT_FAILED)
+            raise fail(f"cannot reach the supervisor: {err}", FAILED)
         click.echo(f"guardrun: {err}; sending SIGTERM to pid {pid}")
         try:
             os.kill(pid, signal.SIGTERM)
@@ -244,20 +284,20 @@ def stop(job: str, now: bool, timeout: float) -> None:
             pass  # it exited meanwhile: the lock says so below
     while lock.holder(directory) is not None:
         if time.monotonic() - began > timeout:
-            _error(f"job {job} is still stopping after {timeout:g}s (pid {pid})", EXIT_FAILED)
+            raise fail(f"job {job} is still stopping after {timeout:g}s (pid {pid})", FAILED)
         time.sleep(STOP_POLL)
     state = (read_state(directory, say=None) or {}).get("state", "unknown")
     click.echo(f"guardrun: job {job} stopped after {time.monotonic() - began:.1f}s (state: {state})")
 
 
 @click.command(name="tmux")
-@click.argument("recipe", type=click.Path(dir_okay=False))
+@recipeargs.words_argument
 @click.option("--no-attach", is_flag=True, help="Create the session, do not attach to it.")
 @click.option("-L", "--socket-name", help="The tmux server's socket name (tmux -L).")
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
-def tmux_cmd(recipe: str, no_attach: bool, socket_name: str | None, fresh: bool) -> None:
+def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, fresh: bool) -> None:
     """Run RECIPE in a tmux session named after the job, or re-attach to it."""
-    loaded = _recipe(recipe)
+    loaded = recipeargs.load(words)
     session, base = tmux.session_name(loaded.name), tmux.base_argv(socket_name)
     try:
         if tmux.has_session(base, session):
@@ -269,11 +309,11 @@ def tmux_cmd(recipe: str, no_attach: bool, socket_name: str | None, fresh: bool)
             click.echo(f"guardrun: tmux session {session} exists{ended}")
         else:
             _refuse_if_supervised(loaded.name, _private_dir(loaded.name))
-            run = daemon.run_argv(loaded.path.resolve(), ["--fresh"] if fresh else [])
+            run = daemon.run_argv(loaded.path.resolve(), [*(["--fresh"] if fresh else []), *loaded.overrides])
             tmux.create(base, session, run, os.environ, os.getcwd())
             click.echo(f"guardrun: started job {loaded.name} in tmux session {session}")
     except tmux.TmuxError as err:
-        _error(str(err), EXIT_USAGE if "not installed" in str(err) else EXIT_FAILED)
+        raise fail(str(err), USAGE if "not installed" in str(err) else FAILED)
     attach = tmux.attach_argv(base, session, inside_tmux=bool(os.environ.get("TMUX")))
     if no_attach or not (sys.stdin.isatty() and sys.stdout.isatty()):
         click.echo("  attach:  " + shlex.join(attach) + "\n  detach again with Ctrl-b d")

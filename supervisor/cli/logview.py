@@ -1,4 +1,5 @@
-"""`guardrun logs JOB [-f] [--attempt N] [--rank R]`: an attempt's output, whole or followed.
+"""`guardrun logs JOB [-f] [-n N] [--since D] [--attempt N] [--rank R]`: an attempt's output,
+whole, its last N lines, or followed.
 
 Each attempt's merged output is `attempts/<N>/output.log`. A rank's own output is
 `attempts/<N>/ranks/<R>.log` where a launcher wrote one; otherwise the rank's lines are
@@ -9,6 +10,11 @@ Following reads what is there, then polls for more; it moves on to a newer attem
 one starts (unless `--attempt` pinned one) and ends when the supervisor is gone and the
 log is read to its end.
 
+An attempt with nothing to show says why, from the journal (`explain_empty`): it never
+started (the spawn failed, and how), or it ran fewer ranks than the rank asked for.
+guardrun keeps no time per output line: `--since` picks the attempts whose log was written
+in that window (`written_since`), each shown whole (or its last N lines).
+
 A damaged state dir is read around: an entry of attempts/ that is not an attempt number
 is skipped and said once; a log that cannot be read (a directory, a symlink, EIO) raises
 LogUnreadable, which `guardrun logs` turns into one error line and exit 1.
@@ -16,10 +22,13 @@ LogUnreadable, which `guardrun logs` turns into one error line and exit 1.
 from __future__ import annotations
 
 import os
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Iterable, TextIO
 
+from ..core import events
+from ..record.journalread import Skipped, read_events
 from ..record.statedir import open_regular, reason
 
 #: How often a followed log is polled for new lines (a person is reading it).
@@ -91,15 +100,11 @@ def keep(line: str, prefixes: tuple[str, ...] | None) -> bool:
     return prefixes is None or line.startswith(prefixes)
 
 
-def copy(choice: LogChoice, out: TextIO) -> int:
-    """Write the chosen lines of the whole file to `out`; how many were written."""
-    written = 0
+def copy(choice: LogChoice, out: TextIO, last: int | None = None) -> int:
+    """Write the chosen lines of the whole file (its `last` N only) to `out`; how many."""
     try:
         with _open_log(choice.path) as handle:
-            for line in handle:
-                if keep(line, choice.prefixes):
-                    out.write(line)
-                    written += 1
+            written = _write(out, (line for line in handle if keep(line, choice.prefixes)), last)
     except FileNotFoundError:
         return 0
     except OSError as err:  # EIO while reading
@@ -108,14 +113,55 @@ def copy(choice: LogChoice, out: TextIO) -> int:
     return written
 
 
+def _write(out: TextIO, lines: Iterable[str], last: int | None) -> int:
+    """Write `lines` (only the last `last` of them, when given); how many were written."""
+    kept = deque(lines, maxlen=last) if last is not None else lines
+    written = 0
+    for line in kept:
+        out.write(line)
+        written += 1
+    return written
+
+
+def written_since(job_dir: Path, numbers: Iterable[int], since: float) -> list[int]:
+    """The attempts whose output.log was last written at or after `since` (epoch seconds)."""
+    def written(number: int) -> float:
+        try:
+            return (job_dir / "attempts" / str(number) / "output.log").stat().st_mtime
+        except OSError:
+            return float("-inf")
+    return [number for number in numbers if written(number) >= since]
+
+
+def explain_empty(job_dir: Path, attempt: int, rank: int | None) -> str:
+    """Why an attempt shows no line, from the journal: `attempt 2 never started (spawn failed:
+    ...)`, `attempt 2 ran rank 0 only`; '' when the journal does not say."""
+    started = failed = None
+    quiet = Skipped(job_dir / "events.jsonl")  # damage is the journal readers' to report
+    for event in read_events(job_dir, quiet):
+        if event.get("attempt") != attempt:
+            continue
+        if event.get("event") == events.journaled(events.ATTEMPT_STARTED):
+            started = event
+        elif event.get("event") == events.journaled(events.ATTEMPT_SPAWN_FAILED):
+            failed = event
+    if failed is not None:
+        return f"attempt {attempt} never started (spawn failed: {failed.get('program')}: {failed.get('error')})"
+    ranks = started.get("ranks") if started else None
+    if rank is not None and isinstance(ranks, int) and not isinstance(ranks, bool) and 0 < ranks <= rank:
+        return f"attempt {attempt} ran " + ("rank 0 only" if ranks == 1 else f"ranks 0-{ranks - 1} only")
+    return ""
+
+
 class Follower:
     """`logs -f`: print lines as they are written, across attempts, until the run is over."""
 
     def __init__(self, job_dir: Path, choice: LogChoice, *, pinned: bool, rank: int | None,
                  alive: Callable[[], bool], sleep: Callable[[float], None], out: TextIO,
-                 say: Callable[[str], None]):
+                 say: Callable[[str], None], last: int | None = None):
         self.job_dir, self.choice, self.pinned, self.rank = job_dir, choice, pinned, rank
         self.alive, self.sleep, self.out, self.say = alive, sleep, out, say
+        self._last = last  # `-n N -f`: only the last N lines of what is there at the start
         self._handle: TextIO | None = None
         self._partial = ""
 
@@ -152,9 +198,8 @@ class Follower:
             return False
         lines = (self._partial + data).split("\n")
         self._partial = lines.pop()
-        for line in lines:
-            if keep(line, self.choice.prefixes):
-                self.out.write(line + "\n")
+        _write(self.out, (line + "\n" for line in lines if keep(line, self.choice.prefixes)), self._last)
+        self._last = None
         self.out.flush()
         return True
 

@@ -11,9 +11,8 @@ the job's states). On the way out: the socket removed, then the lock released, s
 from __future__ import annotations
 
 import os
-import sys
 
-from guardrun.launcher.recipe import Recipe
+from guardrun.launcher.spec import Recipe
 
 from ..watch import cgroupv1, cgroupv2 as cgroup, leftovers
 from ..watch.containment import leftover_members
@@ -24,17 +23,11 @@ from ..record.journal import Journal, StateDirError, read_state
 from .lock import JobLock, LockHeld
 from ..record.notify import Notifier, NotifyingConsole, WatchdogClock
 from ..core.signals import Requests
-
-EXIT_GAVE_UP, EXIT_USAGE = 1, 2  # supervisor.loop's codes (see the README's table)
+from ..core.exits import GAVE_UP, USAGE, fail
 
 #: Set by `guardrun start` for its daemon: written into the lock file once the lock is
 #: taken, which is how `start` knows its own daemon (not another) got the job.
 START_TOKEN = "GUARDRUN_START_TOKEN"
-
-
-def _fail(message: str, code: int) -> SystemExit:
-    print(f"guardrun: error: {message}", file=sys.stderr, flush=True)
-    return SystemExit(code)
 
 
 class JobRun:
@@ -59,10 +52,10 @@ class JobRun:
         try:
             self._lock.acquire(os.environ.pop(START_TOKEN, ""))
         except LockHeld as err:
-            raise _fail(f"job {self.recipe.name} is {err}; stop it with `guardrun stop "
-                        f"{self.recipe.name}` or wait for it", EXIT_USAGE) from None
+            raise fail(f"job {self.recipe.name} is {err}; stop it with `guardrun stop "
+                       f"{self.recipe.name}` or wait for it", USAGE) from None
         except (StateDirError, OSError) as err:
-            raise _fail(f"state directory: {err}", EXIT_USAGE) from None
+            raise fail(f"state directory: {err}", USAGE) from None
         try:
             self._stop_leftovers()
         except BaseException:
@@ -77,7 +70,7 @@ class JobRun:
             self._server = ControlServer(self.journal.dir, supervisor.requests,
                                          supervisor.snapshot).start()
         except (StateDirError, OSError) as err:
-            raise _fail(f"control socket: {err}", EXIT_USAGE) from None
+            raise fail(f"control socket: {err}", USAGE) from None
         supervisor.note(memory_source=self.memory_source.kind,
                         memory_source_why=self.memory_source.reason,
                         control_socket=str(self._server.path),
@@ -111,8 +104,8 @@ class JobRun:
                           left=list(report.left), took=round(report.took, 3))
         self._remove_leftover_cgroup()
         if report.left:
-            raise _fail("processes of the previous run survived SIGKILL (stuck in the kernel?): "
-                        + ", ".join(map(str, report.left)) + "; not starting over them", EXIT_GAVE_UP)
+            raise fail("processes of the previous run survived SIGKILL (stuck in the kernel?): "
+                       + ", ".join(map(str, report.left)) + "; not starting over them", GAVE_UP)
 
     def _job_cgroup(self):
         """This job's v1 cgroup path (this user's, this state dir's), or None where there is none."""

@@ -177,16 +177,16 @@ STATE_BAD = r"warning: .*state\.json: "
     ("events_dir", _make_dir("events.jsonl"),
      {"report": (2, r"error: .*events\.jsonl"), "run": (0, r"events\.jsonl.* set aside as")}, 0),
     ("state_list", _write("state.json", b"[1, 2, 3]\n"),
-     {"status": (0, STATE_BAD + "not a JSON object"), "list": (0, STATE_BAD),
+     {"status": (3, STATE_BAD + "not a JSON object"), "list": (0, STATE_BAD),
       "stop": (0, STATE_BAD + r"[\s\S]*not running \(last state: unknown\)")}, 1),
     ("state_number", _write("state.json", b"42\n"),
-     {"status": (0, STATE_BAD), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
+     {"status": (3, STATE_BAD), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
     ("state_non_utf8", _write("state.json", b'{"state": "\xff"}'),
-     {"status": (0, STATE_BAD + "not UTF-8"), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
+     {"status": (3, STATE_BAD + "not UTF-8"), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
     ("state_empty", _write("state.json", b""),
-     {"status": (0, STATE_BAD + "empty"), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
+     {"status": (3, STATE_BAD + "empty"), "list": (0, STATE_BAD), "stop": (0, STATE_BAD)}, 1),
     ("state_dir", _make_dir("state.json"),
-     {"status": (0, STATE_BAD + "not a regular file"), "list": (0, STATE_BAD),
+     {"status": (3, STATE_BAD + "not a regular file"), "list": (0, STATE_BAD),
       "stop": (0, STATE_BAD), "run": (0, r"state\.json.* set aside as")}, 1),
     ("attempts_file", _attempts_file,
      {"logs": (1, r"warning: .*attempts: not a directory[\s\S]*has no attempt yet"),
@@ -209,7 +209,8 @@ def test_every_command_reads_around_the_damage(case, tmp_path, state_dir):
     for command, argv in (("status", ["status", JOB]), ("list", ["list"]), ("stop", ["stop", JOB]),
                           ("report", ["report", JOB, "--out", str(tmp_path / "report")]),
                           ("logs", ["logs", JOB])):
-        code, pattern = expected.get(command, (0, r""))
+        # status JOB of a job that is not running exits 3 (systemctl's convention)
+        code, pattern = expected.get(command, (3 if command == "status" else 0, r""))
         result = CliRunner().invoke(main, argv)
         said = result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), \
@@ -265,7 +266,7 @@ def test_the_real_command_on_a_badly_damaged_dir(tmp_path, state_dir):
                    _write("state.json", b"[1, 2, 3]"), _superscript, _torn):
         damage(job)
     env = dict(os.environ)
-    for argv, code in ((["status", JOB], 0), (["status", JOB, "--json"], 0), (["list"], 0),
+    for argv, code in ((["status", JOB], 3), (["status", JOB, "--json"], 3), (["list"], 0),
                        (["list", "--json"], 0), (["stop", JOB], 0), (["logs", JOB], 0),
                        (["report", JOB, "--out", str(tmp_path / "r")], 0), (["run", str(recipe)], 0)):
         result = subprocess.run([GUARDRUN, *argv], capture_output=True, text=True, timeout=60,

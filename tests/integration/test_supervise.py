@@ -132,8 +132,8 @@ def test_ctrl_c_stops_the_job_and_exits_130(tmp_path, state_dir):
     (["run"], 2, "Missing argument 'RECIPE'"),
     (["run", "/nonexistent.yaml"], 2, "/nonexistent.yaml"),
     (["--bogus"], 2, "No such option"),
-    (["status", "no-such-job"], 2, "no state recorded"),
-    (["checkpoints", "/nonexistent-dir"], 0, "no checkpoints in /nonexistent-dir"),
+    (["status", "no-such-job"], 4, "no state recorded"),
+    (["checkpoints", "/nonexistent-dir"], 2, "/nonexistent-dir: no such folder"),
 ])
 def test_cli_table(argv, code, message, state_dir):
     result = subprocess.run([GUARDRUN, *argv], capture_output=True, text=True, timeout=30)
