@@ -20,6 +20,7 @@ from guardrun.launcher.units import format_bytes
 
 from ..watch.cgroupv1 import Group
 from ..core.clock import Clock
+from ..core import events
 from ..record.console import Console
 from ..watch.containment import CgroupMemory, Containment
 from .diagnosis import Diagnosis
@@ -119,7 +120,7 @@ class Attempt:
         watch, number = self.watch, self.number
         group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
         self.popen, self.group = _spawn(self.spec, self.env, number, group, watch)
-        watch.emit("attempt.spawned", attempt=number, pid=self.popen.pid, argv=list(self.spec.argv),
+        watch.emit(events.ATTEMPT_SPAWNED, attempt=number, pid=self.popen.pid, argv=list(self.spec.argv),
                    cgroup=str(self.group.path) if self.group else None)
         if self.group is not None:  # one memory.stat read per sample instead of the /proc walk
             fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
@@ -157,7 +158,7 @@ class Attempt:
         kernel_oom = _kernel_oom(self.group, watch)
         clear_build_locks(extensions, builds, self.spawned_at, watch.emit, number)
         if not self.reader.join(READER_JOIN_TIMEOUT):
-            watch.emit("output.still_open", attempt=number)
+            watch.emit(events.OUTPUT_STILL_OPEN, attempt=number)
         progress = self.reader.progress()
         seen = watch.checkpoints.stop() if watch.checkpoints else None
         diagnosis = watch.diagnosis
@@ -181,7 +182,7 @@ def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
             return watch.processes.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), join=join), group
         except subprocess.SubprocessError as err:
             if join is None or "preexec_fn" not in str(err):
-                watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+                watch.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
                 raise SpawnError(OSError(str(err))) from None
             watch.containment.fell_back(f"the launcher could not join {group.path} ({err}); this "
                                         "attempt is watched through /proc", watch.console.say,
@@ -189,7 +190,7 @@ def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
             group.remove()
             join = group = None
         except OSError as err:  # nothing was started: nothing to stop
-            watch.emit("attempt.spawn_failed", attempt=number, program=spec.argv[0], error=str(err))
+            watch.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
             if group is not None:
                 group.remove()
             raise SpawnError(err) from None
@@ -204,11 +205,11 @@ def _kernel_oom(group: Group | None, watch: Watch) -> str:
     limit = watch.containment.hard_limit if watch.containment else None
     left = group.remove()
     if left:
-        watch.emit("cgroup.not_removed", left=left)
+        watch.emit(events.CGROUP_NOT_REMOVED, left=left)
     if kills <= 0:
         return ""
     at = f" at the hard limit {format_bytes(limit)}" if limit else ""
-    watch.emit("cgroup.oom_kill", path=str(group.path), kills=kills, hard_limit=limit)
+    watch.emit(events.CGROUP_OOM_KILL, path=str(group.path), kills=kills, hard_limit=limit)
     return (f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} "
             f"(memory.oom_control oom_kill)")
 
@@ -226,7 +227,7 @@ def _watch(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watc
         if watch.diagnosis is not None:
             found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
             if found is not None:
-                watch.emit("diagnosis.stop", kind=str(found.kind), evidence=found.evidence, step=found.step)
+                watch.emit(events.DIAGNOSIS_STOP, kind=str(found.kind), evidence=found.evidence, step=found.step)
                 return Watched(stopped_for=found)
         reading = _measure(popen.pid, watch)
         peaks.update(reading)
@@ -234,7 +235,7 @@ def _watch(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watc
         watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
         trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
         if verdict.stop:
-            watch.emit("limit.breached", kind=str(verdict.failure.kind),
+            watch.emit(events.LIMIT_BREACHED, kind=str(verdict.failure.kind),
                        evidence=verdict.failure.evidence, tree=reading.tree_fast,
                        pss=reading.tree_pss, available=reading.available)
             return Watched(stopped_for=verdict.failure)
@@ -279,7 +280,7 @@ def _stop(popen: Launched, tree: Tree, watch: Watch, number: int, running: bool,
     report = watch.processes.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
                                        clock=watch.clock, hurry=lambda: watch.requests.kill_now,
                                        group=group.procs if group is not None else None)
-    watch.emit("attempt.stopped", attempt=number, was_running=running,
+    watch.emit(events.ATTEMPT_STOPPED, attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:
         watch.console.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))

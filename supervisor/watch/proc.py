@@ -15,6 +15,7 @@ import subprocess
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from ..core import events
 from ..core.clock import Clock
 from .proctree import GONE, ProcId, ProcTree, Walk
 
@@ -268,7 +269,7 @@ def _send_term(stop: _Stop, emit: Emit) -> float | None:
         targets = stop.term_each(stop.survivors())
     if not targets:
         return None
-    emit("proc.term_sent", pids=targets)
+    emit(events.PROC_TERM_SENT, pids=targets)
     return stop.clock.monotonic()
 
 
@@ -289,7 +290,7 @@ def _wait_for_exit(stop: _Stop, deadline: float, hurry: Callable[[], bool], emit
         if _root(stop.launcher) is None:
             sent = stop.term_each(survivors)
             if sent:
-                emit("proc.term_forwarded", pids=sent)
+                emit(events.PROC_TERM_FORWARDED, pids=sent)
         clock.sleep(min(GRACE_POLL, deadline - now))
 
 
@@ -300,12 +301,12 @@ def _kill_all(stop: _Stop, emit: Emit) -> tuple[tuple[int, ...], tuple[int, ...]
     while survivors := stop.survivors():
         if stop.clock.monotonic() - started >= KILL_TIMEOUT:
             left = [ident.pid for ident in survivors]
-            emit("proc.survived_kill", pids=left, after=KILL_TIMEOUT)
+            emit(events.PROC_SURVIVED_KILL, pids=left, after=KILL_TIMEOUT)
             return tuple(killed), tuple(left)
         sent = [ident.pid for ident in survivors if stop.tree.signal(ident, signal.SIGKILL)]
         fresh = [pid for pid in sent if pid not in killed]
         if fresh:
-            emit("proc.kill_sent", pids=fresh)
+            emit(events.PROC_KILL_SENT, pids=fresh)
             killed.update(dict.fromkeys(fresh))
         stop.clock.sleep(KILL_POLL)
     return tuple(killed), ()

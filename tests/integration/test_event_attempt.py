@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import sys
 
-import pytest
-
 from test_supervise import events, run_guardrun, write_recipe
 
 from guardrun.supervisor.core import events as names
@@ -44,8 +42,6 @@ else:
 """
 
 
-@pytest.mark.xfail(strict=True, reason="checkpoint.saved, limit.breached, diagnosis.stop and cgroup.oom_kill "
-                   "are emitted without `attempt`: run/loop.py to bind it (issue 14 §5, H4's report)")
 def test_every_attempt_event_of_a_real_run_carries_its_attempt(tmp_path, state_dir):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT)
