@@ -220,3 +220,26 @@ def test_stop_of_a_finished_job_says_so(tmp_path, state_dir):
     result = guardrun("stop", "gate")
     assert result.returncode == 0
     assert "job gate is not running (last state: finished)" in result.stdout
+
+
+def test_start_with_overrides_runs_them_and_status_exit_codes_follow_the_job(tmp_path, state_dir):
+    """`start r.yaml KEY=VALUE...` gives the overrides to its detached run, whose journal records
+    them (and a digest of its own); `status JOB` exits 0 while it runs, 3 once it does not."""
+    recipe, go = gate_recipe(tmp_path)
+    result = guardrun("start", str(recipe), "stop_grace=3s", "restarts.max=2")
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = supervisor_pid(result.stdout)
+    try:
+        wait_waiting(state_dir)
+        shown = guardrun("status", "gate")
+        assert shown.returncode == 0 and "gate: running" in shown.stdout, shown.stdout + shown.stderr
+        assert guardrun("status", "gate", "--json").returncode == 0
+        [started] = [e for e in journal_events(state_dir) if e["event"] == "guardrun.run.started"]
+        assert started["overrides"] == ["stop_grace=3s", "restarts.max=2"]
+        assert "overrides: stop_grace=3s restarts.max=2" in (state_dir / "gate" / "supervisor.log").read_text()
+    finally:
+        go.touch()
+    wait_until(lambda: not running(pid), timeout=30, what="the job to finish")
+    ended = guardrun("status", "gate")
+    assert ended.returncode == 3 and "gate: finished" in ended.stdout, ended.stdout + ended.stderr
+    assert guardrun("status", "no-such-job").returncode == 4

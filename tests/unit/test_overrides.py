@@ -82,3 +82,17 @@ def test_an_error_in_the_file_still_names_the_file_and_line(tmp_path):
 ])
 def test_which_words_are_overrides(word, expected):
     assert is_override(word) is expected
+
+
+def test_the_digest_covers_the_overrides_and_is_the_files_without_them(tmp_path):
+    """Earlier runs' failures are remembered per digest: another override is another recipe."""
+    import hashlib
+
+    from guardrun.supervisor.run.loop import recipe_digest
+    path = recipe_file(tmp_path)
+    plain = recipe_digest(load_recipe(path))
+    assert plain == hashlib.sha256(path.read_bytes()).hexdigest()[:16]  # the history of runs before overrides
+    eight = recipe_digest(load_recipe(path, overrides=["batch.per_device=8"]))
+    assert eight != plain
+    assert eight == recipe_digest(load_recipe(path, overrides=["batch.per_device=8"]))
+    assert eight != recipe_digest(load_recipe(path, overrides=["batch.per_device=16"]))
