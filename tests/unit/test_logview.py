@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from guardrun.supervisor.cli.logview import Follower, choose, copy, keep, rank_prefixes
+from guardrun.supervisor.cli.logview import Follower, choose, copy, explain_empty, keep, rank_prefixes, written_since
 
 
 def attempt(job, number: int, text: str | None = None):
@@ -72,3 +72,47 @@ def test_follow_before_the_first_attempt_waits_for_it(tmp_path):
              sleep=lambda s: next(steps, lambda: None)(), out=out, say=said.append).run()
     assert out.getvalue() == "[rank1] ho\n"
     assert said[0] == "attempt 1 started" and "no per-rank log" in said[1]
+
+
+def test_follow_with_last_starts_at_the_last_lines_then_follows(tmp_path):
+    attempt(tmp_path, 1, "a\nb\nc\n")
+    out = io.StringIO()
+    steps = iter([lambda: (tmp_path / "attempts/1/output.log").open("a").write("d\n")])
+    alive = iter([True, True, False, False])
+    Follower(tmp_path, choose(tmp_path, 1, None), pinned=False, rank=None, alive=lambda: next(alive),
+             sleep=lambda _s: next(steps, lambda: None)(), out=out, say=lambda _t: None, last=2).run()
+    assert out.getvalue() == "b\nc\nd\n"
+
+
+def test_copy_of_the_last_lines(tmp_path):
+    attempt(tmp_path, 1, "[0] a\n[1] b\n[0] c\n[1] d\n")
+    out = io.StringIO()
+    assert copy(choose(tmp_path, 1, 1), out, last=1) == 1 and out.getvalue() == "[1] d\n"
+
+
+def journal(job, *events):
+    import json
+    (job / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + "{torn")
+
+
+def test_why_an_attempt_shows_nothing(tmp_path):
+    journal(tmp_path, {"event": "guardrun.attempt.started", "attempt": 1, "ranks": 2},
+            {"event": "guardrun.attempt.started", "attempt": 2, "ranks": 1},
+            {"event": "guardrun.attempt.started", "attempt": 3, "ranks": 1},
+            {"event": "guardrun.attempt.spawn_failed", "attempt": 3, "program": "torchrun",
+             "error": "[Errno 13] Permission denied"})
+    assert explain_empty(tmp_path, 2, 1) == "attempt 2 ran rank 0 only"
+    assert explain_empty(tmp_path, 1, 3) == "attempt 1 ran ranks 0-1 only"
+    assert explain_empty(tmp_path, 1, 1) == ""  # rank 1 ran: it printed nothing
+    assert explain_empty(tmp_path, 3, None) == ("attempt 3 never started (spawn failed: torchrun: "
+                                                "[Errno 13] Permission denied)")
+    assert explain_empty(tmp_path, 4, 0) == ""  # the journal says nothing of it
+
+
+def test_written_since_picks_attempts_by_their_logs_time(tmp_path):
+    import os
+    for number in (1, 2, 3):
+        attempt(tmp_path, number, "x\n")
+        os.utime(tmp_path / "attempts" / str(number) / "output.log", (100.0 * number, 100.0 * number))
+    attempt(tmp_path, 4)  # no log yet
+    assert written_since(tmp_path, [1, 2, 3, 4], 200.0) == [2, 3]
