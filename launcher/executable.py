@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .spec import Recipe
-from .yamlnodes import RecipeError, line_in_file
+from .overrides import problem_at
 
 
 def program(recipe: Recipe) -> tuple[str, str]:
@@ -60,4 +60,4 @@ def launch_problem(recipe: Recipe, environ: Mapping[str, str], error: OSError | 
         problem = f"cannot run {name}: {error.strerror or error}"
     if not problem:
         return ""
-    return str(RecipeError(recipe.path, line_in_file(recipe.path, recipe.workdir, (key,), first_item=True), key, problem))
+    return problem_at(recipe, (key,), problem, first_item=True)

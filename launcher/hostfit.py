@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from .spec import Recipe
 from .units import format_bytes
-from .yamlnodes import RecipeError, line_in_file
+from .overrides import problem_at
 
 
 def limits_problem(recipe: Recipe, total: int) -> str:
@@ -30,4 +30,4 @@ def limits_problem(recipe: Recipe, total: int) -> str:
 
 
 def _error(recipe: Recipe, key: str, message: str) -> str:
-    return str(RecipeError(recipe.path, line_in_file(recipe.path, recipe.workdir, ("limits", key)), f"limits.{key}", message))
+    return problem_at(recipe, ("limits", key), message)

@@ -4,7 +4,9 @@ An override is `dotted.key=value`. The value is read as YAML (`8` an integer, `8
 `2e-4` text as in the file, `[0, 1]` a list, an empty value null) and set into the composed
 recipe before it is read, a section the file lacks being made, so the whole recipe goes
 through the same checks as a file: an unknown key or a bad value is the same error, named
-`<command line>: batch.per_device: ...` instead of a file and line (`located`).
+`<command line>: batch.per_device: ...` instead of a file and line (`located`), also for
+problems found after loading (`problem_at`: a python that is not there, a limit above the
+machine's memory).
 """
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from typing import Sequence
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from .yamlnodes import RecipeError, kind_of
+from .spec import Recipe
+from .yamlnodes import RecipeError, kind_of, line_in_file
 
 SOURCE = "<command line>"
 #: The line an override's nodes report (a file's lines start at 1).
@@ -121,3 +124,14 @@ def located(err: RecipeError) -> RecipeError:
     if err.line == LINE and not isinstance(err, CommandLineError):
         return CommandLineError(err.key, err.message)
     return err
+
+
+def problem_at(recipe: Recipe, keys: tuple[str, ...], message: str, first_item: bool = False) -> str:
+    """`file:line: key: message` for a problem found after loading (the line looked up in the
+    file again), or `<command line>: key: message` when an override set that key or a
+    section above it."""
+    key = ".".join(keys)
+    given = [text.partition("=")[0] for text in recipe.overrides]
+    if any(key == each or key.startswith(each + ".") for each in given):
+        return str(CommandLineError(key, message))
+    return str(RecipeError(recipe.path, line_in_file(recipe.path, recipe.workdir, keys, first_item), key, message))

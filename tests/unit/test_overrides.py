@@ -96,3 +96,16 @@ def test_the_digest_covers_the_overrides_and_is_the_files_without_them(tmp_path)
     assert eight != plain
     assert eight == recipe_digest(load_recipe(path, overrides=["batch.per_device=8"]))
     assert eight != recipe_digest(load_recipe(path, overrides=["batch.per_device=16"]))
+
+
+def test_problems_found_after_loading_name_the_command_line_when_an_override_set_the_key(tmp_path):
+    from guardrun.launcher.executable import launch_problem
+    from guardrun.launcher.hostfit import limits_problem
+    path = recipe_file(tmp_path)
+    overridden = load_recipe(path, overrides=["python=/nonexistent/python", "limits.host_memory=900GiB"])
+    assert launch_problem(overridden, {}) == "<command line>: python: not found: /nonexistent/python"
+    assert limits_problem(overridden, 1 << 30).startswith("<command line>: limits.host_memory: 900GiB is more than")
+    section = load_recipe(path, overrides=["limits={host_memory: 900GiB}"])
+    assert limits_problem(section, 1 << 30).startswith("<command line>: limits.host_memory: ")
+    from_file = load_recipe(path, overrides=["gpus=1"])
+    assert limits_problem(from_file, 1 << 20).startswith(f"{path}:6: limits.host_memory: 3GiB is more than")
