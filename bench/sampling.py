@@ -1,16 +1,21 @@
 """What one memory sample of a 64-process job tree costs: guardrun's walk against psutil,
-and (where a cgroup v1 memory hierarchy is writable) the one memory.stat read of the job's
-own cgroup (issue 17: target <= 20 us a sample, flat in the number of processes): once
-interleaved with the others (the /proc walks between its reads evict its caches: 11 us at
-64 processes, 24 us at 512 here) and once back to back (3.6 us at both).
+and (where the job can have a memory cgroup of its own, v1 or a delegated v2) the one
+memory.stat read of that cgroup (issue 17: target <= 20 us a sample, flat in the number
+of processes).
 
 Starts a real tree (a Python parent that forks 63 children, each holding a few MB of
 touched memory and blocking on a pipe), times N samples of ProcfsMemory.sample_tree
 and of the naive psutil walk interleaved (so both see the same machine load), then the
 kill path's walk and the PSS confirmation, and tears the tree down with stop_tree.
-Exits 1 if any process of the tree is left.
 
-    python bench/sampling.py [--samples 500] [--children 63] [--mb 4]
+The cgroup read's cost is flat in the tree but not in what ran before it: interleaved with
+the /proc walks, or after any pause (the monitor sleeps its interval between samples;
+other work evicts the kernel's and the interpreter's caches meanwhile), it costs several
+times what it does back to back. The second table shows both at 64 and 512 processes,
+beside the /proc sample after the same pause, which pays the same cold start plus its
+walk. Exits 1 if any process of a tree is left.
+
+    python bench/sampling.py [--samples 500] [--children 63] [--mb 4] [--sizes 64,512] [--pause 0.02]
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from typing import Callable
 
 import psutil
 
-from guardrun.supervisor.watch import cgroupv1, proc
+from guardrun.supervisor.watch import cgroupfs, cgroupv1, cgroupv2, proc
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.watch.containment import CgroupMemory
 from guardrun.supervisor.watch.memory import ProcfsMemory
@@ -85,7 +90,7 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_tree(children: int, mb: int, group: cgroupv1.Group | None = None) -> subprocess.Popen:
+def start_tree(children: int, mb: int, group: cgroupfs.Group | None = None) -> subprocess.Popen:
     join = os.fsencode(group.path / "cgroup.procs") if group is not None else None
     popen = proc.spawn([sys.executable, "-c", JOB, str(children), str(mb)], env=None, cwd=None,
                        stdout=subprocess.PIPE, stderr=None, join=join)
@@ -96,7 +101,7 @@ def start_tree(children: int, mb: int, group: cgroupv1.Group | None = None) -> s
     return popen
 
 
-def measure(root: int, samples: int, group: cgroupv1.Group | None = None) -> dict[str, list[float]]:
+def measure(root: int, samples: int, group: cgroupfs.Group | None = None) -> dict[str, list[float]]:
     # sample_tree skips re-reading the children while no pid was handed out on the
     # machine ("known"); "walk" forces the full walk it does after any fork.
     methods = {
@@ -131,11 +136,44 @@ def print_table(times: dict[str, list[float]]) -> None:
               f"{naive / median:>13.2f}x | {len(values)}")
 
 
+def by_size(job: cgroupfs.JobCgroup, sizes: list[int], mb: int, samples: int, pause: float) -> bool:
+    """The cgroup read back to back and after `pause`, and the /proc sample after the same
+    pause, on a fresh tree of each size in an attempt cgroup of its own; False if a tree
+    left a process."""
+    print(f"\ncgroup sample by tree size, median / p90 µs ({samples} samples each; "
+          f"'after' = after a {pause * 1000:g} ms sleep)")
+    print(f"{'processes':>9} | {'cgroup, back to back':>20} | {'cgroup, after':>13} | {'/proc known, after':>18}")
+    print(f"{'-' * 9}-+-{'-' * 20}-+-{'-' * 13}-+-{'-' * 18}")
+    clean = True
+    for number, size in enumerate(sizes, start=2):
+        group = job.attempt(number, None)
+        popen = start_tree(size - 1, mb, group)
+        try:
+            cgroup_memory, walker = CgroupMemory(group, ProcfsMemory()), ProcfsMemory()
+            walker.sample_tree(popen.pid)
+            rows = [[timed(lambda: cgroup_memory.sample_tree(popen.pid)) for _ in range(samples)]]
+            for method in (cgroup_memory.sample_tree, walker.sample_tree):
+                rows.append([_after(pause, lambda m=method: m(popen.pid)) for _ in range(samples)])
+        finally:
+            report = proc.stop_tree(popen, proc.ProcTree(), grace=2.0, clock=MonotonicClock(), group=group.procs)
+            clean = clean and not report.left and group.remove() == []
+        cells = [f"{statistics.median(row):.0f} / {percentile(row, 0.9):.0f}" for row in rows]
+        print(f"{size:>9} | {cells[0]:>20} | {cells[1]:>13} | {cells[2]:>18}")
+    return clean
+
+
+def _after(pause: float, call: Callable[[], object]) -> float:
+    time.sleep(pause)
+    return timed(call)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=500)
     parser.add_argument("--children", type=int, default=63)
     parser.add_argument("--mb", type=int, default=4)
+    parser.add_argument("--sizes", default="64,512", help="tree sizes of the cgroup table")
+    parser.add_argument("--pause", type=float, default=0.02, help="seconds of sleep before each 'after' sample")
     args = parser.parse_args()
     memory, tree = ProcfsMemory(), proc.ProcTree()
     job, group = _cgroup()
@@ -151,30 +189,45 @@ def main() -> int:
               f"(scan: {len(scanned.pids)}, {scanned.anon >> 20} MiB), naive psutil anon "
               f"{naive_psutil(popen.pid) >> 20} MiB, pss {memory.pss(sample.pids) >> 20} MiB")
         if group is not None:
-            print(f"cgroup {group.path}: {len(group.procs())} members, total_rss + total_shmem "
-                  f"{group.anon() >> 20} MiB")
+            keys = " + ".join(key.decode().strip() for key in group.STAT_KEYS)
+            print(f"cgroup {group.path}: {len(group.procs())} members, {keys} {group.anon() >> 20} MiB")
         times = measure(popen.pid, args.samples, group)
     finally:
         report = proc.stop_tree(popen, tree, grace=2.0, clock=MonotonicClock(),
                                 group=group.procs if group is not None else None)
-        if job is not None:
-            job.remove()
-            shutil.rmtree(job.job_dir)
     print_table(times)
     alive = [ident.pid for ident in idents if tree.alive(ident)]
     print(f"teardown: {report.took * 1000:.0f} ms, killed {len(report.killed)}, "
           f"left {list(report.left)}, alive after {alive}")
-    return 1 if report.left or alive else 0
+    clean = not report.left and not alive
+    if job is not None:
+        try:
+            clean = by_size(job, [int(size) for size in args.sizes.split(",")], 1,
+                            max(50, args.samples // 5), args.pause) and clean
+        finally:
+            job.remove()
+            shutil.rmtree(job.job_dir)
+    return 0 if clean else 1
 
 
-def _cgroup() -> tuple[cgroupv1.JobCgroup | None, cgroupv1.Group | None]:
-    """A job cgroup for the tree where this machine allows one; says why not otherwise."""
-    why = cgroupv1.why_not()
-    if why:
-        print(f"no cgroup row: {why}")
-        return None, None
-    job = cgroupv1.JobCgroup.create("bench-sampling", Path(tempfile.mkdtemp(prefix="bench-sampling-")))
-    return job, job.attempt(1, None)
+def _cgroup() -> tuple[cgroupfs.JobCgroup | None, cgroupfs.Group | None]:
+    """A job cgroup for the tree where this machine allows one (v1, else a delegated v2);
+    says why not otherwise."""
+    reasons = []
+    for version in (cgroupv1, cgroupv2):
+        why = version.why_not()
+        if not why:
+            job_dir = Path(tempfile.mkdtemp(prefix="bench-sampling-"))
+            try:
+                job = version.JobCgroup.create("bench-sampling", job_dir)
+            except cgroupfs.CgroupError as err:
+                shutil.rmtree(job_dir)
+                why = str(err)
+            else:
+                return job, job.attempt(1, None)
+        reasons.append(why)
+    print(f"no cgroup rows: {'; '.join(reasons)}")
+    return None, None
 
 
 if __name__ == "__main__":
