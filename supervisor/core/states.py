@@ -6,6 +6,7 @@ finished -> running) is a bug that shows at once instead of a journal that lies.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 
 class State(str, enum.Enum):
@@ -38,6 +39,13 @@ ALLOWED: dict[State, frozenset[State]] = {
     State.GAVE_UP: frozenset(),
     State.INTERRUPTED: frozenset(),
 }
+
+
+@dataclass(frozen=True)
+class GiveUp:
+    """Why the run goes to gave_up, as it is said and journaled ("restarts used up (3)")."""
+
+    why: str
 
 
 class TransitionError(RuntimeError):

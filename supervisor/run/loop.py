@@ -26,6 +26,7 @@ from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
 from ..core import signals
+from ..core import events
 from .attempt import Attempt, Ended, SpawnError, Watch, describe_reading
 from ..core.clock import Clock
 from ..record.console import Console
@@ -49,6 +50,7 @@ from .checkpointprep import Context as ResumeContext
 from .checkpointprep import prepare as prepare_resume
 from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..core.states import TERMINAL, State, check_transition
+from .snapshot import JobSnapshot
 from .target import LastRun, already_finished, last_run
 
 EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -96,8 +98,8 @@ class Supervisor:
         self.requests = requests if requests is not None else signals.Requests()
         self.state = State.STARTING
         self.digest = recipe_digest(recipe)
-        self._snapshot: dict = {"job": recipe.name, "pid": os.getpid(), "recipe": str(recipe.path),
-                                "started": _now_iso()}
+        self._snapshot = JobSnapshot(job=recipe.name, pid=os.getpid(), recipe=str(recipe.path),
+                                     started=_now_iso())
         self._last_state_write: float | None = None
         self._gpus_given = gpus  # "detect": ask NVML when the run starts
         self.gpu: GpuGuard | None = None
@@ -119,11 +121,11 @@ class Supervisor:
 
     def snapshot(self) -> dict:
         """A copy of what state.json says, live (for the control socket's `status`)."""
-        return dict(self._snapshot, state=str(self.state))
+        return self._snapshot.as_json()
 
     def note(self, **fields) -> None:
         """Add facts from around the loop to state.json (memory source, control socket)."""
-        self._snapshot.update(fields)
+        self._snapshot.update(**fields)
 
     def listen(self, listener: StateListener) -> None:
         """Call `listener` at every state change (systemd's notify: record.notify)."""
@@ -133,7 +135,7 @@ class Supervisor:
         limits = self._limits()
         failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
         earlier = None if self.options.fresh else last_run(self.journal.dir)
-        self.journal.emit("run.started", recipe=str(self.recipe.path), digest=self.digest, overrides=list(self.recipe.overrides),
+        self.journal.emit(events.RUN_STARTED, recipe=str(self.recipe.path), digest=self.digest, overrides=list(self.recipe.overrides),
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
         early = self._before_launching(earlier)
@@ -146,8 +148,8 @@ class Supervisor:
         pick = self._choose_gpus()
         if pick.interrupted:
             return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
-        if pick.give_up:
-            return self._give_up(pick.give_up)
+        if pick.give_up is not None:
+            return self._give_up(pick.give_up.why)
         restarts, same_rung, last_plan, attempts = 0, 0, None, 0
         while True:
             decision = decide(self.recipe, failures, pick.ids)
@@ -157,11 +159,11 @@ class Supervisor:
             if not self._wait_backoff(same_rung):
                 return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted during backoff")
             last_plan = decision.plan
-            held = self.gpu.await_release() if self.gpu else ""
+            held = self.gpu.await_release() if self.gpu else None
             if self.requests.stop:
                 return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
-            if held:
-                return self._give_up(held)
+            if held is not None:
+                return self._give_up(held.why)
             try:
                 # issue 7: skip rungs predicted not to fit the free GPU and host memory
                 plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
@@ -218,20 +220,7 @@ class Supervisor:
                      log_dir=attempt_dir)
         self._announce(number, plan, resume)
         started = self.clock.monotonic()
-        follower = self._follower()
-        self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
-        watch = Watch(clock=self.clock, memory=self.memory, console=self.console,
-                      requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
-                      grace=self.recipe.stop_grace, emit=self.journal.emit,
-                      status=lambda progress, reading: self._status(number, plan, started,
-                                                                    progress, reading, limits, follower),
-                      checkpoints=follower, gpu=self._vram,
-                      space=self.journal.space, log_max_size=self.recipe.logs.max_size,
-                      containment=self.containment, processes=self.processes,
-                      diagnosis=Diagnosis.for_attempt(
-                          self.recipe, attempt_dir, clock=self.clock, emit=self.journal.emit,
-                          say=self.console.say,
-                          checkpoint_activity=lambda: follower.last_activity if follower else None))
+        watch = self._watch_for(number, plan, limits, attempt_dir, started)
         ended = self._run_attempt(Attempt(spec, number, attempt_dir, watch))
         end, peaks = ended.end, ended.peaks
         if self.gpu is not None:
@@ -241,7 +230,7 @@ class Supervisor:
             failure = dataclasses.replace(failure, ranks_seen=ranks_in_file(attempt_dir / "output.log"))
         cause = root_cause(end, failure, attempt_dir)
         kind = str(failure.kind) if failure else "success"
-        self.journal.emit("attempt.ended", attempt=number, kind=kind,
+        self.journal.emit(events.ATTEMPT_ENDED, attempt=number, kind=kind,
                           evidence=failure.evidence if failure else "", exit_code=end.exit_code,
                           step=failure.step if failure else end.last_step, rung=plan.rung,
                           root_cause=cause.as_dict() if cause else None, peak_tree=peaks.tree,
@@ -261,6 +250,24 @@ class Supervisor:
         for line in cause.lines() if cause else ():
             self.console.say(line)
         return failure
+
+    def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path,
+                   started: float) -> Watch:
+        """What attempt `number` is watched with; every fact of it is journaled with `attempt`."""
+        emit = _with_attempt(self.journal.emit, number)
+        follower = self._follower(emit)
+        self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
+        return Watch(clock=self.clock, memory=self.memory, console=self.console,
+                     requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
+                     grace=self.recipe.stop_grace, emit=emit,
+                     status=lambda progress, reading: self._status(number, plan, started,
+                                                                   progress, reading, limits, follower),
+                     checkpoints=follower, gpu=self._vram,
+                     space=self.journal.space, log_max_size=self.recipe.logs.max_size,
+                     containment=self.containment, processes=self.processes,
+                     diagnosis=Diagnosis.for_attempt(
+                         self.recipe, attempt_dir, clock=self.clock, emit=emit, say=self.console.say,
+                         checkpoint_activity=lambda: follower.last_activity if follower else None))
 
     def _run_attempt(self, attempt: Attempt) -> Ended:
         """Spawn (RUNNING), watch, stop (STOPPING while it still runs): the attempt's end.
@@ -286,7 +293,7 @@ class Supervisor:
     def _contain(self) -> None:
         """The job's cgroup (or why not), said in the journal and state.json (`guardrun status`)."""
         self.containment = prepare_containment(self.recipe, self.journal.dir, self.memory.host().total)
-        self.journal.emit("memory.source", kind=self.containment.kind, why=self.containment.reason,
+        self.journal.emit(events.MEMORY_SOURCE, kind=self.containment.kind, why=self.containment.reason,
                           hard_limit=self.containment.hard_limit)
         self._snapshot.update(memory_source=self.containment.kind,
                               memory_source_why=self.containment.reason)
@@ -305,7 +312,7 @@ class Supervisor:
         resume = resume_spec.path
         batch = (f", micro-batch {plan.per_device} × accumulation {plan.grad_accum} × "
                  f"{plan.ranks} = global {plan.global_batch}" if plan.per_device else "")
-        self.journal.emit("attempt.started", attempt=number, rung=plan.rung, rungs=list(plan.rungs),
+        self.journal.emit(events.ATTEMPT_STARTED, attempt=number, rung=plan.rung, rungs=list(plan.rungs),
                           ranks=plan.ranks, gpus=plan.gpu_ids, per_device=plan.per_device,
                           grad_accum=plan.grad_accum, global_batch=plan.global_batch,
                           lr=plan.lr, notes=list(plan.notes),
@@ -325,17 +332,17 @@ class Supervisor:
         """Open NVML (unless given a source) and pick the run's GPUs. With no GPU there is
         no guard, and `gpus:` counts CPU ranks as it always did."""
         source, why = open_gpu_source() if self._gpus_given == "detect" else (self._gpus_given, "given")
-        self.journal.emit("gpu.source", found=source is not None, detail=why)
+        self.journal.emit(events.GPU_SOURCE, found=source is not None, detail=why)
         if source is None:
             return Pick(None)
         self.gpu = GpuGuard(source, self.recipe, self.clock, self.console, self.journal.emit, self.requests)
         return self.gpu.choose()
 
-    def _follower(self) -> CheckpointFollower | None:
+    def _follower(self, emit: Callable[..., None]) -> CheckpointFollower | None:
         spec = self.recipe.checkpoints
         if spec is None:
             return None
-        return CheckpointFollower(spec.dir, spec.pattern, self.clock, self.journal.emit)
+        return CheckpointFollower(spec.dir, spec.pattern, self.clock, emit)
 
     def _status(self, number: int, plan: Plan, started: float, progress: Progress,
                 reading: MemoryReading | None, limits: MemoryLimits,
@@ -345,7 +352,7 @@ class Supervisor:
         if self.requests.hung_up and not self._hangup_noted:
             # journaled here, not in the signal handler: the journal is not reentrant
             self._hangup_noted = True
-            self.journal.emit("terminal.hung_up", attempt=number)
+            self.journal.emit(events.TERMINAL_HUNG_UP, attempt=number)
         parts = [f"attempt {number}", f"rung {plan.rung}", f"{plan.ranks} rank(s)",
                  describe_reading(reading, limits), self._vram.describe() if self._vram else ""]
         if progress.step is not None:
@@ -369,7 +376,7 @@ class Supervisor:
         delay = backoff(same_rung, first, cap)
         if delay > 0:
             self.console.say(f"same configuration again: waiting {delay:g}s before the next attempt")
-            self.journal.emit("backoff", seconds=delay)
+            self.journal.emit(events.BACKOFF, seconds=delay)
         return signals.wait_unless_stopped(self.clock, self.requests, delay)
 
     def _next_attempt_number(self) -> int:
@@ -385,7 +392,7 @@ class Supervisor:
         if target is self.state:
             return
         self.state = check_transition(self.state, target)
-        self.journal.emit("state.changed", state=str(target))
+        self.journal.emit(events.STATE_CHANGED, state=str(target))
         self._write_state(self.clock.monotonic())
         for listener in self._listeners:
             listener(target, exit_code if target in TERMINAL else None)
@@ -394,7 +401,7 @@ class Supervisor:
         self._last_state_write = now
         self._note_logging()
         self._snapshot.update(state=str(self.state), updated=_now_iso())
-        self.journal.write_state(self._snapshot)
+        self.journal.write_state(self._snapshot.as_json())
 
     def _note_logging(self) -> None:
         """Say (console, journal) when a state-dir write began or stopped failing; keep the
@@ -406,18 +413,18 @@ class Supervisor:
                 self.console.say(f"{change.what} is written again after {change.seconds:g}s of "
                                  f"{change.reason}" + (f"; {lost} were not written" if lost else ""))
                 if change.what != "events.jsonl":  # the journal says its own resumption
-                    self.journal.emit("logging.resumed", what=change.what, reason=change.reason,
+                    self.journal.emit(events.LOGGING_RESUMED, what=change.what, reason=change.reason,
                                       lost_lines=change.lost_lines, lost_bytes=change.lost_bytes,
                                       seconds=change.seconds)
             else:
                 self.console.say(f"{SUSPENDED}: {change.what}: {change.reason}; the job keeps "
                                  f"running and is still guarded; retrying every {RETRY_EVERY:g}s")
-                self.journal.emit("logging.suspended", what=change.what, reason=change.reason)
-        self._snapshot["logging"] = self.journal.space.describe()
+                self.journal.emit(events.LOGGING_SUSPENDED, what=change.what, reason=change.reason)
+        self._snapshot.update(logging=self.journal.space.describe())
 
     def _finish(self, state: State, code: int, why: str) -> int:
         self._move(state, code)
-        self.journal.emit("run.finished" if state is State.FINISHED else "run.stopped",
+        self.journal.emit(events.RUN_FINISHED if state is State.FINISHED else events.RUN_STOPPED,
                           state=str(state), exit_code=code, why=why)
         self.console.say(why)
         return code
@@ -426,11 +433,18 @@ class Supervisor:
         """Record and say why; exit 1, or 2 (EXIT_USAGE) when the recipe cannot be launched."""
         self._snapshot.update(gave_up=why)
         self._move(State.GAVE_UP, code)
-        self.journal.emit("run.gave_up", exit_code=code, why=why)
+        self.journal.emit(events.RUN_GAVE_UP, exit_code=code, why=why)
         self.console.say(f"giving up: {why}")
         if code == EXIT_USAGE:  # a bad recipe, said where bad recipes are said
             _error_line(why)
         return code
+
+
+def _with_attempt(emit: Callable[..., None], number: int) -> Callable[..., None]:
+    """`emit` with `attempt=number` on every event (README: every attempt event has it)."""
+    def emit_fact(event: str, **fields) -> None:
+        emit(event, **{"attempt": number, **fields})
+    return emit_fact
 
 
 def _no_rung(why: str, remembered: int, attempts: int) -> str:

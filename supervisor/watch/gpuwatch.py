@@ -20,6 +20,7 @@ from ..core.clock import Clock
 from ..record.console import Console
 from .gpu import GpuError, GpuSnapshot, GpuSource, snapshot, tagged_pids, wait_gpus_released
 from ..core.signals import Requests, wait_unless_stopped
+from ..core.states import GiveUp
 
 #: How long the last attempt's processes may keep a GPU after they were stopped. The
 #: driver frees a context within a second of the last fd closing (an H100 here); a
@@ -91,7 +92,7 @@ class GpuMonitor:
 @dataclass(frozen=True)
 class Pick:
     ids: tuple[int, ...] | None  # what `decide` gets as the visible GPUs; None: as today
-    give_up: str = ""
+    give_up: GiveUp | None = None
     interrupted: bool = False
 
 
@@ -140,7 +141,7 @@ class GpuGuard:
             if waited >= wait:
                 self.emit(events.GPU_UNAVAILABLE, reason=choice.reason, waited=round(waited, 3))
                 after = f" after waiting {waited:g}s" if wait else " (set wait_for_gpus to wait for them)"
-                return Pick(None, give_up=f"not enough free GPUs{after}: {choice.reason}")
+                return Pick(None, give_up=GiveUp(f"not enough free GPUs{after}: {choice.reason}"))
             if waited == 0:
                 self.emit(events.GPU_WAITING, reason=choice.reason, up_to=wait)
             self.console.status(f"waiting for {count} free GPU(s), {wait - waited:.0f}s left: "
@@ -187,9 +188,9 @@ class GpuGuard:
                       peaks={f"gpu{i}": used for i, used in sorted(monitor.peaks.items())},
                       error=monitor.error or None)
 
-    def await_release(self) -> str:
+    def await_release(self) -> GiveUp | None:
         """Before an attempt: wait until no earlier process of this job holds a GPU.
-        Returns why to give up (naming the stuck pids), or "" to go on."""
+        Returns why to give up (naming the stuck pids), or None to go on."""
         nvml_pids = self._last.job_pids if self._last else set()
         release = wait_gpus_released(
             self.recipe.name, self.clock, self.recipe.limits.gpu_release, self.source, nvml_pids, self.proc_root,
@@ -200,10 +201,10 @@ class GpuGuard:
         self.emit(events.GPU_STUCK if release.stuck else events.GPU_RELEASED, waited=round(release.waited, 3),
                   stuck={str(pid): why for pid, why in release.stuck.items()})
         if release.stuck and not self.requests.stop:
-            return (f"GPU memory still held {release.waited:.0f}s after the last attempt ended: "
-                    f"{_held_text(release.stuck)}; stop these processes (or reset the GPU) and run "
-                    f"again, or wait longer with limits.gpu_release")
-        return ""
+            return GiveUp(f"GPU memory still held {release.waited:.0f}s after the last attempt ended: "
+                          f"{_held_text(release.stuck)}; stop these processes (or reset the GPU) and "
+                          f"run again, or wait longer with limits.gpu_release")
+        return None
 
 
 def _held_text(held: dict[int, str]) -> str:

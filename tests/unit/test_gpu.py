@@ -202,7 +202,7 @@ def test_the_guard_waits_as_long_as_the_recipe_says_then_names_the_stuck_pid(tmp
     events = []
     guard = GpuGuard(FakeGpuSource(), recipe, FakeClock(), Console(io.StringIO(), tty=False),
                      lambda event, **fields: events.append((event, fields)), Requests(), str(proc))
-    why = guard.await_release()
+    why = guard.await_release().why
     assert why.startswith("GPU memory still held 7s after the last attempt ended: pid 400 has /dev/nvidia3")
     assert "limits.gpu_release" in why
     assert events[-1][0] == "gpu.stuck" and events[-1][1]["waited"] == pytest.approx(7)

@@ -24,6 +24,7 @@ from guardrun.supervisor.record.console import Console
 from guardrun.supervisor.record.journal import Journal
 from guardrun.supervisor.record.notify import Notifier, NotifyingConsole
 from guardrun.supervisor.run.loop import Supervisor
+from guardrun.supervisor.run.snapshot import JobSnapshot
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
 from fakes import FAKE_PID, FakeClock, FakeGpuSource, FakeProcesses, Launch, ScriptedMemory  # noqa: E402
@@ -93,6 +94,7 @@ def test_running_to_finished_on_exit_0(tmp_path, state_dir):
     assert run.code == 0
     assert run.states == ["running", "finished"]
     assert run.state["state"] == "finished" and run.state["last_kind"] == "success"
+    assert run.state["attempt"] == 1 and run.state["resume_from"] is None  # known: from the start
     assert "attempt 1 ended: success" in run.console and "the job finished" in run.console
     assert run.processes.spawned[0].signals == []  # it ended by itself: nothing was stopped
 
@@ -169,6 +171,9 @@ def test_starting_to_interrupted_on_a_stop_before_the_first_attempt(tmp_path, st
     assert run.code == 130 and run.states == ["interrupted"]
     assert "stopped on request before the first attempt" in run.console
     assert run.processes.argvs == []  # nothing was spawned
+    # state.json leaves out what is not known yet (no attempt, no launcher), as it always did
+    assert run.state["state"] == "interrupted" and run.state["job"] == "job"
+    assert not {"attempt", "launcher_pid", "step", "gave_up", "last_kind"} & set(run.state)
 
 
 def test_starting_to_gave_up_when_the_launcher_cannot_be_spawned(tmp_path, state_dir):
@@ -215,3 +220,12 @@ def test_ready_only_once_the_first_attempt_runs_not_while_waiting_for_gpus(tmp_p
     attempt = next(i for i, m in enumerate(sent) if m.startswith("STATUS=attempt 1: rung 0"))
     assert sent.count("READY=1") == 1 and sent.index("READY=1") > max(waiting, attempt)
     assert sent[-1] == "STOPPING=1\nSTATUS=guardrun exits 0: finished"
+
+
+def test_a_fact_state_json_does_not_have_is_refused():
+    snapshot = JobSnapshot(job="j", pid=1, recipe="r.yaml", started="now")
+    snapshot.update(step=3, loss=None)
+    assert snapshot.as_json() == {"job": "j", "pid": 1, "recipe": "r.yaml", "started": "now",
+                                  "state": "starting", "step": 3, "loss": None}
+    with pytest.raises(TypeError, match="no field 'stpe'"):
+        snapshot.update(stpe=4)
