@@ -137,13 +137,14 @@ def print_table(times: dict[str, list[float]]) -> None:
 
 
 def by_size(job: cgroupfs.JobCgroup, sizes: list[int], mb: int, samples: int, pause: float) -> bool:
-    """The cgroup read back to back and after `pause`, and the /proc sample after the same
-    pause, on a fresh tree of each size in an attempt cgroup of its own; False if a tree
-    left a process."""
-    print(f"\ncgroup sample by tree size, median / p90 µs ({samples} samples each; "
-          f"'after' = after a {pause * 1000:g} ms sleep)")
-    print(f"{'processes':>9} | {'cgroup, back to back':>20} | {'cgroup, after':>13} | {'/proc known, after':>18}")
-    print(f"{'-' * 9}-+-{'-' * 20}-+-{'-' * 13}-+-{'-' * 18}")
+    """The cgroup read back to back and after `pause`, beside a bare syscall and the /proc
+    sample after the same pause (interleaved, so a load spike hits all three), on a fresh
+    tree of each size in an attempt cgroup of its own; False if a tree left a process."""
+    print(f"\ncgroup sample by tree size, median / p90 µs ({samples} samples each; 'after': "
+          f"after a {pause * 1000:g} ms sleep; getppid(): what any syscall costs then)")
+    heads = ("processes", "cgroup, back to back", "cgroup, after", "getppid(), after", "/proc known, after")
+    print(" | ".join(f"{head:>{len(head)}}" for head in heads))
+    print("-+-".join("-" * len(head) for head in heads))
     clean = True
     for number, size in enumerate(sizes, start=2):
         group = job.attempt(number, None)
@@ -151,20 +152,18 @@ def by_size(job: cgroupfs.JobCgroup, sizes: list[int], mb: int, samples: int, pa
         try:
             cgroup_memory, walker = CgroupMemory(group, ProcfsMemory()), ProcfsMemory()
             walker.sample_tree(popen.pid)
-            rows = [[timed(lambda: cgroup_memory.sample_tree(popen.pid)) for _ in range(samples)]]
-            for method in (cgroup_memory.sample_tree, walker.sample_tree):
-                rows.append([_after(pause, lambda m=method: m(popen.pid)) for _ in range(samples)])
+            rows = [[timed(lambda: cgroup_memory.sample_tree(popen.pid)) for _ in range(samples)], [], [], []]
+            calls = (lambda: cgroup_memory.sample_tree(popen.pid), os.getppid, lambda: walker.sample_tree(popen.pid))
+            for _ in range(samples):
+                for row, call in zip(rows[1:], calls):
+                    time.sleep(pause)
+                    row.append(timed(call))
         finally:
             report = proc.stop_tree(popen, proc.ProcTree(), grace=2.0, clock=MonotonicClock(), group=group.procs)
             clean = clean and not report.left and group.remove() == []
-        cells = [f"{statistics.median(row):.0f} / {percentile(row, 0.9):.0f}" for row in rows]
-        print(f"{size:>9} | {cells[0]:>20} | {cells[1]:>13} | {cells[2]:>18}")
+        cells = [str(size)] + [f"{statistics.median(row):.0f} / {percentile(row, 0.9):.0f}" for row in rows]
+        print(" | ".join(f"{cell:>{len(head)}}" for cell, head in zip(cells, heads)))
     return clean
-
-
-def _after(pause: float, call: Callable[[], object]) -> float:
-    time.sleep(pause)
-    return timed(call)
 
 
 def main() -> int:
