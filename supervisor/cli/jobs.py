@@ -219,6 +219,7 @@ def logs(job: str, follow: bool, last: int | None, since: tuple[float, str] | No
             say(f"no attempt of job {job} wrote output in the last {since[1]}")
             if not follow:
                 return
+            shown, last = numbers[-1:], 0  # -f: only what the job writes from now on
     if not follow:
         if not shown:
             raise fail(f"job {job} has no attempt yet", FAILED)

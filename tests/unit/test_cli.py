@@ -120,6 +120,15 @@ def test_logs_n_is_the_tail_and_nothing_more(place):
     assert invoke("logs", "done", "-n", "2").stdout == "line 4\nline 5\n"
     assert invoke("logs", "done", "-n", "0").stdout == ""
     assert invoke("logs", "done").stdout.count("\n") == 5
+    # -f of a job no supervisor runs: what is there (its last N), then it ends
+    assert invoke("logs", "done", "-f", "-n", "2").stdout == "line 4\nline 5\n"
+    assert invoke("logs", "done", "-f").stdout.count("\n") == 5
+
+
+def test_logs_since_follow_shows_only_what_comes_when_nothing_is_recent(place):
+    followed = invoke("logs", "old", "--since", "10m", "-f")
+    assert followed.exit_code == 0 and followed.stdout == ""
+    assert "no attempt of job old wrote output in the last 10m" in followed.stderr
 
 
 def test_status_json_shape(place):
