@@ -10,7 +10,6 @@ import hashlib
 import os
 import signal
 import socket
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
 from ..core import signals
-from ..core import events
+from ..core import events, exits
 from .attempt import Attempt, Ended, SpawnError, Watch, describe_reading
 from ..core.clock import Clock
 from ..record.console import Console
@@ -52,8 +51,6 @@ from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..core.states import TERMINAL, State, check_transition
 from .snapshot import JobSnapshot
 from .target import LastRun, already_finished, last_run
-
-EXIT_FINISHED, EXIT_GAVE_UP, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 #: state.json is rewritten at most this often while a job runs (seconds).
 STATE_EVERY = 2.0
@@ -144,10 +141,10 @@ class Supervisor:
         try:
             self._contain()
         except ContainmentRequired as err:
-            return self._give_up(str(err), EXIT_USAGE)
+            return self._give_up(str(err), exits.USAGE)
         pick = self._choose_gpus()
         if pick.interrupted:
-            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted while waiting for GPUs")
+            return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "interrupted while waiting for GPUs")
         if pick.give_up is not None:
             return self._give_up(pick.give_up.why)
         restarts, same_rung, last_plan, attempts = 0, 0, None, 0
@@ -157,11 +154,11 @@ class Supervisor:
                 return self._give_up(_no_rung(decision.give_up, len(failures), attempts))
             same_rung = same_rung + 1 if decision.plan == last_plan else 0
             if not self._wait_backoff(same_rung):
-                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "interrupted during backoff")
+                return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "interrupted during backoff")
             last_plan = decision.plan
             held = self.gpu.await_release() if self.gpu else None
             if self.requests.stop:
-                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+                return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "stopped on request")
             if held is not None:
                 return self._give_up(held.why)
             try:
@@ -172,18 +169,18 @@ class Supervisor:
                 attempts += 1
                 failure = self._attempt(plan, limits, failures, fresh=self.options.fresh and attempts == 1)
             except AtTarget as done:  # issue 13 §1: never resume at or past the end of training
-                return self._finish(State.FINISHED, EXIT_FINISHED, f"the newest checkpoint {done}: the "
+                return self._finish(State.FINISHED, exits.FINISHED, f"the newest checkpoint {done}: the "
                                     "run is finished, not resumed")
             except ResumeError as err:
                 if self.requests.stop:
-                    return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+                    return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "stopped on request")
                 return self._give_up(f"cannot resume: {err}")
             except SpawnError as err:  # found at the spawn itself (ENOEXEC, EACCES, a race)
-                return self._give_up(launch_problem(self.recipe, os.environ, err.error), EXIT_USAGE)
+                return self._give_up(launch_problem(self.recipe, os.environ, err.error), exits.USAGE)
             if failure is None:
-                return self._finish(State.FINISHED, EXIT_FINISHED, "the job finished")
+                return self._finish(State.FINISHED, exits.FINISHED, "the job finished")
             if failure.kind is Kind.INTERRUPTED:
-                return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request")
+                return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "stopped on request")
             if failure.kind is Kind.USER_ERROR:
                 return self._give_up(f"user error, not retried: {failure.evidence}"
                                      + added_flag_rejected(self.recipe, plan, failure.evidence))
@@ -197,16 +194,16 @@ class Supervisor:
         """The exit code when the run ends before any attempt: a stop asked for already, a
         recipe that cannot launch or whose limits this machine cannot meet, a job finished before."""
         if self.requests.stop:  # asked before the first attempt (during startup or the leftovers)
-            return self._finish(State.INTERRUPTED, EXIT_INTERRUPTED, "stopped on request before the first attempt")
+            return self._finish(State.INTERRUPTED, exits.INTERRUPTED, "stopped on request before the first attempt")
         unlaunchable = launch_problem(self.recipe, os.environ)
         if unlaunchable:  # issue 12 §6: `python:` or `command[0]` missing, said with file:line
-            return self._give_up(unlaunchable, EXIT_USAGE)
+            return self._give_up(unlaunchable, exits.USAGE)
         unmeetable = limits_problem(self.recipe, self.memory.host().total)
         if unmeetable:  # issue 13 §7: a limit at or above MemTotal
-            return self._give_up(unmeetable, EXIT_USAGE)
+            return self._give_up(unmeetable, exits.USAGE)
         done = "" if self.options.fresh else already_finished(self.recipe, self.digest, earlier)
         if done:  # issue 13 §7: said, nothing launched
-            return self._finish(State.FINISHED, EXIT_FINISHED, done)
+            return self._finish(State.FINISHED, exits.FINISHED, done)
         return None
 
     def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure],
@@ -429,14 +426,14 @@ class Supervisor:
         self.console.say(why)
         return code
 
-    def _give_up(self, why: str, code: int = EXIT_GAVE_UP) -> int:
-        """Record and say why; exit 1, or 2 (EXIT_USAGE) when the recipe cannot be launched."""
+    def _give_up(self, why: str, code: int = exits.GAVE_UP) -> int:
+        """Record and say why; exit 1, or 2 (exits.USAGE) when the recipe cannot be launched."""
         self._snapshot.update(gave_up=why)
         self._move(State.GAVE_UP, code)
         self.journal.emit(events.RUN_GAVE_UP, exit_code=code, why=why)
         self.console.say(f"giving up: {why}")
-        if code == EXIT_USAGE:  # a bad recipe, said where bad recipes are said
-            _error_line(why)
+        if code == exits.USAGE:  # a bad recipe, said where bad recipes are said
+            exits.say_error(why)
         return code
 
 
@@ -471,13 +468,6 @@ def _exit(code: int | None) -> str:
         return f"signal {-code} ({signal.Signals(-code).name})"
     except ValueError:
         return f"signal {-code}"
-
-
-def _error_line(text: str) -> None:
-    try:
-        print(f"guardrun: error: {text}", file=sys.stderr, flush=True)
-    except (OSError, ValueError):
-        pass  # no stderr to say it on: the journal has it
 
 
 def _now_iso() -> str:

@@ -16,6 +16,7 @@ from guardrun.launcher.spec import Recipe
 
 from ..watch import cgroupv1, cgroupv2 as cgroup, leftovers
 from ..watch.containment import leftover_members
+from ..core import events
 from ..core.clock import Clock, MonotonicClock
 from ..record.console import Console
 from .control import ControlServer
@@ -100,7 +101,7 @@ class JobRun:
                          f"of this job: {pids}")
         report = leftovers.stop(finder, self.recipe.stop_grace, self.clock,
                                 hurry=lambda: self.requests.kill_now)
-        self.journal.emit("leftovers.stopped", pids=list(report.found), killed=list(report.killed),
+        self.journal.emit(events.LEFTOVERS_STOPPED, pids=list(report.found), killed=list(report.killed),
                           left=list(report.left), took=round(report.took, 3))
         self._remove_leftover_cgroup()
         if report.left:
@@ -134,4 +135,4 @@ class JobRun:
         path = self._job_cgroup()
         if path is not None:
             left = cgroupv1.JobCgroup(path).remove()
-            self.journal.emit("cgroup.leftover_removed", path=str(path), left=left)
+            self.journal.emit(events.CGROUP_LEFTOVER_REMOVED, path=str(path), left=left)
