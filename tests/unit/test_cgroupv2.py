@@ -287,3 +287,11 @@ def test_a_recorded_path_is_trusted_only_for_this_jobs_name_in_a_guardrun_folder
     assert (state / "cgroup").exists()  # a newer record is kept
     cgroupfs.forget(state, good)
     assert not (state / "cgroup").exists()
+
+
+def test_the_systemd_units_delegate_memory_to_guardrun():
+    """So that under systemd the unit's own v2 cgroup can hand memory to the job cgroups
+    (systemd-analyze verify checks the value: tests/integration/test_systemd.py)."""
+    units = Path(__file__).resolve().parents[2] / "systemd"
+    for unit in (units / "guardrun@.service", units / "user" / "guardrun@.service"):
+        assert "Delegate=memory" in unit.read_text().splitlines(), unit
