@@ -176,3 +176,14 @@ def test_a_recipe_path_with_an_equals_sign_is_still_the_recipe(place):
     result = invoke("plan", "a=b.yaml", "gpus=1")
     assert result.exit_code == 0, result.stderr
     assert "job job:" in result.stdout
+
+
+def test_tmux_gives_the_overrides_to_the_run_in_its_session(place, monkeypatch):
+    from guardrun.supervisor.unattended import tmux
+    made = []
+    monkeypatch.setattr(tmux, "has_session", lambda base, session: False)
+    monkeypatch.setattr(tmux, "create", lambda base, session, run, environ, cwd: made.append(list(run)))
+    result = invoke("tmux", "job.yaml", "batch.per_device=8", "--fresh", "--no-attach")
+    assert result.exit_code == 0, result.stderr
+    [run] = made
+    assert run[-5:] == ["guardrun.supervisor", "run", "--fresh", "batch.per_device=8", str(place / "job.yaml")]
