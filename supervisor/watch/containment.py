@@ -18,6 +18,7 @@ from pathlib import Path
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 
+from ..core import events
 from . import cgroupfs, cgroupv1, cgroupv2
 from .leftovers import start_time
 from .memory import HostMemory, ProcfsMemory, TreeSample
@@ -105,20 +106,20 @@ class Containment:
         except cgroupfs.CgroupError as err:
             self.fell_back(f"{err}; this attempt is watched through /proc", say, emit, number)
             return None
-        emit("cgroup.attempt", attempt=number, path=str(group.path), hard_limit=self.hard_limit)
+        emit(events.CGROUP_ATTEMPT, attempt=number, path=str(group.path), hard_limit=self.hard_limit)
         return group
 
     def fell_back(self, why: str, say: Callable[[str], None], emit: Callable[..., None],
                   number: int) -> None:
         say(f"containment: {why}")
-        emit("cgroup.fallback", attempt=number, why=why)
+        emit(events.CGROUP_FALLBACK, attempt=number, why=why)
 
     def finish(self, emit: Callable[..., None]) -> None:
         """Remove the job's (empty) cgroups at the end of the run."""
         if self.job is None:
             return
         left = self.job.remove()
-        emit("cgroup.removed", path=str(self.job.path), left=left)
+        emit(events.CGROUP_REMOVED, path=str(self.job.path), left=left)
 
 
 def prepare(recipe: Recipe, job_dir: Path, total: int, mount: Path = cgroupv1.V1_MEMORY,

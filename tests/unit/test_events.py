@@ -21,7 +21,6 @@ EMITTERS = {"emit", "_attempt_event"}
 #: Files that still spell event names out; their owners convert them (issue 14 §5).
 #: Shrink it as they do: a file listed here with nothing left to convert fails the test.
 NOT_CONVERTED = {
-    "supervisor/watch/containment.py",                                                      # H1
     "supervisor/run/extlocks.py",                                                     # no owner named
 }
 
