@@ -28,7 +28,7 @@ from guardrun.launcher.recipe import RecipeError
 from guardrun.launcher.units import parse_size
 
 from . import doctor as doctor_checks
-from . import planjson, planview, recipeargs
+from . import jobview, planjson, planview, recipeargs
 from ..core.exits import USAGE, fail
 from ..diagnose.rootcause import root_cause_lines
 from ..report import build as reporting
@@ -162,7 +162,7 @@ def status(job: str | None, as_json: bool) -> None:
 def _describe_state(name: str, state: dict) -> str:
     current = state.get("state", "?")
     pid = state.get("pid")
-    if current in ("starting", "running", "stopping", "backoff") and pid and not _alive(pid):
+    if current in jobview.LIVE_STATES and pid and not _alive(pid):
         current = f"dead (its supervisor, pid {pid}, is gone; it was {current})"
     lines = [f"{name}: {current}"]
     keys = ("attempt", "rung", "ranks", "per_device", "grad_accum", "global_batch", "step",
