@@ -127,3 +127,24 @@ def test_the_v2_job_layout_on_the_real_kernel(test_cgroup, tmp_path):
             if _alive(pid):
                 os.kill(pid, 9)
         launcher.wait(timeout=10)
+
+
+def test_a_failed_enable_moves_the_process_back_out_of_its_leaf_on_the_real_kernel(test_cgroup):
+    """enter() moves the process into <own>/guardrun-supervisor first; this mount has no
+    memory controller, so `+memory` is refused: it must be back in its own cgroup, and the
+    leaf gone, with the kernel's reason said."""
+    sleeper = proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=None, cwd=None,
+                         stdout=subprocess.DEVNULL, stderr=None, join=os.fsencode(test_cgroup / "cgroup.procs"))
+    try:
+        root = cgroupv2.find_root()
+        self_cgroup = Path(f"/proc/{sleeper.pid}/cgroup").read_text()
+        assert cgroupv2.base_dir(root, self_cgroup) == test_cgroup
+        with pytest.raises(cgroupfs.CgroupError) as err:
+            cgroupv2.enter(test_cgroup, root, self_cgroup, pid=sleeper.pid)
+        assert str(err.value).startswith(f"cannot enable memory for {test_cgroup}'s children: ")
+        assert cgroupv2.parse_self_cgroup(Path(f"/proc/{sleeper.pid}/cgroup").read_text()) == \
+            "/" + str(test_cgroup.relative_to(root))
+        assert not (test_cgroup / cgroupv2.LEAF).exists()
+    finally:
+        sleeper.kill()
+        sleeper.wait(timeout=10)
