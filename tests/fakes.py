@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import signal
+import socket
 from dataclasses import dataclass, field
 
 from guardrun.supervisor.watch import proc
@@ -239,3 +240,28 @@ class FakeGpuSource:
         if self.fail:
             raise GpuError(self.fail)
         return list(self.procs.get(index, ()))
+
+
+class FakeSystemd:
+    """systemd's side of NOTIFY_SOCKET: a datagram socket bound at `path`; `received()`
+    drains what guardrun sent so far. A context manager that closes it."""
+
+    def __init__(self, path):
+        self.path = str(path)
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(self.path)
+        self._sock.setblocking(False)
+
+    def received(self) -> list[str]:
+        messages = []
+        while True:
+            try:
+                messages.append(self._sock.recv(4096).decode())
+            except BlockingIOError:
+                return messages
+
+    def __enter__(self) -> "FakeSystemd":
+        return self
+
+    def __exit__(self, *_exc) -> None:
+        self._sock.close()

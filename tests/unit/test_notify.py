@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import io
 import os
-import socket
 
 import pytest
 
-from fakes import FakeClock
+from fakes import FakeClock, FakeSystemd
 from guardrun.supervisor.core.states import State
 from guardrun.supervisor.record.notify import (Notifier, NotifyingConsole, WatchdogClock, socket_address,
                                         watchdog_period)
@@ -15,20 +14,8 @@ from guardrun.supervisor.record.notify import (Notifier, NotifyingConsole, Watch
 
 @pytest.fixture
 def listener(tmp_path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
-def received(sock: socket.socket) -> list[str]:
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return messages
+    with FakeSystemd(tmp_path / "notify.sock") as manager:
+        yield manager
 
 
 @pytest.mark.parametrize("value,address", [
@@ -81,7 +68,7 @@ def test_ready_once_then_status_rate_limited_then_stopping(listener, tmp_path):
     notifier.status("attempt 1 ended: host_oom")  # guardrun's own message: at once
     notifier.status("attempt 2 · step 1", 12.5)
     notifier.stopping("guardrun exits 0: finished")
-    assert received(listener) == ["READY=1", "STATUS=attempt 1 · step 1",
+    assert listener.received() == ["READY=1", "STATUS=attempt 1 · step 1",
                                   "STATUS=attempt 1 ended: host_oom", "STATUS=attempt 2 · step 1",
                                   "STOPPING=1\nSTATUS=guardrun exits 0: finished"]
 
@@ -89,7 +76,7 @@ def test_ready_once_then_status_rate_limited_then_stopping(listener, tmp_path):
 def test_stopping_before_any_status_still_says_ready_first(listener, tmp_path):
     notifier = Notifier(str(tmp_path / "notify.sock"))
     notifier.stopping("guardrun exits 1: gave_up")
-    assert received(listener) == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 1: gave_up"]
+    assert listener.received() == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 1: gave_up"]
 
 
 def test_a_vanished_manager_never_breaks_the_supervisor(tmp_path):
@@ -111,7 +98,7 @@ def test_watchdog_clock_pings_while_the_loop_sleeps_in_pieces(listener, tmp_path
     watched = WatchdogClock(clock, notifier)
     watched.sleep(1.0)
     assert max(clock.sleeps) <= 0.1 + 1e-9 and sum(clock.sleeps) == pytest.approx(1.0)
-    assert 10 <= received(listener).count("WATCHDOG=1") <= 11
+    assert 10 <= listener.received().count("WATCHDOG=1") <= 11
     assert watched.monotonic() == clock.now
 
 
@@ -120,7 +107,7 @@ def test_the_console_sends_its_lines_as_status_and_never_ready(listener, tmp_pat
     console = NotifyingConsole(notifier, stream=io.StringIO(), tty=False)
     console.say("job x: journal in /somewhere")
     console.status("waiting for 1 free GPU(s), 60s left", 5.0)  # no attempt runs yet
-    assert received(listener) == ["STATUS=job x: journal in /somewhere",
+    assert listener.received() == ["STATUS=job x: journal in /somewhere",
                                   "STATUS=waiting for 1 free GPU(s), 60s left"]
 
 
@@ -129,7 +116,7 @@ def test_ready_when_running_stopping_with_the_exit_code_when_terminal(listener, 
     for state, code in [(State.RUNNING, None), (State.STOPPING, None), (State.BACKOFF, None),
                         (State.STARTING, None), (State.RUNNING, None), (State.FINISHED, 0)]:
         notifier.moved(state, code)
-    assert received(listener) == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 0: finished"]
+    assert listener.received() == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 0: finished"]
 
 
 def test_after_stopping_its_status_stays_the_last(listener, tmp_path):
@@ -137,4 +124,4 @@ def test_after_stopping_its_status_stays_the_last(listener, tmp_path):
     notifier.moved(State.GAVE_UP, 1)
     notifier.status("giving up: restarts used up (3)")
     notifier.stopping("again")
-    assert received(listener) == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 1: gave_up"]
+    assert listener.received() == ["READY=1", "STOPPING=1\nSTATUS=guardrun exits 1: gave_up"]

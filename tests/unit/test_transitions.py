@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import sys
 from dataclasses import dataclass
 
@@ -27,7 +26,8 @@ from guardrun.supervisor.run.loop import Supervisor
 from guardrun.supervisor.run.snapshot import JobSnapshot
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
-from fakes import FAKE_PID, FakeClock, FakeGpuSource, FakeProcesses, Launch, ScriptedMemory  # noqa: E402
+from fakes import (FAKE_PID, FakeClock, FakeGpuSource, FakeProcesses, FakeSystemd, Launch,  # noqa: E402
+                   ScriptedMemory)
 from recipes_util import make_recipe  # noqa: E402
 
 RECIPE = """
@@ -186,36 +186,18 @@ def test_starting_to_gave_up_when_the_launcher_cannot_be_spawned(tmp_path, state
 
 # -- systemd's READY=1 and STOPPING=1 follow the states ----------------------------------------------
 
-@pytest.fixture
-def notify_socket(tmp_path):
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    sock.bind(str(tmp_path / "notify.sock"))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
-def datagrams(sock: socket.socket) -> list[str]:
-    messages = []
-    while True:
-        try:
-            messages.append(sock.recv(4096).decode())
-        except BlockingIOError:
-            return messages
-
-
-def test_ready_only_once_the_first_attempt_runs_not_while_waiting_for_gpus(tmp_path, state_dir,
-                                                                           notify_socket, monkeypatch):
+def test_ready_only_once_the_first_attempt_runs_not_while_waiting_for_gpus(tmp_path, state_dir, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     source = FakeGpuSource(count=1, procs={0: [GpuProcess(999999, 20 * GIB)]})
     clock = FakeClock()
     clock.at(6.0, source.procs.clear)  # the other job frees the GPU
-    notifier = Notifier(str(tmp_path / "notify.sock"))
-    console = NotifyingConsole(notifier, stream=io.StringIO(), tty=False, plain_every=0)
-    run = supervise(tmp_path, Launch(runs_for=3.0), extra="gpus: 1\nwait_for_gpus: 1m\n", clock=clock,
-                    gpus=source, console=console, listen=notifier.moved)
+    with FakeSystemd(tmp_path / "notify.sock") as systemd:
+        notifier = Notifier(systemd.path)
+        console = NotifyingConsole(notifier, stream=io.StringIO(), tty=False, plain_every=0)
+        run = supervise(tmp_path, Launch(runs_for=3.0), extra="gpus: 1\nwait_for_gpus: 1m\n", clock=clock,
+                        gpus=source, console=console, listen=notifier.moved)
+        sent = systemd.received()
     assert run.code == 0
-    sent = datagrams(notify_socket)
     waiting = next(i for i, m in enumerate(sent) if m.startswith("STATUS=waiting for 1 free GPU(s)"))
     attempt = next(i for i, m in enumerate(sent) if m.startswith("STATUS=attempt 1: rung 0"))
     assert sent.count("READY=1") == 1 and sent.index("READY=1") > max(waiting, attempt)
