@@ -4,13 +4,15 @@ Where guardrun's own v2 cgroup is writable and offers the `memory` controller (a
 unit with Delegate=yes, systemd/guardrun@.service; root where the hierarchy holds memory),
 guardrun makes (the layout, names and record: supervisor.watch.cgroupfs)
 
-    <own>/guardrun-supervisor                       guardrun itself, moved here first
+    <own>/guardrun-supervisor                       guardrun itself, moved here where needed
     <own>/guardrun/<job>-u<uid>-<hash>/attempt-N    memory.max = hard_memory, memory.high = host_memory
 
-The move comes first because of v2's "no internal processes" rule: a cgroup that hands a
-controller to its children (`+memory` in cgroup.subtree_control) may hold no process
-itself. Where the move or the enable fails (EBUSY: other processes share the cgroup, a
-login shell's session scope), the job is watched through /proc, and why is said.
+The move is v2's "no internal processes" rule: a cgroup that hands a controller to its
+children (`+memory` in cgroup.subtree_control) may hold no process itself (the real root
+excepted), so where the kernel refuses the enable with guardrun in its cgroup, guardrun
+moves into the leaf and tries again. Where that fails too (EBUSY: other processes share
+the cgroup, a login shell's session scope), the job is watched through /proc, and why is
+said.
 
 Then, the same as v1 but from v2's files: the tree's memory is memory.stat's anon + shmem
 (one pread of a held fd, each page counted once); a kernel OOM kill in the attempt is
@@ -95,33 +97,43 @@ def why_not(root: Path | None = None, self_cgroup: str | None = None) -> str:
 
 
 def enter(base: Path, root: Path, self_cgroup: str | None = None, pid: int | None = None) -> None:
-    """Let `base` give memory to job cgroups: this process leaves it for `base/LEAF`
-    (unless `base` is the root, exempt from the rule), then `+memory` in its
-    cgroup.subtree_control. A failure undoes the move and says why (CgroupError)."""
+    """Let `base` give memory to job cgroups: `+memory` in its cgroup.subtree_control.
+    Where the kernel refuses because processes are in `base` (EBUSY: v2's no-internal-
+    processes rule, which exempts only the real root), this process moves into `base/LEAF`
+    and tries again; if that fails too, it moves back. CgroupError says why."""
     pid = os.getpid() if pid is None else pid
-    leaf = base / LEAF
-    relative = parse_self_cgroup(_self_cgroup() if self_cgroup is None else self_cgroup) or "/"
-    moved = base != root and root / relative.lstrip("/") != leaf
-    if moved:
-        try:
-            leaf.mkdir(exist_ok=True)
-            (leaf / "cgroup.procs").write_text(str(pid))
-        except OSError as err:
-            _leave(leaf, base, pid, moved=False)
-            raise CgroupError(f"cannot move guardrun into {leaf}: {err.strerror}") from None
+    control = base / "cgroup.subtree_control"
     try:
-        if "memory" not in (base / "cgroup.subtree_control").read_text().split():
-            (base / "cgroup.subtree_control").write_text("+memory")
+        if "memory" in control.read_text().split():
+            return  # an earlier job of this process, or another guardrun here, did it
+        control.write_text("+memory")
+        return
     except OSError as err:
-        if moved:
-            _leave(leaf, base, pid, moved=True)
-        shared = (f" (other processes share {base}, e.g. a login shell's scope: run guardrun "
-                  "from a unit of its own with Delegate=yes)") if err.errno == errno.EBUSY else ""
-        raise CgroupError(f"cannot enable memory for {base}'s children: {err.strerror}{shared}") from None
+        relative = parse_self_cgroup(_self_cgroup() if self_cgroup is None else self_cgroup) or "/"
+        if err.errno != errno.EBUSY or root / relative.lstrip("/") == base / LEAF:
+            raise CgroupError(_refused(base, err)) from None
+    leaf = base / LEAF
+    try:
+        leaf.mkdir(exist_ok=True)
+        (leaf / "cgroup.procs").write_text(str(pid))
+    except OSError as err:
+        _leave(leaf, base, pid, moved=False)
+        raise CgroupError(f"cannot move guardrun into {leaf}: {err.strerror}") from None
+    try:
+        control.write_text("+memory")
+    except OSError as err:
+        _leave(leaf, base, pid, moved=True)
+        raise CgroupError(_refused(base, err)) from None
+
+
+def _refused(base: Path, err: OSError) -> str:
+    shared = (f" (other processes share {base}, e.g. a login shell's scope: run guardrun from "
+              "a unit of its own with Delegate=yes)") if err.errno == errno.EBUSY else ""
+    return f"cannot enable memory for {base}'s children: {err.strerror}{shared}"
 
 
 def _leave(leaf: Path, base: Path, pid: int, moved: bool) -> None:
-    """Undo enter(): back into `base`, the leaf removed if no other guardrun is in it."""
+    """Undo enter()'s move: back into `base`, the leaf removed if no other guardrun is in it."""
     try:
         if moved:
             (base / "cgroup.procs").write_text(str(pid))

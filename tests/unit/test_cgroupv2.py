@@ -1,6 +1,6 @@
 """cgroup v2 containment against fake cgroup trees in a temp dir (issue 17): every decision
 of containment.prepare's v2 path and every reading, laid out as the kernel lays them out
-(Documentation/admin-guide/cgroup-v2.rst). The real kernel: tests/integration/test_cgroupv2.py.
+(Documentation/admin-guide/cgroup-v2.rst). The real kernel: tests/integration/test_cgroupv2_kernel.py.
 """
 from __future__ import annotations
 
@@ -86,6 +86,28 @@ def fake_v2(tmp_path: Path, controllers: str = "cpu memory pids") -> Path:
     return root
 
 
+@pytest.fixture
+def kernel(monkeypatch):
+    """What the kernel does with writes under a fake cgroup2 root (a `cgroup2` folder):
+    `+memory` in the subtree_control of a non-root cgroup that holds processes is EBUSY;
+    a pid written to a cgroup.procs joins it and leaves every other one. (Tests set a
+    fake's files up with write_bytes, which it leaves alone.)"""
+    real = Path.write_text
+
+    def write(path: Path, text: str, *args, **kwargs):
+        root = next((p for p in path.parents if p.name == "cgroup2"), None)
+        if root is not None and path.name == "cgroup.subtree_control" and path.parent != root:
+            procs = path.parent / "cgroup.procs"
+            if procs.is_file() and procs.read_text().split():
+                raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
+        if root is not None and path.name == "cgroup.procs":
+            for other in root.rglob("cgroup.procs"):
+                real(other, "".join(f"{pid}\n" for pid in other.read_text().split() if pid not in text.split()))
+            text = (path.read_text() if path.is_file() else "") + "".join(f"{pid}\n" for pid in text.split())
+        return real(path, text, *args, **kwargs)
+    monkeypatch.setattr(Path, "write_text", write)
+
+
 def test_a_delegated_subtree_is_usable(tmp_path):
     assert cgroupv2.why_not(fake_v2(tmp_path), SELF) == ""
 
@@ -119,8 +141,8 @@ def test_the_first_v2_mount_is_the_whole_tree_or_the_hybrid_one(tmp_path):
     assert cgroupv2.find_root((tmp_path / "none",)) is None
 
 
-def test_a_delegated_subtree_becomes_the_jobs_cgroup(tmp_path):
-    """Guardrun leaves its cgroup for a leaf, enables memory below it, makes
+def test_a_delegated_subtree_becomes_the_jobs_cgroup(tmp_path, kernel):
+    """Guardrun leaves its cgroup for a leaf (EBUSY with it inside), enables memory below it, makes
     guardrun/<job>/attempt-N with memory.max and memory.high, and records where."""
     root = fake_v2(tmp_path)
     state = tmp_path / "state" / "llava"
@@ -131,7 +153,8 @@ def test_a_delegated_subtree_becomes_the_jobs_cgroup(tmp_path):
     job = box / "guardrun" / cgroupfs.job_name("llava", state, os.getuid())
     assert (made.kind, made.job.path, made.hard_limit, made.high) == ("cgroup v2", job, int(1.1 * (1 << 30)), 1 << 30)
     assert made.reason.startswith(f"the job's own memory cgroup {job} (hard limit ")
-    assert (box / cgroupv2.LEAF / "cgroup.procs").read_text() == str(os.getpid())  # out of /box first
+    assert (box / cgroupv2.LEAF / "cgroup.procs").read_text() == f"{os.getpid()}\n"  # out of /box first
+    assert (box / "cgroup.procs").read_text() == ""
     for level in (box, box / "guardrun", job):
         assert (level / "cgroup.subtree_control").read_text() == "+memory"
     assert (state / "cgroup").read_text() == f"{job}\n"
@@ -156,47 +179,54 @@ def _remove_fake(path: Path) -> None:
             Path(directory, name).unlink()
 
 
-def test_an_enable_that_fails_moves_guardrun_back_and_falls_back_with_why(tmp_path):
+def test_other_processes_in_our_cgroup_move_guardrun_back_and_fall_back_with_why(tmp_path, kernel):
+    """A login shell's scope: the shell shares the cgroup, so the enable is EBUSY even with
+    guardrun in its leaf; guardrun goes back where it was and the job runs on /proc."""
+    root = fake_v2(tmp_path)
+    box = root / "box"
+    (box / "cgroup.procs").write_bytes(f"4242\n{os.getpid()}\n".encode())  # the shell, and guardrun
+    found = containment.prepare(make_recipe(tmp_path, BASE), tmp_path, 1 << 30, mount=tmp_path / "no-v1",
+                                root=root, self_cgroup=SELF)
+    assert found.job is None and found.kind == "procfs"
+    assert found.reason.startswith(f"cgroup v1: no cgroup v1 memory hierarchy at {tmp_path / 'no-v1'}; "
+                                   f"cgroup v2: cannot enable memory for {box}'s children: ")
+    assert "other processes share" in found.reason and "Delegate=yes" in found.reason
+    assert sorted((box / "cgroup.procs").read_text().split()) == sorted(["4242", str(os.getpid())])  # back
+    assert (box / cgroupv2.LEAF / "cgroup.procs").read_text() == ""  # (a real empty leaf is removed)
+
+
+def test_a_refusal_that_is_not_ebusy_moves_nothing(tmp_path):
     root = fake_v2(tmp_path)
     box = root / "box"
     (box / "cgroup.subtree_control").unlink()
-    (box / "cgroup.subtree_control").mkdir()  # unwritable: as a refused write is
-    (box / "cgroup.subtree_control" / "x").write_text("")
-    (box / "cgroup.controllers").write_text("memory\n")
-    recipe = make_recipe(tmp_path, BASE)
-    found = containment.prepare(recipe, tmp_path, 1 << 30, mount=tmp_path / "no-v1", root=root, self_cgroup=SELF)
-    assert found.job is None and found.kind == "procfs"
-    assert f"cgroup v2: cannot enable memory for {box}'s children" in found.reason
-    assert found.reason.startswith(f"cgroup v1: no cgroup v1 memory hierarchy at {tmp_path / 'no-v1'}")
-    assert (box / "cgroup.procs").read_text() == str(os.getpid())  # moved back
-    assert (box / cgroupv2.LEAF / "cgroup.procs").exists()  # a fake leaf keeps its file (a real one goes)
-
-
-def test_ebusy_on_the_enable_names_the_no_internal_processes_rule(tmp_path, monkeypatch):
-    root = fake_v2(tmp_path)
-    box = root / "box"
-    real_write = Path.write_text
-
-    def write(path, text, *args, **kwargs):
-        if path == box / "cgroup.subtree_control":
-            raise OSError(errno.EBUSY, os.strerror(errno.EBUSY))
-        return real_write(path, text, *args, **kwargs)
-    monkeypatch.setattr(Path, "write_text", write)
-    with pytest.raises(cgroupfs.CgroupError) as err:
+    (box / "cgroup.subtree_control").mkdir()  # a write there fails, and not with EBUSY
+    with pytest.raises(cgroupfs.CgroupError, match="children: Is a directory$"):
         cgroupv2.enter(box, root, SELF)
-    assert "other processes share" in str(err.value) and "Delegate=yes" in str(err.value)
+    assert not (box / cgroupv2.LEAF).exists()
 
 
-def test_a_process_already_in_the_leaf_stays_and_uses_its_parent(tmp_path):
+def test_guardrun_already_in_its_leaf_is_not_moved_again(tmp_path, kernel):
     root = fake_v2(tmp_path)
-    leaf = root / "box" / cgroupv2.LEAF
+    box, leaf = root / "box", root / "box" / cgroupv2.LEAF
     leaf.mkdir()
-    (leaf / "cgroup.procs").write_text("7\n")
+    (leaf / "cgroup.procs").write_bytes(b"7\n")
+    (box / "cgroup.procs").write_bytes(b"")
     inside = f"0::/box/{cgroupv2.LEAF}\n"
-    assert cgroupv2.base_dir(root, inside) == root / "box"
-    cgroupv2.enter(root / "box", root, inside, pid=7)
-    assert (leaf / "cgroup.procs").read_text() == "7\n"  # not written again
-    cgroupv2.enter(root, root, "0::/\n", pid=7)  # the root is exempt from the rule: no move
+    assert cgroupv2.base_dir(root, inside) == box
+    cgroupv2.enter(box, root, inside, pid=7)
+    assert (leaf / "cgroup.procs").read_text() == "7\n" and (box / "cgroup.subtree_control").read_text() == "+memory"
+    (box / "cgroup.subtree_control").write_bytes(b"")
+    (box / "cgroup.procs").write_bytes(b"4242\n")  # someone else came in meanwhile: no second move
+    with pytest.raises(cgroupfs.CgroupError, match="other processes share"):
+        cgroupv2.enter(box, root, inside, pid=7)
+    assert (leaf / "cgroup.procs").read_text() == "7\n"
+
+
+def test_at_the_root_nothing_moves(tmp_path, kernel):
+    root = fake_v2(tmp_path)
+    (root / "cgroup.procs").write_bytes(b"1\n7\n")
+    cgroupv2.enter(root, root, "0::/\n", pid=7)  # the real root is exempt from the rule
+    assert (root / "cgroup.subtree_control").read_text() == "+memory"
     assert not (root / cgroupv2.LEAF).exists()
 
 

@@ -129,10 +129,10 @@ def test_the_v2_job_layout_on_the_real_kernel(test_cgroup, tmp_path):
         launcher.wait(timeout=10)
 
 
-def test_a_failed_enable_moves_the_process_back_out_of_its_leaf_on_the_real_kernel(test_cgroup):
-    """enter() moves the process into <own>/guardrun-supervisor first; this mount has no
-    memory controller, so `+memory` is refused: it must be back in its own cgroup, and the
-    leaf gone, with the kernel's reason said."""
+def test_a_refused_enable_leaves_the_process_where_it_was_on_the_real_kernel(test_cgroup):
+    """This mount has no memory controller, so the kernel refuses `+memory` (not with EBUSY:
+    no move into the leaf helps): the process stays in its own cgroup, no leaf is made, and
+    the kernel's reason is said."""
     sleeper = proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=None, cwd=None,
                          stdout=subprocess.DEVNULL, stderr=None, join=os.fsencode(test_cgroup / "cgroup.procs"))
     try:
