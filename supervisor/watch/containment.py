@@ -129,7 +129,8 @@ def prepare(recipe: Recipe, job_dir: Path, total: int, mount: Path = cgroupv1.V1
     mode = getattr(recipe, "containment", "auto")
     if mode == "off":
         return Containment(None, "procfs", "containment: off in the recipe")
-    limit, high = hard_limit(recipe, total), high_limit(recipe, total)
+    limit = hard_limit(recipe, total)
+    high = high_limit(recipe, total) if limit else None  # hard_memory: off: the kernel steps in nowhere
     sources = (("cgroup v1", lambda: cgroupv1.why_not(mount, self_cgroup),
                 lambda: cgroupv1.JobCgroup.create(recipe.name, job_dir, mount=mount, self_cgroup=self_cgroup)),
                ("cgroup v2", lambda: cgroupv2.why_not(root, self_cgroup),

@@ -179,6 +179,18 @@ def _remove_fake(path: Path) -> None:
             Path(directory, name).unlink()
 
 
+def test_hard_memory_off_sets_neither_memory_max_nor_memory_high(tmp_path, kernel):
+    root = fake_v2(tmp_path)
+    recipe = make_recipe(tmp_path, BASE + "limits: {host_memory: 1GiB, hard_memory: 'off'}\n")
+    made = containment.prepare(recipe, tmp_path, 8 << 30, mount=tmp_path / "no-v1", root=root, self_cgroup=SELF)
+    assert (made.kind, made.hard_limit, made.high) == ("cgroup v2", None, None)
+    assert made.reason.endswith("(no hard limit)")
+    group = made.attempt(1, lambda text: None, lambda name, **fields: None)
+    assert not (group.path / "memory.max").exists() and not (group.path / "memory.high").exists()
+    _remove_fake(root / "box" / "guardrun")
+    made.finish(lambda name, **fields: None)
+
+
 def test_other_processes_in_our_cgroup_move_guardrun_back_and_fall_back_with_why(tmp_path, kernel):
     """A login shell's scope: the shell shares the cgroup, so the enable is EBUSY even with
     guardrun in its leaf; guardrun goes back where it was and the job runs on /proc."""
