@@ -71,7 +71,6 @@ class Group(_Group):
     own memory; memory.oom_control counts the kernel's kills in it."""
 
     STAT_KEYS = (b"\ntotal_rss ", b"\ntotal_shmem ")
-    OOM_COUNTER = "memory.oom_control oom_kill"
 
     def oom_kills(self) -> int:
         try:

@@ -147,7 +147,6 @@ class Group(cgroupfs.Group):
     memory.events counts the kernel's OOM kills in it and below it."""
 
     STAT_KEYS = (b"\nanon ", b"\nshmem ")
-    OOM_COUNTER = "memory.events oom_kill"
 
     def oom_kills(self) -> int:
         try:
