@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
+from ..core import events
+
 LOCK = "lock"
 #: Programs of a build: ninja and what it runs for torch's C++/CUDA extensions.
 COMPILERS = frozenset({"cc1plus", "cc1", "cc", "c++", "g++", "gcc", "clang", "clang++", "ninja",
@@ -166,9 +168,9 @@ def clear_build_locks(root: Path, builds: Iterable[Build], since: float, emit: C
         why = _unlink_own_lock(root, folder, since)
         if why == "":
             removed.append(path)
-            emit("extension_lock.cleared", attempt=attempt, path=str(path))
+            emit(events.EXTENSION_LOCK_CLEARED, attempt=attempt, path=str(path))
         elif why != "gone":
-            emit("extension_lock.kept", attempt=attempt, path=str(path), why=why)
+            emit(events.EXTENSION_LOCK_KEPT, attempt=attempt, path=str(path), why=why)
     return removed
 
 

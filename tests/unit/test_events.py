@@ -20,9 +20,7 @@ EMITTERS = {"emit", "_attempt_event"}
 
 #: Files that still spell event names out; their owners convert them (issue 14 §5).
 #: Shrink it as they do: a file listed here with nothing left to convert fails the test.
-NOT_CONVERTED = {
-    "supervisor/run/extlocks.py",                                                     # no owner named
-}
+NOT_CONVERTED: set[str] = set()
 
 #: Strings equal to an event name that stand for something else: `backoff` is also a state
 #: (core.states), which the CLI spells when it reads state.json.
