@@ -47,7 +47,7 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.fixture
-def test_cgroup():
+def own_cgroup():
     """A fresh v2 cgroup of this test's own (V2_TEST_PREFIX: conftest checks none is left)."""
     path = BASE / f"{V2_TEST_PREFIX}{uuid.uuid4().hex[:8]}"
     path.mkdir()
@@ -72,24 +72,24 @@ def _escaping_tree(group: Path, tmp_path: Path) -> tuple[subprocess.Popen, int]:
 
 
 @pytest.mark.parametrize("way", ["cgroup.kill", "members"])
-def test_an_escaped_tree_in_a_v2_cgroup_is_killed_completely_and_the_cgroup_removed(way, test_cgroup, tmp_path):
-    launcher, worker = _escaping_tree(test_cgroup, tmp_path)
-    group = cgroupv2.Group(test_cgroup)
+def test_an_escaped_tree_in_a_v2_cgroup_is_killed_completely_and_the_cgroup_removed(way, own_cgroup, tmp_path):
+    launcher, worker = _escaping_tree(own_cgroup, tmp_path)
+    group = cgroupv2.Group(own_cgroup)
     try:
         assert sorted(group.procs()) == sorted([launcher.pid, worker])
-        assert cgroupfs.parse_keyed((test_cgroup / "cgroup.events").read_text())["populated"] == 1
+        assert cgroupfs.parse_keyed((own_cgroup / "cgroup.events").read_text())["populated"] == 1
         if way == "cgroup.kill":
-            if not (test_cgroup / "cgroup.kill").is_file():
+            if not (own_cgroup / "cgroup.kill").is_file():
                 pytest.skip("no cgroup.kill on this kernel (Linux < 5.14)")
             assert group.kill() == "cgroup.kill"
         else:  # what a kernel without cgroup.kill gets
             assert cgroupfs.Group.kill(group) == "SIGKILL each member of cgroup.procs until none was left"
         assert launcher.wait(timeout=10) == -9
         assert not _alive(worker) and group.procs() == []
-        wait_until(lambda: cgroupfs.parse_keyed((test_cgroup / "cgroup.events").read_text())["populated"] == 0,
+        wait_until(lambda: cgroupfs.parse_keyed((own_cgroup / "cgroup.events").read_text())["populated"] == 0,
                    timeout=5, what="cgroup.events populated 0")
         assert group.remove() == []
-        assert not test_cgroup.exists()
+        assert not own_cgroup.exists()
     finally:
         for pid in (launcher.pid, worker):
             if _alive(pid):
@@ -105,12 +105,12 @@ class _NoMemory(cgroupv2.JobCgroup):
         return None
 
 
-def test_the_v2_job_layout_on_the_real_kernel(test_cgroup, tmp_path):
+def test_the_v2_job_layout_on_the_real_kernel(own_cgroup, tmp_path):
     """guardrun/<job>/attempt-N made by mkdir on cgroup2, the attempt joined, the record
     written; remove() takes all of it and the record, and leaves the parent alone."""
     state = tmp_path / "state" / "job"
     state.mkdir(parents=True)
-    job = _NoMemory.make(test_cgroup / cgroupfs.MARK_DIR / cgroupfs.job_name("job", state, os.getuid()), state)
+    job = _NoMemory.make(own_cgroup / cgroupfs.MARK_DIR / cgroupfs.job_name("job", state, os.getuid()), state)
     attempt = job.attempt(1, None)
     assert (attempt.path / "cgroup.procs").is_file()  # a real cgroup: the kernel made its files
     assert cgroupfs.recorded("job", state, os.getuid()) == job.path
@@ -120,7 +120,7 @@ def test_the_v2_job_layout_on_the_real_kernel(test_cgroup, tmp_path):
         attempt.kill()
         launcher.wait(timeout=10)
         assert job.remove() == []
-        assert not (test_cgroup / cgroupfs.MARK_DIR).exists() and test_cgroup.is_dir()
+        assert not (own_cgroup / cgroupfs.MARK_DIR).exists() and own_cgroup.is_dir()
         assert not (state / cgroupfs.RECORD).exists()
     finally:
         for pid in (launcher.pid, worker):
@@ -129,22 +129,22 @@ def test_the_v2_job_layout_on_the_real_kernel(test_cgroup, tmp_path):
         launcher.wait(timeout=10)
 
 
-def test_a_refused_enable_leaves_the_process_where_it_was_on_the_real_kernel(test_cgroup):
+def test_a_refused_enable_leaves_the_process_where_it_was_on_the_real_kernel(own_cgroup):
     """This mount has no memory controller, so the kernel refuses `+memory` (not with EBUSY:
     no move into the leaf helps): the process stays in its own cgroup, no leaf is made, and
     the kernel's reason is said."""
     sleeper = proc.spawn([sys.executable, "-c", "import time; time.sleep(60)"], env=None, cwd=None,
-                         stdout=subprocess.DEVNULL, stderr=None, join=os.fsencode(test_cgroup / "cgroup.procs"))
+                         stdout=subprocess.DEVNULL, stderr=None, join=os.fsencode(own_cgroup / "cgroup.procs"))
     try:
         root = cgroupv2.find_root()
         self_cgroup = Path(f"/proc/{sleeper.pid}/cgroup").read_text()
-        assert cgroupv2.base_dir(root, self_cgroup) == test_cgroup
+        assert cgroupv2.base_dir(root, self_cgroup) == own_cgroup
         with pytest.raises(cgroupfs.CgroupError) as err:
-            cgroupv2.enter(test_cgroup, root, self_cgroup, pid=sleeper.pid)
-        assert str(err.value).startswith(f"cannot enable memory for {test_cgroup}'s children: ")
+            cgroupv2.enter(own_cgroup, root, self_cgroup, pid=sleeper.pid)
+        assert str(err.value).startswith(f"cannot enable memory for {own_cgroup}'s children: ")
         assert cgroupv2.parse_self_cgroup(Path(f"/proc/{sleeper.pid}/cgroup").read_text()) == \
-            "/" + str(test_cgroup.relative_to(root))
-        assert not (test_cgroup / cgroupv2.LEAF).exists()
+            "/" + str(own_cgroup.relative_to(root))
+        assert not (own_cgroup / cgroupv2.LEAF).exists()
     finally:
         sleeper.kill()
         sleeper.wait(timeout=10)
