@@ -180,6 +180,10 @@ def cgroup_check(machine: Machine) -> Check:
     if not cgroupv1.why_not(root / "memory", self_cgroup):
         return Check(OK, "cgroup", "cgroup v1 memory controller writable: each job runs in a memory "
                                    "cgroup of its own (containment: auto), sampled in one read")
+    v2_root = cgroup.find_root((root, root / "unified"))
+    if v2_root is not None and not cgroup.why_not(v2_root, self_cgroup):
+        return Check(OK, "cgroup", "cgroup v2 with the memory controller delegated to guardrun's own "
+                                   "cgroup: each job runs in a memory cgroup of its own (containment: auto)")
     found = cgroup.detect(root, self_cgroup, machine.env, machine.uid, machine.which)
     if found.cgroup_ok:
         return Check(OK, "cgroup", "cgroup v2, memory controller delegated to your user manager")

@@ -157,3 +157,17 @@ def test_a_writable_cgroup_v1_memory_hierarchy_is_containment(tmp_path):
     got = lines(doctor.run(found, None, lambda: None, lambda: None))
     assert got["cgroup"][:2] == (OK, "cgroup v1 memory controller writable: each job runs in a memory "
                                      "cgroup of its own (containment: auto), sampled in one read")
+
+
+def test_a_delegated_cgroup_v2_subtree_is_containment(tmp_path):
+    found = machine(tmp_path, v2=True, manager=False, linger=False, tools=())
+    (found.proc / "self" / "cgroup").write_text("0::/system.slice/guardrun@demo.service\n")
+    unit = found.cgroup_root / "system.slice" / "guardrun@demo.service"
+    unit.mkdir(parents=True)
+    (unit / "cgroup.controllers").write_text("cpu memory pids\n")
+    (unit / "cgroup.subtree_control").write_text("")
+    got = lines(doctor.run(found, None, lambda: None, lambda: None))
+    assert got["cgroup"][0] == OK and "delegated to guardrun's own cgroup" in got["cgroup"][1]
+    (unit / "cgroup.controllers").write_text("cpu pids\n")  # Delegate= without memory
+    got = lines(doctor.run(found, None, lambda: None, lambda: None))
+    assert got["cgroup"][0] == WARN
