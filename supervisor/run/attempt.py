@@ -1,4 +1,4 @@
-"""One attempt: spawn the launch, watch it every interval, stop it when told, classify its end.
+"""One attempt: spawn the launch, look at it when asked, stop it when told, classify its end.
 
 The watch loop measures (memory, output progress) and hands the numbers to the pure
 policy; it acts only on the policy's verdict or on a recorded signal.
@@ -70,10 +70,8 @@ class Watch:
     console: Console
     requests: Requests
     limits: MemoryLimits
-    interval: float
     grace: float
     emit: Callable[..., None]
-    status: Callable[[Progress, MemoryReading | None], str]
     checkpoints: CheckpointFollower | None = None  # follows the checkpoint folder, if the recipe has one
     gpu: GpuMonitor | None = None  # samples VRAM each interval, where there are GPUs
     diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
@@ -93,6 +91,16 @@ class Watched:
 
 
 @dataclass(frozen=True)
+class Look:
+    """One look at a running attempt: its progress and memory (None: it had ended, or a
+    stop was asked for, before they were measured), and how the watch ended, if it did."""
+
+    progress: Progress | None = None
+    reading: MemoryReading | None = None
+    ended: Watched | None = None
+
+
+@dataclass(frozen=True)
 class Ended:
     """An attempt's end as the policy classifies it, and the memory peaks it reached."""
 
@@ -102,7 +110,7 @@ class Ended:
 
 class Attempt:
     """One launch, in the phases the loop moves the job's state between: spawn (then
-    RUNNING), watch, stop (STOPPING while the launcher still runs) and its end."""
+    RUNNING), a look every interval, stop (STOPPING while the launcher still runs), its end."""
 
     def __init__(self, spec: LaunchSpec, number: int, attempt_dir: Path, watch: Watch):
         self.spec, self.number, self.dir, self.watch = spec, number, attempt_dir, watch
@@ -134,12 +142,13 @@ class Attempt:
                                    rank_logs=diagnosis.rank_logs if diagnosis else None,
                                    max_log=watch.log_max_size, space=watch.space).start()
         self.tree = watch.processes.tree()
+        self.trail = MemoryTrail(number, watch.emit)
         return self.popen.pid
 
-    def watch_until_done(self) -> Watched:
-        """Poll until the launcher exits, a stop is requested, or a failure is found."""
-        return _watch(self.popen, self.tree, self.reader, self.peaks, self.watch,
-                      MemoryTrail(self.number, self.watch.emit))
+    def look(self) -> Look:
+        """One look at the attempt (the loop's, every monitor interval): how it ended, if it
+        did or must be stopped, and what was measured while it runs."""
+        return _look(self.popen, self.tree, self.reader, self.peaks, self.watch, self.trail)
 
     @property
     def running(self) -> bool:
@@ -214,32 +223,31 @@ def _kernel_oom(group: Group | None, watch: Watch) -> str:
             f"(memory.oom_control oom_kill)")
 
 
-def _watch(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watch: Watch,
-           trail: MemoryTrail) -> Watched:
-    """Poll until the launcher exits, a stop is requested, or memory crosses a limit."""
-    while True:
-        if popen.poll() is not None:
-            return Watched()
-        if watch.requests.stop:
-            return Watched(interrupted=True)
-        if watch.checkpoints is not None:
-            watch.checkpoints.poll()
-        if watch.diagnosis is not None:
-            found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
-            if found is not None:
-                watch.emit(events.DIAGNOSIS_STOP, kind=str(found.kind), evidence=found.evidence, step=found.step)
-                return Watched(stopped_for=found)
-        reading = _measure(popen.pid, watch)
-        peaks.update(reading)
-        verdict = judge(reading, watch.limits, watch.gpu.sample() if watch.gpu is not None else None)
-        watch.console.status(watch.status(reader.progress(), reading), watch.clock.monotonic())
-        trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
-        if verdict.stop:
-            watch.emit(events.LIMIT_BREACHED, kind=str(verdict.failure.kind),
-                       evidence=verdict.failure.evidence, tree=reading.tree_fast,
-                       pss=reading.tree_pss, available=reading.available)
-            return Watched(stopped_for=verdict.failure)
-        watch.clock.sleep(watch.interval)
+def _look(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watch: Watch,
+          trail: MemoryTrail) -> Look:
+    """One look: has the launcher exited, is a stop requested, did a diagnosis or memory
+    find a failure; memory measured (and judged) while it runs."""
+    if popen.poll() is not None:
+        return Look(ended=Watched())
+    if watch.requests.stop:
+        return Look(ended=Watched(interrupted=True))
+    if watch.checkpoints is not None:
+        watch.checkpoints.poll()
+    if watch.diagnosis is not None:
+        found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
+        if found is not None:
+            watch.emit(events.DIAGNOSIS_STOP, kind=str(found.kind), evidence=found.evidence, step=found.step)
+            return Look(ended=Watched(stopped_for=found))
+    reading = _measure(popen.pid, watch)
+    peaks.update(reading)
+    verdict = judge(reading, watch.limits, watch.gpu.sample() if watch.gpu is not None else None)
+    trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
+    if not verdict.stop:
+        return Look(reader.progress(), reading)
+    watch.emit(events.LIMIT_BREACHED, kind=str(verdict.failure.kind),
+               evidence=verdict.failure.evidence, tree=reading.tree_fast,
+               pss=reading.tree_pss, available=reading.available)
+    return Look(reader.progress(), reading, Watched(stopped_for=verdict.failure))
 
 
 def _incomplete(seen: Seen | None) -> str | None:

@@ -26,7 +26,7 @@ from guardrun.launcher.units import format_elapsed
 
 from ..core import signals
 from ..core import events, exits
-from .attempt import Attempt, Ended, SpawnError, Watch, describe_reading
+from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from ..core.clock import Clock
 from ..record.console import Console
 from ..watch.containment import Containment, ContainmentRequired
@@ -217,11 +217,18 @@ class Supervisor:
                      log_dir=attempt_dir)
         self._announce(number, plan, resume)
         started = self.clock.monotonic()
-        watch = self._watch_for(number, plan, limits, attempt_dir, started)
-        ended = self._run_attempt(Attempt(spec, number, attempt_dir, watch))
-        end, peaks = ended.end, ended.peaks
+        watch = self._watch_for(number, plan, limits, attempt_dir)
+        ended = self._run_attempt(Attempt(spec, number, attempt_dir, watch), lambda progress, reading: (
+            self._status(number, plan, started, progress, reading, limits, watch.checkpoints)))
         if self.gpu is not None:
             self.gpu.attempt_ended()
+        return self._classify(number, plan, ended, failures, attempt_dir, started)
+
+    def _classify(self, number: int, plan: Plan, ended: Ended, failures: list[Failure],
+                  attempt_dir: Path, started: float) -> Failure | None:
+        """The attempt's end as the policy names it (None: success), said in the journal,
+        state.json and on the console."""
+        end, peaks = ended.end, ended.peaks
         failure = classify(end, failures, startup_window=self.recipe.startup_window)
         if failure is not None:  # issue 13 §6: ranks the tool really ran, for the ladder's gpus rungs
             failure = dataclasses.replace(failure, ranks_seen=ranks_in_file(attempt_dir / "output.log"))
@@ -248,17 +255,13 @@ class Supervisor:
             self.console.say(line)
         return failure
 
-    def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path,
-                   started: float) -> Watch:
+    def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path) -> Watch:
         """What attempt `number` is watched with; every fact of it is journaled with `attempt`."""
         emit = _with_attempt(self.journal.emit, number)
         follower = self._follower(emit)
         self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
         return Watch(clock=self.clock, memory=self.memory, console=self.console,
-                     requests=self.requests, limits=limits, interval=self.recipe.monitor.interval,
-                     grace=self.recipe.stop_grace, emit=emit,
-                     status=lambda progress, reading: self._status(number, plan, started,
-                                                                   progress, reading, limits, follower),
+                     requests=self.requests, limits=limits, grace=self.recipe.stop_grace, emit=emit,
                      checkpoints=follower, gpu=self._vram,
                      space=self.journal.space, log_max_size=self.recipe.logs.max_size,
                      containment=self.containment, processes=self.processes,
@@ -266,18 +269,29 @@ class Supervisor:
                          self.recipe, attempt_dir, clock=self.clock, emit=emit, say=self.console.say,
                          checkpoint_activity=lambda: follower.last_activity if follower else None))
 
-    def _run_attempt(self, attempt: Attempt) -> Ended:
-        """Spawn (RUNNING), watch, stop (STOPPING while it still runs): the attempt's end.
-        The launcher goes to state.json as (pid, start time), so the next run can find one
-        a SIGKILLed supervisor left (supervisor.watch.leftovers)."""
+    def _run_attempt(self, attempt: Attempt, status: Callable[[Progress, MemoryReading], str]) -> Ended:
+        """Spawn (RUNNING), look every interval, stop (STOPPING while it still runs): the
+        attempt's end. The launcher goes to state.json as (pid, start time), so the next run
+        can find one a SIGKILLed supervisor left (supervisor.watch.leftovers); each look
+        that measured is the status line."""
         pid = attempt.spawn()
         self._snapshot.update(launcher_pid=pid, launcher_start=process_start_time(pid))
         self._move(State.RUNNING)
-        watched = attempt.watch_until_done()
+        watched = self._watch(attempt, status)
         running = attempt.running
         if running:
             self._move(State.STOPPING)
         return attempt.stop(watched, running)
+
+    def _watch(self, attempt: Attempt, status: Callable[[Progress, MemoryReading], str]) -> Watched:
+        """Look at the attempt every monitor interval until it ends or must be stopped."""
+        while True:
+            look = attempt.look()
+            if look.reading is not None:  # also the look that found a limit crossed: its figures
+                self.console.status(status(look.progress, look.reading), self.clock.monotonic())
+            if look.ended is not None:
+                return look.ended
+            self.clock.sleep(self.recipe.monitor.interval)
 
     # -- pieces --------------------------------------------------------------------------
     def _limits(self) -> MemoryLimits:
