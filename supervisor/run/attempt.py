@@ -1,7 +1,8 @@
 """One attempt: spawn the launch, look at it when asked, stop it when told, classify its end.
 
-The watch loop measures (memory, output progress) and hands the numbers to the pure
-policy; it acts only on the policy's verdict or on a recorded signal.
+Each look measures (memory, output progress) and hands the numbers to the pure policy;
+the loop (run.loop) stops the attempt only on the policy's verdict or a recorded signal.
+Processes are reached only through the seam (watch.seams.ProcessOps).
 """
 from __future__ import annotations
 
