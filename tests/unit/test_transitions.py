@@ -123,6 +123,15 @@ def test_stopping_to_backoff_after_sigkill_when_sigterm_is_ignored(tmp_path, sta
     assert stopped["killed"] == [FAKE_PID] and stopped["took"] >= 10.0  # the whole grace, on the fake clock
 
 
+def test_stopping_to_finished_when_it_hung_after_reaching_its_target(tmp_path, state_dir):
+    run = supervise(tmp_path, Launch(output="step 30/30\n", runs_for=None), extra="limits: {hang_after: 30s}\n")
+    assert run.code == 0
+    assert run.states == ["running", "stopping", "finished"]  # a success: not relaunched
+    assert ("warning: the job reached its target (step 30/30), then hung in teardown (no output and no "
+            "checkpoint activity for 30s (hang_after 30s)) and was stopped: not relaunched") in run.console
+    assert len(run.processes.spawned) == 1
+
+
 def test_backoff_to_gave_up_when_no_lighter_rung_is_left(tmp_path, state_dir):
     run = supervise(tmp_path, Launch(runs_for=None), extra="limits: {host_memory: 4GiB}\n",
                     readings=[OVER])
