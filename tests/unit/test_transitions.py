@@ -61,10 +61,10 @@ class Run:
         return [e["event"].removeprefix("guardrun.") for e in self.events]
 
 
-def supervise(tmp_path, *launches: Launch, extra: str = "", restarts: int = 3, readings=(CALM,),
-              clock=None, requests=None, gpus=None, console=None, listen=None) -> Run:
+def supervise(tmp_path, *launches: Launch, extra: str = "", restarts: int = 3, backoff: str = "0s, 0s",
+              readings=(CALM,), clock=None, requests=None, gpus=None, console=None, listen=None) -> Run:
     clock = clock or FakeClock()
-    recipe = make_recipe(tmp_path, RECIPE + extra + f"restarts: {{max: {restarts}, backoff: [0s, 0s]}}\n")
+    recipe = make_recipe(tmp_path, RECIPE + extra + f"restarts: {{max: {restarts}, backoff: [{backoff}]}}\n")
     processes = FakeProcesses(clock, *launches)
     out = io.StringIO()
     journal = Journal(recipe.name)
@@ -141,10 +141,13 @@ def test_backoff_to_gave_up_when_no_lighter_rung_is_left(tmp_path, state_dir):
     assert "giving up: " in run.console
 
 
+#: A transient failure after some training: the same rung again, after the backoff.
+CRASH = Launch(output="{'loss': 0.9, 'epoch': 0.1}\nRuntimeError: NCCL error: unhandled system error\n",
+               code=1, runs_for=2.0)
+
+
 def test_running_to_gave_up_when_restarts_used_up(tmp_path, state_dir):
-    crash = Launch(output="{'loss': 0.9, 'epoch': 0.1}\nRuntimeError: NCCL error: unhandled system error\n",
-                   code=1, runs_for=2.0)  # it trained a little: not the same error twice at startup
-    run = supervise(tmp_path, crash, crash, restarts=1)
+    run = supervise(tmp_path, CRASH, CRASH, restarts=1)
     assert run.code == 1
     assert run.states == ["running", "backoff", "starting", "running", "gave_up"]
     assert run.state["gave_up"] == "restarts used up (1)"
@@ -171,6 +174,16 @@ def test_stopping_to_interrupted_kills_at_once_on_a_second_interrupt(tmp_path, s
     assert run.code == 130 and run.states == ["running", "stopping", "interrupted"]
     assert "killing attempt 1" in run.console
     assert run.processes.spawned[0].signals == [signal.SIGKILL]  # no grace, no SIGTERM
+
+
+def test_backoff_to_interrupted_on_a_stop_during_the_wait(tmp_path, state_dir):
+    clock, requests = FakeClock(), Requests()
+    clock.at(4.0, lambda: requests.ask_stop("SIGTERM"))  # 2 s into the 5 s backoff
+    run = supervise(tmp_path, CRASH, backoff="5s, 5s", clock=clock, requests=requests)
+    assert run.code == 130 and run.states == ["running", "backoff", "interrupted"]
+    assert "same configuration again: waiting 5s before the next attempt" in run.console
+    assert "interrupted during backoff" in run.console
+    assert len(run.processes.spawned) == 1
 
 
 def test_starting_to_interrupted_on_a_stop_before_the_first_attempt(tmp_path, state_dir):
