@@ -24,8 +24,7 @@ from guardrun.launcher.plan import Plan
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
-from ..core import signals
-from ..core import events, exits
+from ..core import events, exits, signals
 from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from ..core.clock import Clock
 from ..record.console import Console
