@@ -19,7 +19,7 @@ from guardrun.launcher.command import LaunchSpec
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
 
-from ..watch.cgroupv1 import Group
+from ..watch.cgroupfs import Group
 from ..core.clock import Clock
 from ..core import events
 from ..record.console import Console
