@@ -44,7 +44,17 @@ import yaml
 from yaml.nodes import Node
 
 from .spec import AccelerateCfg
-from .yamlnodes import Ctx, Field, integer, items, kind_of, pairs, read_fields, scalar, text
+from .yamlnodes import (
+    Ctx,
+    Field,
+    integer,
+    items,
+    kind_of,
+    pairs,
+    read_fields,
+    scalar,
+    text,
+)
 
 #: `--tee 3`: both streams of every rank into its own file under `--log_dir`, and still shown
 #: (torchrun's `--redirects 3 --tee 3`; accelerate has no `--redirects`, and needs none: measured).

@@ -19,8 +19,8 @@ import shutil
 from pathlib import Path
 from typing import Mapping
 
-from .spec import Recipe
 from .overrides import problem_at
+from .spec import Recipe
 
 
 def program(recipe: Recipe) -> tuple[str, str]:

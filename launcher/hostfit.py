@@ -9,9 +9,9 @@ so only absolute sizes can be too large.
 """
 from __future__ import annotations
 
+from .overrides import problem_at
 from .spec import Recipe
 from .units import format_bytes
-from .overrides import problem_at
 
 
 def limits_problem(recipe: Recipe, total: int) -> str:

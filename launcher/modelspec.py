@@ -13,8 +13,20 @@ import re
 from yaml.nodes import Node
 
 from .spec import Model
-from .yamlnodes import (Ctx, Field, boolean, choice, integer, items, kind_of, number, pairs,
-                        read_fields, scalar, text)
+from .yamlnodes import (
+    Ctx,
+    Field,
+    boolean,
+    choice,
+    integer,
+    items,
+    kind_of,
+    number,
+    pairs,
+    read_fields,
+    scalar,
+    text,
+)
 
 PRECISIONS = ("bf16", "fp16", "fp32")
 TRAINABLE = ("full", "lora")

@@ -20,11 +20,43 @@ from . import accelerate, dsconfig, modelspec
 from .overrides import apply as apply_overrides
 from .overrides import parse as parse_overrides
 from .rungs import HF_RUNG_FLAGS, read_ladder
-from .spec import (WORLD_SIZE_POLICIES, Batch, Checkpoints, DeepSpeedCfg, LearningRate, Limits, Logs, Monitor,
-                   ProgressPatterns, Recipe, Restarts, Rung, SuccessEvidence)
-from .yamlnodes import (Converter, Ctx, Field, RecipeError, choice, compose, duration, env_pairs,
-                        integer, items, kind_of, mapping_args, number, optional, pairs, read_fields,
-                        scalar, size, size_bytes, text)
+from .spec import (
+    WORLD_SIZE_POLICIES,
+    Batch,
+    Checkpoints,
+    DeepSpeedCfg,
+    LearningRate,
+    Limits,
+    Logs,
+    Monitor,
+    ProgressPatterns,
+    Recipe,
+    Restarts,
+    Rung,
+    SuccessEvidence,
+)
+from .yamlnodes import (
+    Converter,
+    Ctx,
+    Field,
+    RecipeError,
+    choice,
+    compose,
+    duration,
+    env_pairs,
+    integer,
+    items,
+    kind_of,
+    mapping_args,
+    number,
+    optional,
+    pairs,
+    read_fields,
+    scalar,
+    size,
+    size_bytes,
+    text,
+)
 
 __all__ = ["RecipeError", "load_recipe"]  # the types are in spec.py
 

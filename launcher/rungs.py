@@ -6,13 +6,26 @@ checks what the user wrote.
 from __future__ import annotations
 
 import difflib
+
 from yaml.nodes import Node
 
 from .failures import RUNG_KINDS, Kind
 from .spec import RUNG_CHANGES, Rung
 from .units import is_number
-from .yamlnodes import (Ctx, Field, boolean, env_pairs, integer, items, kind_of, line_of, mapping_args,
-                        number, read_fields, scalar)
+from .yamlnodes import (
+    Ctx,
+    Field,
+    boolean,
+    env_pairs,
+    integer,
+    items,
+    kind_of,
+    line_of,
+    mapping_args,
+    number,
+    read_fields,
+    scalar,
+)
 
 #: The kinds a rung may answer, in the order DESIGN.md lists them (for messages).
 RUNG_KIND_NAMES = tuple(kind.value for kind in Kind if kind in RUNG_KINDS)

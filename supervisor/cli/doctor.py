@@ -18,9 +18,11 @@ from typing import Callable, Iterable, Mapping
 
 from guardrun.launcher.units import format_bytes
 
-from ..watch import cgroupv1, cgroupv2 as cgroup
-from ..watch.gpu import GpuError, GpuSource, QueryChoice, driver_version as nvml_driver_version, open_gpu_source
 from ..diagnose.stacks import find_py_spy
+from ..watch import cgroupv1
+from ..watch import cgroupv2 as cgroup
+from ..watch.gpu import GpuError, GpuSource, QueryChoice, open_gpu_source
+from ..watch.gpu import driver_version as nvml_driver_version
 
 OK, WARN, FAIL = "OK", "WARN", "FAIL"
 

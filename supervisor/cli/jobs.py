@@ -13,8 +13,8 @@ one `guardrun: warning:` line on stderr, and the command answers with the rest (
 from __future__ import annotations
 
 import json
-import shlex
 import os
+import shlex
 import signal
 import sys
 import time
@@ -23,18 +23,23 @@ from typing import Callable
 
 import click
 from click.shell_completion import CompletionItem
-
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.units import parse_duration
 
-from ..unattended import control, daemon, lock, tmux
-from . import jobview, logview, recipeargs
-from ..core.exits import FAILED, NOT_RUNNING, UNKNOWN_JOB, USAGE, fail
 from ..core.clock import MonotonicClock
-from ..record.journal import StateDirError, ensure_private_dir, job_dir, read_state, state_root
-from ..watch.memory import ProcfsMemory
+from ..core.exits import FAILED, NOT_RUNNING, UNKNOWN_JOB, USAGE, fail
+from ..record.journal import (
+    StateDirError,
+    ensure_private_dir,
+    job_dir,
+    read_state,
+    state_root,
+)
 from ..record.statedir import warn
+from ..unattended import control, daemon, lock, tmux
+from ..watch.memory import ProcfsMemory
+from . import jobview, logview, recipeargs
 
 #: How often `stop` looks whether the supervisor has let go of the job's lock.
 STOP_POLL = 0.02

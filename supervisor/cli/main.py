@@ -22,20 +22,19 @@ import re  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import click  # noqa: E402
-
 from guardrun.launcher import checkpoints as ckpts
 from guardrun.launcher.recipe import RecipeError
 from guardrun.launcher.units import parse_size
 
-from . import doctor as doctor_checks
-from . import jobview, planjson, planview, recipeargs
 from ..core.exits import USAGE, fail
 from ..diagnose.rootcause import root_cause_lines
-from ..report import build as reporting
 from ..record.journal import Journal, StateDirError
-from . import jobs as unattended
-from ..unattended.jobrun import JobRun
+from ..report import build as reporting
 from ..run.loop import Options, Supervisor
+from ..unattended.jobrun import JobRun
+from . import doctor as doctor_checks
+from . import jobs as unattended
+from . import jobview, planjson, planview, recipeargs
 
 
 class DefaultRunGroup(click.Group):

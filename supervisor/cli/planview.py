@@ -22,8 +22,16 @@ from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
 from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.launchdiff import changes, fingerprint
 from guardrun.launcher.plan import SWITCHES, Plan
-from guardrun.launcher.preflight import (Fit, Known, Resources, first_fitting, fits, gather, workload,
-                                         zero_settings)
+from guardrun.launcher.preflight import (
+    Fit,
+    Known,
+    Resources,
+    first_fitting,
+    fits,
+    gather,
+    workload,
+    zero_settings,
+)
 from guardrun.launcher.recipe import load_recipe
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.trainer import trainer
@@ -32,6 +40,7 @@ from guardrun.launcher.units import format_bytes
 from ..watch.fitcheck import describe_resources, measure
 from ..watch.gpu import GpuSource, open_gpu_source
 from ..watch.memory import ProcfsMemory
+
 
 @dataclass(frozen=True)
 class View:

@@ -10,12 +10,12 @@ import os
 from typing import Sequence
 
 import click
-
 from guardrun.launcher.overrides import is_override, located
 from guardrun.launcher.recipe import RecipeError, load_recipe
 from guardrun.launcher.spec import Recipe
 
 from ..core.exits import USAGE, fail
+
 
 class _Words(click.Argument):
     def get_error_hint(self, ctx) -> str:

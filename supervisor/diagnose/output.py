@@ -24,13 +24,13 @@ from typing import IO, Generic, TypeVar
 
 from ..record.attemptlog import AttemptLog
 from ..record.console import Console
+from ..record.spacewatch import SpaceWatch
 from .lines import iter_pieces, strip_ansi
 from .logs import Event
 from .patterns import Patterns
 from .ranklogs import RankLogs
 from .rootcause import Trace, TraceTracker
 from .sentinel import NanState, NanTracker
-from ..record.spacewatch import SpaceWatch
 
 #: Seconds a streaming log may stay unflushed (the watch loop flushes a quiet one).
 FLUSH_EVERY = 0.1

@@ -13,9 +13,9 @@ from typing import Callable, Sequence
 
 from guardrun.launcher.failures import Failure, Kind
 
-from . import stacks
 from ..core import events
 from ..core.clock import Clock
+from . import stacks
 from .logs import Event, split_rank
 
 

@@ -28,7 +28,14 @@ import structlog
 from ..core import events
 from .journalread import Skipped, history, read_events, read_state
 from .spacewatch import SpaceWatch, reserve, unreserve, write_all
-from .statedir import StateDirError, open_dir, open_file, open_private_dir, replace_file, set_aside_wrong_types
+from .statedir import (
+    StateDirError,
+    open_dir,
+    open_file,
+    open_private_dir,
+    replace_file,
+    set_aside_wrong_types,
+)
 
 __all__ = ["Journal", "Skipped", "StateDirError", "ensure_private_dir", "history", "job_dir",
            "read_events", "read_state", "state_root"]

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..record.journal import Skipped, job_dir, read_events
-from .data import build
 from ..record.statedir import FILE_MODE, warn
+from .data import build
 from .html import page
 
 INSTALL_HINT = "pip install 'guardrun[plot]'"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 from html import escape
 
-from guardrun.launcher.units import format_duration, format_bytes
+from guardrun.launcher.units import format_bytes, format_duration
 
 from ..diagnose.rootcause import root_cause_lines
 from .data import Report, describe_limit

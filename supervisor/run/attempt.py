@@ -19,22 +19,29 @@ from guardrun.launcher.command import LaunchSpec
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
 
-from ..watch.cgroupfs import Group
-from ..core.clock import Clock
 from ..core import events
+from ..core.clock import Clock
+from ..core.signals import Requests
+from ..diagnose.output import MAX_LOG, OutputReader, Progress
+from ..diagnose.patterns import Patterns
 from ..record.console import Console
+from ..record.spacewatch import SpaceWatch
+from ..watch.cgroupfs import Group
 from ..watch.containment import CgroupMemory, Containment
-from .diagnosis import Diagnosis
-from .extlocks import clear_build_locks, extensions_root, find_builds
 from ..watch.follow import CheckpointFollower, Seen
 from ..watch.gpuwatch import GpuMonitor
 from ..watch.seams import Launched, MemorySource, ProcessOps, RealProcesses, Tree
+from .diagnosis import Diagnosis
+from .extlocks import clear_build_locks, extensions_root, find_builds
 from .memtrail import MemoryTrail
-from ..diagnose.output import MAX_LOG, OutputReader, Progress
-from ..diagnose.patterns import Patterns
-from .policy import AttemptEnd, MemoryLimits, MemoryReading, judge, judge_memory, target_of
-from ..core.signals import Requests
-from ..record.spacewatch import SpaceWatch
+from .policy import (
+    AttemptEnd,
+    MemoryLimits,
+    MemoryReading,
+    judge,
+    judge_memory,
+    target_of,
+)
 
 #: How long the output pipe may stay open after the tree is gone (a writer we do not
 #: know of); past it the reader is abandoned rather than hang the supervisor.

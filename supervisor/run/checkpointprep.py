@@ -19,13 +19,22 @@ from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal_dir
 from guardrun.launcher.command import Resume
 from guardrun.launcher.plan import Plan
+from guardrun.launcher.resume import (
+    Choice,
+    SetAside,
+    Target,
+    adapt,
+    declared_epochs,
+    declared_max_steps,
+    left_in_place,
+    pick_checkpoint,
+    reached,
+)
 from guardrun.launcher.spec import Recipe
-from guardrun.launcher.resume import (Choice, SetAside, Target, adapt, declared_epochs,
-                                      declared_max_steps, left_in_place, pick_checkpoint, reached)
 
-from ..watch import proc
 from ..core import events
 from ..core.clock import Clock
+from ..watch import proc
 
 #: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
 STATE_BACKUP = "trainer_state.json.guardrun-orig"

@@ -16,12 +16,18 @@ from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.spec import Recipe
 
 from ..core.clock import Clock
-from .extlocks import compiling
 from ..diagnose.output import OutputReader
 from ..diagnose.patterns import Patterns
-from .policy import AttemptEnd
-from ..diagnose.rootcause import RootCause, compile_cause, pick_root_cause, read_error_files, settle
+from ..diagnose.rootcause import (
+    RootCause,
+    compile_cause,
+    pick_root_cause,
+    read_error_files,
+    settle,
+)
 from ..diagnose.sentinel import Sentinel
+from .extlocks import compiling
+from .policy import AttemptEnd
 
 
 @dataclass(frozen=True)

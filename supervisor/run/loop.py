@@ -17,37 +17,37 @@ from typing import Callable
 
 from guardrun.launcher.command import Resume, build
 from guardrun.launcher.executable import launch_problem
-from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.ladder import added_flag_rejected, decide
 from guardrun.launcher.plan import Plan
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
 from ..core import events, exits, signals
-from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from ..core.clock import Clock
+from ..core.states import TERMINAL, State, check_transition
+from ..diagnose.output import Progress
+from ..diagnose.rankcount import ranks_in_file
 from ..record.console import Console
+from ..record.journal import Journal, history
+from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..watch.containment import Containment, ContainmentRequired
 from ..watch.containment import prepare as prepare_containment
-from .diagnosis import Diagnosis, root_cause
 from ..watch.fitcheck import preflight_plan
 from ..watch.follow import CheckpointFollower
 from ..watch.follow import describe as describe_checkpoint
 from ..watch.gpu import GpuSource, open_gpu_source
 from ..watch.gpuwatch import GpuGuard, GpuMonitor, Pick
-from ..record.journal import Journal, history
 from ..watch.leftovers import start_time as process_start_time
 from ..watch.memory import ProcfsMemory
 from ..watch.seams import MemorySource, ProcessOps, RealProcesses
-from ..diagnose.output import Progress
-from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
-from ..diagnose.rankcount import ranks_in_file
+from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from .checkpointprep import AtTarget, ResumeError
 from .checkpointprep import Context as ResumeContext
 from .checkpointprep import prepare as prepare_resume
-from ..record.spacewatch import RETRY_EVERY, SUSPENDED
-from ..core.states import TERMINAL, State, check_transition
+from .diagnosis import Diagnosis, root_cause
+from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
 from .snapshot import JobSnapshot
 from .target import LastRun, already_finished, last_run
 
@@ -61,7 +61,9 @@ class Options:
 
 
 def recipe_digest(recipe: Recipe) -> str:
-    return hashlib.sha256(recipe.path.read_bytes() + "".join(f"\n{o}" for o in recipe.overrides).encode()).hexdigest()[:16]
+    """The recipe file's bytes and the command line's overrides: one digest per job as run."""
+    overrides = "".join(f"\n{o}" for o in recipe.overrides).encode()
+    return hashlib.sha256(recipe.path.read_bytes() + overrides).hexdigest()[:16]
 
 
 def free_port() -> int:
@@ -131,7 +133,8 @@ class Supervisor:
         limits = self._limits()
         failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
         earlier = None if self.options.fresh else last_run(self.journal.dir)
-        self.journal.emit(events.RUN_STARTED, recipe=str(self.recipe.path), digest=self.digest, overrides=list(self.recipe.overrides),
+        self.journal.emit(events.RUN_STARTED, recipe=str(self.recipe.path), digest=self.digest,
+                          overrides=list(self.recipe.overrides),
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
         early = self._before_launching(earlier)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guardrun.launcher import checkpoints
-from guardrun.launcher.spec import Recipe
 from guardrun.launcher.resume import pick_checkpoint
+from guardrun.launcher.spec import Recipe
 
 from ..core import events
 from ..record.journalread import Skipped, read_events

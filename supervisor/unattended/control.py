@@ -25,8 +25,8 @@ import threading
 from pathlib import Path
 from typing import Callable
 
-from ..record.journal import StateDirError
 from ..core.signals import Requests
+from ..record.journal import StateDirError
 
 SOCKET_NAME = "control.sock"
 COMMANDS = ("stop", "stop-now", "status")

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..core.clock import Clock
-from .jobrun import START_TOKEN
 from ..record.journal import read_state
+from .jobrun import START_TOKEN
 from .lock import read_info
 
 SUPERVISOR_LOG = "supervisor.log"

@@ -14,17 +14,18 @@ import os
 
 from guardrun.launcher.spec import Recipe
 
-from ..watch import cgroupv1, cgroupv2 as cgroup, leftovers
-from ..watch.containment import leftover_members
 from ..core import events
 from ..core.clock import Clock, MonotonicClock
-from ..record.console import Console
-from .control import ControlServer
-from ..record.journal import Journal, StateDirError, read_state
-from .lock import JobLock, LockHeld
-from ..record.notify import Notifier, NotifyingConsole, WatchdogClock
-from ..core.signals import Requests
 from ..core.exits import GAVE_UP, USAGE, fail
+from ..core.signals import Requests
+from ..record.console import Console
+from ..record.journal import Journal, StateDirError, read_state
+from ..record.notify import Notifier, NotifyingConsole, WatchdogClock
+from ..watch import cgroupv1, leftovers
+from ..watch import cgroupv2 as cgroup
+from ..watch.containment import leftover_members
+from .control import ControlServer
+from .lock import JobLock, LockHeld
 
 #: Set by `guardrun start` for its daemon: written into the lock file once the lock is
 #: taken, which is how `start` knows its own daemon (not another) got the job.

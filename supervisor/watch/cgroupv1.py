@@ -27,7 +27,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cgroupfs import CgroupError, Group as _Group, JobCgroup as _JobCgroup, MARK_DIR, job_name, parse_keyed
+from .cgroupfs import MARK_DIR, CgroupError, job_name, parse_keyed
+from .cgroupfs import Group as _Group
+from .cgroupfs import JobCgroup as _JobCgroup
 
 __all__ = ["CgroupError", "Group", "JobCgroup", "V1_MEMORY", "job_name", "mark_dir", "own_path", "why_not"]
 

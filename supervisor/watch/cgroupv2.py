@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import cgroupfs
-from .cgroupfs import CgroupError, MARK_DIR, job_name, parse_keyed
+from .cgroupfs import MARK_DIR, CgroupError, job_name, parse_keyed
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Where a cgroup2 hierarchy is mounted: the whole tree (unified), or beside v1 (hybrid).

@@ -11,7 +11,13 @@ from typing import Callable, Sequence
 
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.plan import Plan
-from guardrun.launcher.preflight import Known, Resources, decide_fitting, describe_skip, gather
+from guardrun.launcher.preflight import (
+    Known,
+    Resources,
+    decide_fitting,
+    describe_skip,
+    gather,
+)
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 

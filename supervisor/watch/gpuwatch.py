@@ -10,17 +10,31 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Collection, Mapping, Sequence
 
-from guardrun.launcher.gpus import (GpuChoice, GpuProcess, GpuReading, allowed_indices, check_explicit,
-                                   job_gpus, pick_gpus)
+from guardrun.launcher.gpus import (
+    GpuChoice,
+    GpuProcess,
+    GpuReading,
+    allowed_indices,
+    check_explicit,
+    job_gpus,
+    pick_gpus,
+)
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import GIB, Size
 
 from ..core import events
 from ..core.clock import Clock
-from ..record.console import Console
-from .gpu import GpuError, GpuSnapshot, GpuSource, snapshot, tagged_pids, wait_gpus_released
 from ..core.signals import Requests, wait_unless_stopped
 from ..core.states import GiveUp
+from ..record.console import Console
+from .gpu import (
+    GpuError,
+    GpuSnapshot,
+    GpuSource,
+    snapshot,
+    tagged_pids,
+    wait_gpus_released,
+)
 
 #: How long the last attempt's processes may keep a GPU after they were stopped. The
 #: driver frees a context within a second of the last fd closing (an H100 here); a

@@ -35,8 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from . import proc
 from ..core.clock import Clock
+from . import proc
 from .proctree import GONE, ProcId, ProcTree, exited, parse_stat, read_raw
 
 MARK = "GUARDRUN_JOB_DIR"
