@@ -92,3 +92,22 @@ def describe_resources(resources: Resources, gpu_note: str = "") -> str:
     if resources.host_limit is not None:
         host += f", limits.host_memory {format_bytes(resources.host_limit)}"
     return f"{gpu}; {host}"
+
+
+def tightest(mine: Resources, others: Sequence[Resources]) -> Resources:
+    """The job's resources when several nodes run it (issue 16): each figure the smallest any
+    node measured, so the rung chosen fits on the tightest node too; what no node knows stays
+    unknown. GPU indices are each node's own (`gpus: 8` is 8 on every node), compared alike."""
+    every = (mine, *others)
+    per_gpu: dict[int, int] = {}
+    for each in every:
+        for index, free in (each.gpu_free or {}).items():
+            per_gpu[index] = min(free, per_gpu.get(index, free))
+    return Resources(gpu_free=per_gpu or None,
+                     host_available=_least(each.host_available for each in every),
+                     host_limit=_least(each.host_limit for each in every))
+
+
+def _least(values) -> int | None:
+    known = [value for value in values if value is not None]
+    return min(known) if known else None
