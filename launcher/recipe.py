@@ -12,11 +12,11 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from yaml.nodes import Node
 
-from . import accelerate, dsconfig, modelspec
+from . import accelerate, dsconfig, modelspec, nodes
 from .overrides import apply as apply_overrides
 from .overrides import parse as parse_overrides
 from .rungs import HF_RUNG_FLAGS, read_ladder
@@ -28,7 +28,9 @@ from .spec import (
     LearningRate,
     Limits,
     Logs,
+    Metrics,
     Monitor,
+    Nodes,
     ProgressPatterns,
     Recipe,
     Restarts,
@@ -47,6 +49,7 @@ from .yamlnodes import (
     integer,
     items,
     kind_of,
+    line_of,
     mapping_args,
     number,
     optional,
@@ -69,13 +72,15 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9._-]+$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
-def load_recipe(path: str | Path, *, missing_ok: bool = False, overrides: Sequence[str] = ()) -> Recipe:
+def load_recipe(path: str | Path, *, missing_ok: bool = False, overrides: Sequence[str] = (),
+                env: Mapping[str, str] | None = None) -> Recipe:
     """Read and check a recipe file. Raises RecipeError on the first problem.
 
     `missing_ok` (used by `guardrun plan` only, which runs nothing): a missing workdir,
     script or DeepSpeed config becomes a line in `warnings` instead of an error, so a
     recipe written for another machine can still be planned. `overrides`: KEY=VALUE words
-    from the command line, set into the file's keys before it is read (overrides.py).
+    from the command line, set into the file's keys before it is read (overrides.py). `env`
+    (default os.environ): where the node rank and a SLURM allocation are read (nodes.py).
     """
     file = Path(path)
     root, loader = compose(file)
@@ -88,6 +93,7 @@ def load_recipe(path: str | Path, *, missing_ok: bool = False, overrides: Sequen
     values = read_fields(root, "", ctx, TOP)
     _check_target(root, ctx, values)
     accelerate.check_launcher(root, ctx, values)
+    values["nodes"], values["node"] = _node_view(root, ctx, values, os.environ if env is None else env)
     recipe = Recipe(path=file.absolute(), **values, warnings=tuple(dict.fromkeys(ctx.missing or ())),
                     overrides=tuple(each.text for each in given))
     _check_rungs_apply(root, ctx, recipe)
@@ -291,6 +297,8 @@ RESTARTS = (
     Field("backoff", _backoff, default=Restarts.backoff),
 )
 MONITOR = (Field("interval", duration(0.05, 60.0), default=Monitor.interval),)
+METRICS = (Field("textfile", _dir_in_workdir, hint="the folder node_exporter's textfile collector reads "
+                  "(its --collector.textfile.directory), relative to workdir"),)
 LOGS = (Field("max_size", size_bytes(MIN_LOG_SIZE), default=Logs.max_size),)
 PROGRESS = (
     Field("step_regex", _regex(1, 2, "the step, then optionally the total"), default=None),
@@ -300,6 +308,23 @@ SUCCESS = (
     Field("regex", _regex(0, 99, ""), default=None),
     Field("file", _dir_in_workdir, default=None),
 )
+
+def _rendezvous(node: Node, key: str, ctx: Ctx) -> tuple[str, int]:
+    value = text(node, key, ctx).strip()
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")  # [::1]:29400
+    if not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        ctx.fail(node, key, f"expected host:port of node rank 0, like node01:29400; got {value!r}")
+    return host, int(port)
+
+
+NODES = (
+    Field("count", integer(1), default=None),
+    Field("rendezvous", _rendezvous, default=None),
+    Field("shared_dir", _dir_in_workdir, default=None),
+    Field("timeout", duration(positive=True), default=Nodes.timeout),
+)
+
 
 #: Every top-level key. A new key: one entry here and one field of Recipe.
 TOP = (
@@ -318,9 +343,11 @@ TOP = (
     Field("deepspeed", section(DeepSpeedCfg, DEEPSPEED), default=None),
     Field("accelerate", accelerate.section, default=None),
     Field("checkpoints", _checkpoints, default=None),
+    Field("nodes", section(Nodes, NODES), default=Nodes()),
     Field("limits", section(Limits, LIMITS), default=Limits()),
     Field("monitor", section(Monitor, MONITOR), default=Monitor()),
     Field("logs", section(Logs, LOGS), default=Logs()),
+    Field("metrics", section(Metrics, METRICS), default=None),
     Field("stop_grace", duration(), default=30.0),
     Field("trainer", choice(TRAINERS), default="auto"),
     Field("containment", lambda node, key, ctx: "off" if scalar(node, key, ctx, "auto, cgroup or off")
@@ -333,6 +360,22 @@ TOP = (
     Field("startup_window", duration(), default=600.0),
     *modelspec.FIELDS,
 )
+
+
+def _node_view(root: Node, ctx: Ctx, values: dict, env: Mapping[str, str]):
+    """(nodes, node): the section with shared_dir's default, and this guardrun's NodeView."""
+    section_value = values["nodes"]
+    if section_value.shared_dir is None and values["checkpoints"] is not None:
+        section_value = replace(section_value, shared_dir=values["checkpoints"].dir / ".guardrun")
+    try:
+        return section_value, nodes.resolve(section_value, env, nodes.hostnames)
+    except nodes.NodeError as err:
+        if not (err.no_rank and ctx.missing is not None):
+            given = {name: (key_node, value_node) for name, key_node, value_node in pairs(root, "", ctx)}
+            where = given.get("nodes")
+            raise RecipeError(ctx.file, line_of(where[0]) if where else 1, err.key, str(err)) from None
+        ctx.missing.append(f"{err} (shown as node rank 0)")
+        return section_value, nodes.resolve(section_value, {**env, nodes.RANK_ENV: "0"}, nodes.hostnames)
 
 
 def _check_target(root: Node, ctx: Ctx, values: dict) -> None:

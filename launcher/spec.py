@@ -133,6 +133,13 @@ class Monitor:
 
 
 @dataclass(frozen=True)
+class Metrics:
+    """Where the job's numbers go for Prometheus (supervisor/record/metrics.py)."""
+
+    textfile: Path  # absolute: node_exporter's --collector.textfile.directory; need not exist
+
+
+@dataclass(frozen=True)
 class ProgressPatterns:
     """Regexes for jobs whose progress no built-in parser reads (supervisor/diagnose/logs.py)."""
 
@@ -146,6 +153,33 @@ class SuccessEvidence:
 
     regex: str | None = None  # a line of the output must match
     file: Path | None = None  # absolute; must exist when the job exits
+
+
+@dataclass(frozen=True)
+class Nodes:
+    """The `nodes:` section: one job over several machines, one guardrun on each (launcher/nodes.py)."""
+
+    count: int | None = None                   # None: not written (SLURM_NNODES under SLURM, else 1)
+    rendezvous: tuple[str, int] | None = None  # host, port of node rank 0; None: SLURM's first host
+    shared_dir: Path | None = None             # absolute; when loaded, default <checkpoints.dir>/.guardrun
+    timeout: float = 600.0                     # seconds a node waits for the others at a barrier
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """Which part of the job this guardrun runs: the recipe's `nodes:` resolved with --node-rank
+    and the environment (launcher/nodes.py). One machine: count 1, rank 0, no rendezvous."""
+
+    count: int = 1
+    rank: int = 0
+    rendezvous_host: str | None = None
+    rendezvous_port: int | None = None
+    shared_dir: Path | None = None
+    timeout: float = Nodes.timeout
+
+    @property
+    def multi(self) -> bool:
+        return self.count > 1
 
 
 @dataclass(frozen=True)
@@ -189,3 +223,6 @@ class Recipe:
     overrides: tuple[str, ...] = ()  # KEY=VALUE from the command line, as given (overrides.py)
     logs: Logs = Logs()
     accelerate: AccelerateCfg | None = None  # launcher: accelerate (accelerate.py)
+    nodes: Nodes = Nodes()           # the `nodes:` section as written (defaults filled)
+    node: NodeView = NodeView()      # this guardrun's node, resolved when loaded (nodes.py)
+    metrics: Metrics | None = None   # a textfile for node_exporter; `--metrics-dir` replaces it

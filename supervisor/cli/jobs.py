@@ -25,6 +25,7 @@ import click
 from click.shell_completion import CompletionItem
 from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.hostfit import limits_problem
+from guardrun.launcher.nodes import RANK_ENV
 from guardrun.launcher.units import parse_duration
 
 from ..core.clock import MonotonicClock
@@ -81,10 +82,37 @@ def job_argument(required: bool = True):
     return click.argument("job", required=required, shell_complete=_complete_jobs)
 
 
+def _node_rank(ctx, param, value: int | None) -> None:
+    # Into the environment, where the recipe's node view reads it (launcher/nodes.py) and
+    # where the run that `start` detaches or `tmux` creates inherits it.
+    if value is not None:
+        os.environ[RANK_ENV] = str(value)
+
+
+#: --node-rank N for run, start and tmux: which node of a `nodes:` job this machine is.
+node_rank_option = click.option(
+    "--node-rank", type=click.IntRange(min=0), callback=_node_rank, expose_value=False,
+    help=f"This machine's node rank in a multi-node job (default: ${RANK_ENV}, else $SLURM_NODEID).")
+
+
+#: --metrics-dir DIR for run, start and tmux: the recipe's `metrics: {textfile: DIR}`, replaced.
+metrics_dir_option = click.option(
+    "--metrics-dir", type=click.Path(file_okay=False, resolve_path=True), default=None,
+    help="Write the job's Prometheus metrics to DIR/guardrun_<job>.prom (node_exporter's textfile "
+         "directory); replaces the recipe's metrics.textfile.")
+
+
+def metrics_argv(metrics_dir: str | None) -> list[str]:
+    """The flag again, for the `guardrun run` that start detaches or tmux creates."""
+    return ["--metrics-dir", metrics_dir] if metrics_dir else []
+
+
 @click.command()
 @recipeargs.words_argument
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
-def start(words: tuple[str, ...], fresh: bool) -> None:
+@node_rank_option
+@metrics_dir_option
+def start(words: tuple[str, ...], fresh: bool, metrics_dir: str | None) -> None:
     """Run RECIPE detached from the terminal; print how to follow it."""
     loaded = recipeargs.load(words)
     unlaunchable = launch_problem(loaded, os.environ) or limits_problem(loaded, ProcfsMemory().host().total)
@@ -95,7 +123,7 @@ def start(words: tuple[str, ...], fresh: bool) -> None:
     log = directory / daemon.SUPERVISOR_LOG
     token, offset = daemon.new_token(), daemon.log_size(log)
     argv = daemon.run_argv(loaded.path.resolve(), ["--quiet", *(["--fresh"] if fresh else []),
-                                                    *loaded.overrides])
+                                                    *metrics_argv(metrics_dir), *loaded.overrides])
     try:
         pid = daemon.detach(argv, log, daemon.daemon_env(os.environ, token))
     except (daemon.DetachError, OSError) as err:
@@ -301,7 +329,10 @@ def stop(job: str, now: bool, timeout: float) -> None:
 @click.option("--no-attach", is_flag=True, help="Create the session, do not attach to it.")
 @click.option("-L", "--socket-name", help="The tmux server's socket name (tmux -L).")
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
-def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, fresh: bool) -> None:
+@node_rank_option
+@metrics_dir_option
+def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, fresh: bool,
+             metrics_dir: str | None) -> None:
     """Run RECIPE in a tmux session named after the job, or re-attach to it."""
     loaded = recipeargs.load(words)
     session, base = tmux.session_name(loaded.name), tmux.base_argv(socket_name)
@@ -315,7 +346,8 @@ def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, f
             click.echo(f"guardrun: tmux session {session} exists{ended}")
         else:
             _refuse_if_supervised(loaded.name, _private_dir(loaded.name))
-            run = daemon.run_argv(loaded.path.resolve(), [*(["--fresh"] if fresh else []), *loaded.overrides])
+            run = daemon.run_argv(loaded.path.resolve(), [*(["--fresh"] if fresh else []),
+                                                          *metrics_argv(metrics_dir), *loaded.overrides])
             tmux.create(base, session, run, os.environ, os.getcwd())
             click.echo(f"guardrun: started job {loaded.name} in tmux session {session}")
     except tmux.TmuxError as err:

@@ -34,6 +34,7 @@ from ..run.loop import Options, Supervisor
 from ..unattended.jobrun import JobRun
 from . import doctor as doctor_checks
 from . import jobs as unattended
+from . import example as examples
 from . import jobview, planjson, planview, recipeargs
 
 
@@ -69,6 +70,7 @@ def main(ctx: click.Context) -> None:
 @recipeargs.words_argument
 @click.option("-q", "--quiet", is_flag=True, help="Show only guardrun's lines; the job's output goes to the log.")
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
+@unattended.node_rank_option
 def run(words: tuple[str, ...], quiet: bool, fresh: bool) -> None:
     """Run RECIPE in the foreground until it finishes or guardrun gives up."""
     # A stop asked for from here on (the handlers are in before the recipe, the lock and a
@@ -145,6 +147,19 @@ def doctor(as_json: bool) -> None:
     else:
         click.echo("\n".join(check.line() for check in checks))
     sys.exit(doctor_checks.exit_code(checks))
+
+
+@main.command()
+@click.argument("name", required=False, shell_complete=examples.complete)
+def example(name: str | None) -> None:
+    """List the ready recipes, or print recipe NAME to start from: guardrun example llava_lora > my.yaml."""
+    if name is None:
+        click.echo("\n".join(examples.listing()))
+        return
+    try:
+        click.echo(examples.copy_text(examples.find(name)), nl=False)
+    except examples.ExampleError as err:
+        raise fail(str(err), USAGE) from None
 
 
 @main.command()
