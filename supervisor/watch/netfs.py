@@ -53,3 +53,47 @@ def why_rescan(magic: int | None, node_count: int) -> str:
     if node_count > 1:
         return f"a {node_count}-node job: another node may write the checkpoints"
     return ""
+
+
+def signatures(directory: Path) -> dict[str, tuple]:
+    """Each entry of the folder and what is under it (paths, sizes, mtimes), for comparing
+    two looks: an entry whose signature differs was written to between them. Empty when
+    the folder is not there (yet); an entry vanishing mid-walk reads as it was found."""
+    found: dict[str, tuple] = {}
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return found
+    for entry in entries:
+        found[entry.name] = tuple(sorted(_walk(entry)))
+    return found
+
+
+def _walk(entry: os.DirEntry):
+    try:
+        info = entry.stat(follow_symlinks=False)
+        yield entry.path, info.st_size, info.st_mtime_ns
+        if entry.is_dir(follow_symlinks=False):
+            for child in os.scandir(entry.path):
+                yield from _walk(child)
+    except OSError:
+        return
+
+
+class Rescanner:
+    """The changes inotify cannot report, found by looking at the folder every `every` seconds."""
+
+    def __init__(self, directory: Path, every: float = RESCAN_EVERY):
+        self.directory, self.every = directory, every
+        self._looked_at: float | None = None
+        self._last: dict[str, tuple] = {}
+
+    def changed(self, now: float) -> list[str]:
+        """The entries written, made or removed since the last look ([] when no look is due)."""
+        if self._looked_at is not None and now - self._looked_at < self.every:
+            return []
+        self._looked_at = now
+        current = signatures(self.directory)
+        changed = [name for name in current.keys() | self._last.keys() if current.get(name) != self._last.get(name)]
+        self._last = current
+        return sorted(changed)
