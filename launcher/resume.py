@@ -121,9 +121,11 @@ def pick_checkpoint(found: Sequence[Checkpoint], before_step: int | None = None)
 
 
 def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",
-          base_lr: float | None = None) -> Adaptation:
+          base_lr: float | None = None, nodes: int = 1) -> Adaptation:
     """How `plan` can resume a checkpoint saved as `saved` says. `base_lr` is the
-    recipe's own learning rate: a plan with another one comes from an `lr` rung."""
+    recipe's own learning rate: a plan with another one comes from an `lr` rung. `nodes`:
+    the job's node count (recipe.node.count); a ZeRO checkpoint's saved world size is
+    compared with every node's ranks together, `nodes` x `plan.ranks`."""
     notes: list[str] = []
     fix = None
     if plan.per_device is not None and saved.train_batch_size not in (None, plan.per_device):
@@ -143,9 +145,11 @@ def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",
         notes.append("this checkpoint holds the model only (saved with save_only_model): "
                      "the optimizer state and the learning-rate schedule start over")
     same = {"fix_batch": fix, "set_lr": set_lr}
-    if saved.ds_tag is None or saved.world_size in (None, plan.ranks):
+    world = plan.ranks * nodes
+    if saved.ds_tag is None or saved.world_size in (None, world):
         return Adaptation(**same, notes=tuple(notes))
-    change = f"{saved.ds_tag.name} was saved by {saved.world_size} rank(s), this rung runs {plan.ranks}"
+    per_node = f" ({plan.ranks} on each of {nodes} nodes)" if nodes > 1 else ""
+    change = f"{saved.ds_tag.name} was saved by {saved.world_size} rank(s), this rung runs {world}{per_node}"
     if on_world_size_change == "fail":
         return Adaptation(refuse=f"{change}; checkpoints.on_world_size_change is 'fail'")
     if on_world_size_change == "weights_only":

@@ -133,6 +133,18 @@ def _safetensors() -> bytes:
     return len(header).to_bytes(8, "little") + header + b"\0\0\0\0"
 
 
+@pytest.mark.parametrize("saved, ranks, nodes, convert, said", [
+    (4, 2, 2, False, ""),                               # 2 nodes x 2 ranks: the same 4, no conversion
+    (2, 2, 2, True, "saved by 2 rank(s), this rung runs 4 (2 on each of 2 nodes)"),
+    (4, 1, 2, True, "saved by 4 rank(s), this rung runs 2 (1 on each of 2 nodes)"),  # a gpus rung on both
+    (4, 4, 1, False, ""),
+])
+def test_a_multi_node_world_size_is_every_nodes_ranks(saved, ranks, nodes, convert, said):
+    decided = adapt(Saved(ds_tag=Path("/o/global_step3"), world_size=saved), plan(ranks=ranks), nodes=nodes)
+    assert (decided.convert is not None) == convert
+    assert any(said in note for note in decided.notes) if said else decided.notes == ()
+
+
 def test_inspect_reads_batch_world_size_and_a_finished_universal_conversion(tmp_path):
     path = _hf_checkpoint(tmp_path, 30, ranks=2, batch=8)
     saved = checkpoints.inspect(path)
