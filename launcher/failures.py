@@ -21,6 +21,8 @@ class Kind(str, enum.Enum):
     USER_ERROR = "user_error"
     INTERRUPTED = "interrupted"
     UNKNOWN = "unknown"
+    NODE_LOST = "node_lost"  # multi-node: a node's word never reached the shared folder in time
+    PEER_STOPPED = "peer_stopped"  # multi-node: this node stopped its part because another stopped its own
 
     def __str__(self) -> str:  # so f"{kind}" prints host_oom, not Kind.HOST_OOM
         return self.value
@@ -35,7 +37,7 @@ RUNG_KINDS = frozenset({Kind.HOST_OOM, Kind.CUDA_OOM, Kind.SAVE_FAILED, Kind.NAN
 DEGRADING = frozenset({Kind.HOST_OOM, Kind.CUDA_OOM})
 
 #: Kinds that end the run at once, whatever restarts remain.
-FATAL = frozenset({Kind.USER_ERROR, Kind.INTERRUPTED})
+FATAL = frozenset({Kind.USER_ERROR, Kind.INTERRUPTED, Kind.NODE_LOST})
 
 
 @dataclass(frozen=True)

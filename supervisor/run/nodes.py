@@ -1,0 +1,223 @@
+"""One decision for a multi-node job: what each node's guardrun tells the others through the
+shared folder (record.shared), the barrier at the end of an attempt, the job's attempt
+numbers, and the failure history every node reads alike. The merge is launcher.merge.
+
+Per attempt N, node R writes into `<shared_dir>/<job>/attempt-N/`:
+  stop-R.json   the moment it stops its part (a limit, a diagnosis, a stop asked for, its
+                launcher exited with an error): the others stop theirs at their next look;
+  node-R.json   how its part ended (NodeFacts), then waits (`nodes.timeout`) for every node's;
+  lost-R.json   it waited in vain: the attempt is over for the job (node_lost).
+
+Attempt numbers. An attempt is closed when every node's node-R.json is in its folder, or
+a node gave it up (a lost-R.json). A run's first attempt is the one after the highest
+closed one, each later one the next: every node counts the same closed folders, and a
+node that starts late joins the attempt the others are in (its folder lacks its file, so
+it is not closed). Before counting, a node gives up any unclosed attempt it had written to
+in an earlier run (lost-R.json): that run is over. Each node's local journal keeps its own
+attempt numbers; the job's is journaled beside it (`job_attempt`).
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping
+
+from guardrun.launcher.failures import FATAL, Failure, Kind
+from guardrun.launcher.merge import merge
+
+from ..core.clock import Clock
+from ..record.shared import SharedDir, SharedDirError
+
+NODE, STOP, LOST = "node", "stop", "lost"
+_SUCCESS = "success"
+
+
+@dataclass(frozen=True)
+class NodeFacts:
+    """How one node's part of an attempt ended, and what the others may want of it (the
+    job-wide preflight reads the memory figures: the tightest node decides)."""
+
+    kind: str  # a Kind's value, or "success"
+    evidence: str = ""
+    exit_code: int | None = None
+    step: int | None = None
+    ranks_seen: int | None = None
+    available: int | None = None  # MemAvailable when the part ended, bytes
+    total: int | None = None      # MemTotal, bytes
+    gpu_free: tuple[int, ...] = ()  # free bytes per GPU of this node (none: no GPU)
+    digest: str = ""  # the recipe as run (loop.recipe_digest): a changed recipe starts over
+    pid: int = field(default_factory=os.getpid)
+    host: str = field(default_factory=socket.gethostname)
+
+    @classmethod
+    def of(cls, failure: Failure | None, **facts: Any) -> NodeFacts:
+        """The facts of a part that ended as `failure` (None: success)."""
+        if failure is None:
+            return cls(_SUCCESS, **facts)
+        return cls(str(failure.kind), failure.evidence, step=failure.step,
+                   ranks_seen=failure.ranks_seen, **facts)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "gpu_free": list(self.gpu_free)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> NodeFacts:
+        """Read back (ValueError: not facts this version wrote)."""
+        kind = data.get("kind")
+        if kind != _SUCCESS and kind not in {k.value for k in Kind}:
+            raise ValueError(f"unknown kind {kind!r}")
+        known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
+        return cls(**{**known, "gpu_free": tuple(data.get("gpu_free") or ())})
+
+    def failure(self, attempt: int) -> Failure | None:
+        if self.kind == _SUCCESS:
+            return None
+        return Failure(Kind(self.kind), self.evidence, attempt=attempt, step=self.step,
+                       ranks_seen=self.ranks_seen)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """An attempt's end for the whole job: the merged failure (None: it succeeded), and
+    each node's facts as read (E3's preflight and `guardrun status` read them)."""
+
+    failure: Failure | None
+    facts: dict[int, NodeFacts]
+
+
+class Nodes:
+    """This node's side of the protocol (module docstring), for node `shared.rank`."""
+
+    def __init__(self, shared: SharedDir, timeout: float, clock: Clock):
+        self.shared, self.timeout, self.clock = shared, timeout, clock
+        self._stopped: set[int] = set()  # attempts this node wrote its stop marker for
+
+    @property
+    def rank(self) -> int:
+        return self.shared.rank
+
+    def first_attempt(self) -> int:
+        """The job's attempt this run starts with (module docstring); gives up first the
+        unclosed attempts this node wrote to in an earlier run."""
+        for number in self.shared.attempts():
+            if not self._closed(number) and self._own_files(number):
+                self._give_up(number, "a new run of this node began")
+        closed = [n for n in self.shared.attempts() if self._closed(n)]
+        return max(closed, default=0) + 1
+
+    def stopping(self, attempt: int, failure: Failure | None, exit_code: int | None = None) -> str:
+        """Tell the others this node stops its part of `attempt` (once per attempt): "", or
+        why the marker could not be written (said; the barrier then tells them)."""
+        if attempt in self._stopped:
+            return ""
+        self._stopped.add(attempt)
+        why = {"kind": str(failure.kind) if failure else "exited", "evidence": failure.evidence
+               if failure else f"its launcher exited with code {exit_code}"}
+        try:
+            self.shared.put(attempt, STOP, why)
+        except SharedDirError as err:
+            return str(err)
+        return ""
+
+    def peer_stop(self, attempt: int) -> Failure | None:
+        """A peer_stopped failure when another node stopped its part of `attempt`, naming it
+        and why (one listing of the folder: cheap enough for every watch interval)."""
+        peers = sorted(self.shared.ranks(attempt, STOP) - {self.rank})
+        if not peers:
+            return None
+        try:
+            why = self.shared.read(attempt, STOP, peers[0])
+            reason = f" ({why.get('kind')}: {why.get('evidence')})"
+        except SharedDirError:
+            reason = ""
+        return Failure(Kind.PEER_STOPPED, f"node {peers[0]} stopped its part{reason}", attempt=attempt)
+
+    def settle(self, attempt: int, facts: NodeFacts, wait: bool = True,
+               should_stop: Callable[[], bool] = lambda: False) -> Settled:
+        """Write this node's facts of `attempt`, wait for every node's (unless not `wait`:
+        a stop asked for leaves at once), and merge them into the job's failure. A node whose
+        facts do not come within the timeout, or this node's own that cannot be written, is
+        node_lost, named; the attempt is then given up (lost-R.json) for the job."""
+        mine = facts.failure(attempt)
+        try:
+            self.shared.put(attempt, NODE, facts.as_json())
+        except SharedDirError as err:
+            return Settled(Failure(Kind.NODE_LOST, f"node {self.rank} (this node): {err}", attempt=attempt),
+                           {self.rank: facts})
+        if not wait:
+            return Settled(mine, {self.rank: facts})
+        gathered = self.shared.gather(attempt, NODE, self.timeout, self.clock,
+                                      should_stop=lambda: should_stop() or bool(self._lost_by(attempt)))
+        read = self._facts(attempt, gathered.found)
+        missing = sorted(set(range(self.shared.count)) - set(read))
+        if missing:
+            return Settled(self._lost(attempt, missing), read)
+        return Settled(merge({rank: f.failure(attempt) for rank, f in read.items()}), read)
+
+    def history(self, digest: str) -> list[Failure]:
+        """The job's failures so far, oldest first, as every node reads them from the shared
+        folder (a node's own journal may differ): the merged failure of each closed attempt.
+        It starts over after an attempt that succeeded and where the recipe changed; attempts
+        given up (node_lost) and those ended by a user error or a stop climb no rung."""
+        failures: list[Failure] = []
+        for number in self.shared.attempts():
+            if not self._closed(number) or self._lost_by(number):
+                continue
+            read = self._facts(number, {r: self._try_read(number, r) for r in range(self.shared.count)})
+            if len(read) < self.shared.count:
+                continue
+            merged = merge({rank: f.failure(number) for rank, f in read.items()})
+            if merged is None or any(f.digest != digest for f in read.values()):
+                failures = []
+            elif merged.kind not in FATAL:
+                failures.append(merged)
+        return failures
+
+    # -- pieces --------------------------------------------------------------------------
+    def _lost(self, attempt: int, missing: list[int]) -> Failure:
+        given_up = self._lost_by(attempt)
+        names = ", ".join(map(str, missing))
+        if given_up:
+            why = f"node {given_up[0]} gave the attempt up first"
+        elif set(missing) <= self.shared.ranks(attempt, NODE):
+            why = f"their facts cannot be read (not JSON this version of guardrun wrote) in {self.shared.attempt_dir(attempt)}"
+        else:
+            why = (f"no word from them in the shared folder within {self.timeout:g}s (their "
+                   f"guardrun died, or cannot write {self.shared.dir})")
+        self._give_up(attempt, why)
+        return Failure(Kind.NODE_LOST, f"node(s) {names} lost: {why}", attempt=attempt)
+
+    def _give_up(self, attempt: int, why: str) -> None:
+        try:
+            self.shared.put(attempt, LOST, {"why": why})
+        except SharedDirError:
+            pass  # the others time out on their own
+
+    def _lost_by(self, attempt: int) -> list[int]:
+        return sorted(self.shared.ranks(attempt, LOST) - {self.rank})
+
+    def _closed(self, attempt: int) -> bool:
+        return (bool(self.shared.ranks(attempt, LOST))
+                or self.shared.ranks(attempt, NODE) >= set(range(self.shared.count)))
+
+    def _own_files(self, attempt: int) -> bool:
+        return any(self.rank in self.shared.ranks(attempt, stem) for stem in (NODE, STOP))
+
+    def _try_read(self, attempt: int, rank: int) -> dict[str, Any] | None:
+        try:
+            return self.shared.read(attempt, NODE, rank)
+        except SharedDirError:
+            return None
+
+    @staticmethod
+    def _facts(attempt: int, found: Mapping[int, dict[str, Any] | None]) -> dict[int, NodeFacts]:
+        """The files that hold facts; one that does not counts as missing."""
+        read = {}
+        for rank, data in found.items():
+            try:
+                if data is not None:
+                    read[rank] = NodeFacts.from_json(data)
+            except (TypeError, ValueError):
+                continue
+        return read
