@@ -25,6 +25,8 @@ from typing import Any, Callable, Mapping
 
 from guardrun.launcher.failures import FATAL, Failure, Kind
 from guardrun.launcher.merge import merge
+from guardrun.launcher.preflight import Resources
+from guardrun.launcher.spec import Recipe
 
 from ..core.clock import Clock
 from ..record.shared import SharedDir, SharedDirError
@@ -35,40 +37,48 @@ _SUCCESS = "success"
 
 @dataclass(frozen=True)
 class NodeFacts:
-    """How one node's part of an attempt ended, and what the others may want of it (the
-    job-wide preflight reads the memory figures: the tightest node decides)."""
+    """How one node's part of an attempt ended, and its free memory then (the job-wide
+    preflight's figures: `resources()`, the tightest node decides, fitcheck.tightest)."""
 
     kind: str  # a Kind's value, or "success"
     evidence: str = ""
     exit_code: int | None = None
     step: int | None = None
     ranks_seen: int | None = None
-    available: int | None = None  # MemAvailable when the part ended, bytes
-    total: int | None = None      # MemTotal, bytes
-    gpu_free: tuple[int, ...] = ()  # free bytes per GPU of this node (none: no GPU)
+    host_available: int | None = None  # MemAvailable when the part ended, bytes
+    host_total: int | None = None      # MemTotal, bytes
+    host_limit: int | None = None      # limits.host_memory resolved on this node, bytes
+    gpu_free: dict[int, int] | None = None  # GPU index -> free bytes (None: no GPU known)
     digest: str = ""  # the recipe as run (loop.recipe_digest): a changed recipe starts over
     pid: int = field(default_factory=os.getpid)
     host: str = field(default_factory=socket.gethostname)
 
     @classmethod
-    def of(cls, failure: Failure | None, **facts: Any) -> NodeFacts:
-        """The facts of a part that ended as `failure` (None: success)."""
+    def of(cls, failure: Failure | None, resources: Resources, **facts: Any) -> NodeFacts:
+        """The facts of a part that ended as `failure` (None: success), with `resources`."""
+        figures = {"host_available": resources.host_available, "host_limit": resources.host_limit,
+                   "gpu_free": dict(resources.gpu_free) if resources.gpu_free is not None else None}
         if failure is None:
-            return cls(_SUCCESS, **facts)
+            return cls(_SUCCESS, **figures, **facts)
         return cls(str(failure.kind), failure.evidence, step=failure.step,
-                   ranks_seen=failure.ranks_seen, **facts)
+                   ranks_seen=failure.ranks_seen, **figures, **facts)
+
+    def resources(self) -> Resources:
+        return Resources(gpu_free=self.gpu_free, host_available=self.host_available,
+                         host_limit=self.host_limit)
 
     def as_json(self) -> dict[str, Any]:
-        return {**asdict(self), "gpu_free": list(self.gpu_free)}
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> NodeFacts:
-        """Read back (ValueError: not facts this version wrote)."""
+        """Read back (ValueError, TypeError: not facts this version wrote)."""
         kind = data.get("kind")
         if kind != _SUCCESS and kind not in {k.value for k in Kind}:
             raise ValueError(f"unknown kind {kind!r}")
         known = {name: data[name] for name in cls.__dataclass_fields__ if name in data}
-        return cls(**{**known, "gpu_free": tuple(data.get("gpu_free") or ())})
+        gpus = data.get("gpu_free")
+        return cls(**{**known, "gpu_free": {int(i): int(n) for i, n in gpus.items()} if gpus is not None else None})
 
     def failure(self, attempt: int) -> Failure | None:
         if self.kind == _SUCCESS:
@@ -84,6 +94,14 @@ class Settled:
 
     failure: Failure | None
     facts: dict[int, NodeFacts]
+
+
+def for_recipe(recipe: Recipe, clock: Clock) -> Nodes | None:
+    """This guardrun's side of the protocol; None on one machine (no shared folder touched)."""
+    node = recipe.node
+    if not node.multi:
+        return None
+    return Nodes(SharedDir(node.shared_dir, recipe.name, node.count, node.rank), node.timeout, clock)
 
 
 class Nodes:

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from guardrun.launcher.failures import Failure, Kind
+from guardrun.launcher.preflight import Resources
 from guardrun.supervisor.record.shared import SharedDir, SharedDirError
 from guardrun.supervisor.run.nodes import NodeFacts, Nodes
 from tests.fakes import FakeClock
@@ -36,11 +37,21 @@ def test_layout_one_file_per_node_per_attempt_written_whole(tmp_path):
 
 def test_facts_round_trip_through_the_file(tmp_path):
     zero = node(tmp_path, 0)
-    written = facts("host_oom", "tree 9 GiB", exit_code=-9, step=12, ranks_seen=4,
-                    available=2 << 30, total=16 << 30, gpu_free=(1 << 30, 2 << 30))
+    written = facts("host_oom", "tree 9 GiB", exit_code=-9, step=12, ranks_seen=4, host_available=2 << 30,
+                    host_total=16 << 30, host_limit=8 << 30, gpu_free={0: 1 << 30, 1: 2 << 30})
     zero.shared.put(1, "node", written.as_json())
     assert NodeFacts.from_json(zero.shared.read(1, "node", 0)) == written
     assert written.failure(1) == Failure(Kind.HOST_OOM, "tree 9 GiB", attempt=1, step=12, ranks_seen=4)
+    assert written.resources() == Resources(gpu_free={0: 1 << 30, 1: 2 << 30}, host_available=2 << 30,
+                                            host_limit=8 << 30)
+
+
+def test_facts_of_a_failure_and_of_a_success():
+    free = Resources(gpu_free={0: 5}, host_available=7, host_limit=None)
+    failed = NodeFacts.of(Failure(Kind.NAN_LOSS, "loss nan", step=40, ranks_seen=2), free, exit_code=-15, digest="d")
+    assert (failed.kind, failed.evidence, failed.step, failed.ranks_seen, failed.exit_code) == ("nan_loss", "loss nan", 40, 2, -15)
+    assert failed.resources() == free and failed.failure(2).kind is Kind.NAN_LOSS
+    assert NodeFacts.of(None, Resources(), exit_code=0).failure(2) is None
 
 
 def test_the_barrier_waits_for_the_other_node_and_merges_the_cause_not_the_echo(tmp_path):
