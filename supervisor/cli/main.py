@@ -34,7 +34,7 @@ from ..run.loop import Options, Supervisor
 from ..unattended.jobrun import JobRun
 from . import doctor as doctor_checks
 from . import jobs as unattended
-from . import jobview, planjson, planview, recipeargs
+from . import jobview, nodeview, planjson, planview, recipeargs
 
 
 class DefaultRunGroup(click.Group):
@@ -170,6 +170,7 @@ def _describe_state(name: str, state: dict) -> str:
     lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
     if isinstance(state.get("root_cause"), dict):
         lines += ["  " + line for line in root_cause_lines(state["root_cause"])]
+    lines += nodeview.status_lines(state.get("recipe"))  # a multi-node job: every node's part
     return "\n".join(lines)
 
 
