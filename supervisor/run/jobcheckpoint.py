@@ -2,8 +2,8 @@
 
 Between attempts node 0 gets the checkpoint folder ready as on one machine (choose, set
 aside, rewrite, convert: checkpointprep.prepare) and writes what it decided to
-`<shared_dir>/attempt-N/checkpoint.json`, atomically (a temp file renamed: a reader sees
-all of it or nothing). Every other node waits for that file, up to `nodes.timeout`, and
+`<shared_dir>/<job>/attempt-N/checkpoint-0.json`, whole (record.shared: a reader sees all
+of it or nothing). Every other node waits for that file, up to `nodes.timeout`, and
 resumes exactly what it says, touching nothing in the checkpoint folder: two nodes setting
 aside or converting the same files would race, and could pick different checkpoints.
 
@@ -15,8 +15,6 @@ The decision is one of four outcomes, the ways `prepare` can end:
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -26,10 +24,11 @@ from guardrun.launcher.command import Resume
 from guardrun.launcher.resume import Target
 
 from ..core.clock import Clock
-from ..record.statedir import replace_file
+from ..record.shared import SharedDir, SharedDirError
 from .checkpointprep import AtTarget, ResumeError
 
-DECISION = "checkpoint.json"
+#: The decision's stem in the shared folder: only node 0 writes one, checkpoint-0.json.
+STEM = "checkpoint"
 #: How often a waiting node looks for the decision (seconds): a stat on the shared filesystem.
 POLL = 0.5
 OUTCOMES = ("resume", "fresh", "refused", "at_target")
@@ -37,10 +36,6 @@ OUTCOMES = ("resume", "fresh", "refused", "at_target")
 
 class DecisionTimeout(ResumeError):
     """Node 0's decision did not arrive within nodes.timeout: node 0 is lost."""
-
-
-def decision_path(shared_dir: Path, attempt: int) -> Path:
-    return shared_dir / f"attempt-{attempt}" / DECISION
 
 
 @dataclass(frozen=True)
@@ -78,10 +73,9 @@ def decided(prepare: Callable[[], Resume]) -> tuple[Decision, BaseException | No
     return Decision("resume" if resume.path else "fresh", resume), None
 
 
-def parse(text: str, shown: Path) -> Decision:
-    """A decision file's text as a Decision; anything else a ResumeError naming the file."""
+def parse(data: dict[str, Any], shown: Path) -> Decision:
+    """A decision file's object as a Decision; anything else a ResumeError naming the file."""
     try:
-        data = json.loads(text)
         outcome = data["outcome"]
         if outcome not in OUTCOMES:
             raise ValueError(f"unknown outcome {outcome!r}")
@@ -99,58 +93,49 @@ def parse(text: str, shown: Path) -> Decision:
                           "agree on a checkpoint") from None
 
 
-def publish(shared_dir: Path, attempt: int, decision: Decision) -> Path:
-    """Node 0: write the decision where the other nodes look, atomically; a shared_dir that
-    cannot be written is a ResumeError (the others would wait for nothing)."""
-    path = decision_path(shared_dir, attempt)
+def publish(shared: SharedDir, attempt: int, decision: Decision) -> None:
+    """Node 0: write the decision where the other nodes look; a shared_dir that cannot be
+    written is a ResumeError (the others would wait for nothing)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            replace_file(fd, path.name, (json.dumps(decision.as_dict(), sort_keys=True) + "\n").encode())
-        finally:
-            os.close(fd)
-    except OSError as err:
-        raise ResumeError(f"cannot write the checkpoint decision {path} for the other nodes: "
-                          f"{err.strerror or err}") from None
-    return path
+        shared.put(attempt, STEM, decision.as_dict())
+    except SharedDirError as err:
+        raise ResumeError(f"cannot write the checkpoint decision for the other nodes: {err}") from None
 
 
-def for_node(node_rank: int, shared_dir: Path, attempt: int, prepare: Callable[[], Resume],
-             clock: Clock, timeout: float, say: Callable[[str], None],
-             should_stop: Callable[[], bool] = lambda: False) -> Resume:
-    """The Resume of `attempt` on this node: node 0 prepares (`prepare`: checkpointprep's)
-    and publishes; the others wait for that and follow it."""
-    if node_rank == 0:
-        decision, error = decided(prepare)
-        publish(shared_dir, attempt, decision)
-        if error is not None:
-            raise error
-        return decision.resume
-    return follow(await_decision(shared_dir, attempt, clock, timeout, should_stop), say)
-
-
-def await_decision(shared_dir: Path, attempt: int, clock: Clock, timeout: float,
+def await_decision(shared: SharedDir, attempt: int, clock: Clock, timeout: float,
                    should_stop: Callable[[], bool] = lambda: False) -> Decision:
     """Another node: node 0's decision for `attempt`, once it is there.
 
     DecisionTimeout when it has not come within `timeout` seconds; a ResumeError when this
     node is asked to stop meanwhile (the loop then ends the run as interrupted)."""
-    path = decision_path(shared_dir, attempt)
+    path = shared.attempt_dir(attempt) / f"{STEM}-0.json"
     started = clock.monotonic()
-    while True:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            text = None
-        if text is not None:
-            return parse(text, path)
+    while 0 not in shared.ranks(attempt, STEM):
         if should_stop():
             raise ResumeError(f"stopped while waiting for node 0's checkpoint decision ({path})")
         if clock.monotonic() - started >= timeout:
             raise DecisionTimeout(f"node 0 decided no checkpoint for attempt {attempt} within "
                                   f"{timeout:g}s (no {path}): node 0 is lost")
         clock.sleep(POLL)
+    try:
+        return parse(shared.read(attempt, STEM, 0), path)
+    except SharedDirError as err:
+        raise ResumeError(f"node 0's checkpoint decision is damaged ({err}); the nodes cannot agree "
+                          "on a checkpoint") from None
+
+
+def for_node(shared: SharedDir, attempt: int, prepare: Callable[[], Resume], clock: Clock,
+             timeout: float, say: Callable[[str], None],
+             should_stop: Callable[[], bool] = lambda: False) -> Resume:
+    """The Resume of `attempt` on this node: node 0 prepares (`prepare`: checkpointprep's)
+    and publishes; the others wait for that and follow it."""
+    if shared.rank == 0:
+        decision, error = decided(prepare)
+        publish(shared, attempt, decision)
+        if error is not None:
+            raise error
+        return decision.resume
+    return follow(await_decision(shared, attempt, clock, timeout, should_stop), say)
 
 
 def follow(decision: Decision, say: Callable[[str], None]) -> Resume:
