@@ -71,6 +71,11 @@ CHECKPOINT_BATCH_NOT_FIXED = "checkpoint.batch_not_fixed"  # that failed: path, 
 CHECKPOINT_LR_RESCALED = "checkpoint.lr_rescaled"  # its scheduler's lr was rescaled for the new batch
 CHECKPOINT_CONVERTED = "checkpoint.converted"  # converted to a universal checkpoint for a new world size
 
+# -- several nodes (nodes.count > 1: supervisor/run/nodes.py) -----------------------------
+NODE_ATTEMPT = "node.attempt"    # this node's part of the job's attempt begins: job_attempt, node, nodes, shared_dir
+NODE_STOPPING = "node.stopping"  # this node told the others it stops its part: job_attempt, kind, evidence, error
+NODE_SETTLED = "node.settled"    # every node's word on the attempt, merged: job_attempt, kind, evidence, parts, waited
+
 # -- torch extension build locks -----------------------------------------------------------
 EXTENSION_LOCK_CLEARED = "extension_lock.cleared"  # a build lock the stopped tree held was removed: path
 EXTENSION_LOCK_KEPT = "extension_lock.kept"        # a build lock was left in place: path, why
