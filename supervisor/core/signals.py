@@ -3,6 +3,8 @@
 - SIGINT (Ctrl-C) once, or SIGTERM (systemd, `kill`): stop the job gracefully.
 - SIGINT twice: kill the job now, without the grace period.
 - SIGHUP (the terminal went away): stop writing to it; the job keeps running.
+- SIGWINCH (the terminal was resized): counted (`resizes`); the console measures the
+  width again before its next redraw.
 
 `guardrun run` installs them before anything else (`install_early`, called when the
 command's module is first imported, before the ~200 ms of imports, the recipe, the lock
@@ -56,6 +58,19 @@ def wait_unless_stopped(clock, requests: Requests, seconds: float) -> bool:
     return not requests.stop
 
 
+_resizes = 0
+
+
+def resizes() -> int:
+    """How many SIGWINCHes have come: the status line is fitted again when it changes."""
+    return _resizes
+
+
+def _resized(_signum, _frame) -> None:
+    global _resizes
+    _resizes += 1
+
+
 def install(requests: Requests, on_hangup: Callable[[], None] | None = None) -> Callable[[], None]:
     """Install the handlers; returns a function that puts the previous ones back."""
     if on_hangup is not None:
@@ -68,7 +83,8 @@ def install(requests: Requests, on_hangup: Callable[[], None] | None = None) -> 
         requests.hang_up()
 
     previous = {sig: signal.signal(sig, handler) for sig, handler in
-                ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, hangup))}
+                ((signal.SIGINT, stop), (signal.SIGTERM, stop), (signal.SIGHUP, hangup),
+                 (signal.SIGWINCH, _resized))}
 
     def restore() -> None:
         for sig, handler in previous.items():

@@ -1,9 +1,16 @@
 """What the person at the terminal sees: the job's output and one live status line.
 
-On a terminal the status line is redrawn in place under the job's output; elsewhere
+On a terminal the status line is redrawn in place under the job's output, fitted to the
+terminal's width (record/statusline.py: it never wraps), measured again after a SIGWINCH;
+the cursor waits at the line's start, so that a terminal that re-wraps a narrowed line
+(tmux, VTE) still has all of it below the cursor, where each redraw erases. Elsewhere
 (a pipe, a log file, journald) plain lines are written instead, the status at most
-every `plain_every` seconds. After a hangup (SIGHUP, a dropped SSH session) or a write
-error nothing is written at all: the journal keeps everything.
+every `plain_every` seconds; when the stream is the journal (systemd's JOURNAL_STREAM
+names its device and inode) every line starts with its syslog priority (`<3>` errors and
+giving up, `<4>` warnings and failed attempts, `<6>` the rest and all of the job's lines:
+guardrun cannot tell how much one of them matters, and an explicit `<6>` keeps a job's
+line that begins with `<N>` from being read as a priority). After a hangup (SIGHUP, a
+dropped SSH session) or a write error nothing is written at all: the journal keeps everything.
 
 Nobody waits on the terminal. A stream with a file descriptor (the real stdout: a tty,
 a pipe, a file) is written by a thread of its own, `guardrun-console`, from a bounded
@@ -34,7 +41,17 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TextIO
 
-_CLEAR = "\r\x1b[K"
+from ..core import signals
+from . import levels
+from .statusline import fit
+
+#: Back to the line's start and erase to the end of the screen: all of a status line a
+#: narrowed terminal re-wrapped, since the cursor was left at its start.
+_CLEAR = "\r\x1b[J"
+#: Columns left free at the right: a line that fills the last column wraps on some terminals.
+MARGIN = 1
+#: The width taken when the terminal cannot be asked (a StringIO with tty=True in tests).
+DEFAULT_WIDTH = 80
 #: Queue bounds: items and characters (~10,000 lines of 100 bytes: a few seconds of a
 #: flooding job on a terminal that reads, but slower; past it, the oldest queued lines of
 #: the job are dropped: the newest, a crash's last lines, matter most).
@@ -58,8 +75,11 @@ class Console:
                  tty: bool | None = None, plain_every: float = 30.0):
         self._stream = stream if stream is not None else sys.stdout
         self._tty = self._stream.isatty() if tty is None else tty
+        self._journald = not self._tty and _is_journal(self._stream)
         self._quiet = quiet
-        self._status = ""
+        self._status = ""    # the status as drawn (fitted, then back to its start)
+        self._width = DEFAULT_WIDTH
+        self._measured_at: int | None = None  # signals.resizes when the width was measured
         self._lock = threading.Lock()  # the output reader thread and the loop both write
         self._plain_every = plain_every
         self._last_plain: float | None = None
@@ -72,21 +92,24 @@ class Console:
     def output(self, prefix: str, line: str) -> None:
         """One line of the job's output."""
         if not self._quiet:
-            self._write(f"{prefix}{line}\n", own=False)
+            self._write(f"{self._priority(levels.INFO)}{prefix}{line}\n", own=False)
 
     def say(self, text: str) -> None:
-        """One of guardrun's own messages, always shown."""
-        self._write(f"guardrun: {text}\n", own=True)
+        """One of guardrun's own messages, always shown (`levels.warning(text)`,
+        `levels.error(text)`: with that priority on journald)."""
+        priority = self._priority(levels.of_line(text))
+        self._write("".join(f"{priority}{line}\n" for line in f"guardrun: {text}".split("\n")), own=True)
 
     def status(self, text: str, now: float) -> None:
-        """The live status line (or, off a terminal, a plain line now and then)."""
+        """The live status line (a statusline.StatusLine, or any text: cropped to fit),
+        or, off a terminal, a plain line now and then."""
         if self._tty:
             with self._lock:
-                self._status = text
-                self._sink.put(_CLEAR + text, own=False)  # the next redraw replaces it anyway
+                self._status = fit(text, self._columns() - MARGIN) + "\r"
+                self._sink.put(_CLEAR + self._status, own=False)  # the next redraw replaces it anyway
         elif self._last_plain is None or now - self._last_plain >= self._plain_every:
             self._last_plain = now
-            self._write(f"guardrun: {text}\n", own=True)
+            self._write(f"{self._priority(levels.INFO)}guardrun: {text}\n", own=True)
 
     def clear_status(self) -> None:
         if self._tty:
@@ -98,6 +121,19 @@ class Console:
         """Wait up to `timeout` for what is queued to reach the stream; False if it did not
         (a reader that does not read, a disk that stays full)."""
         return self._sink.drain(timeout)
+
+    def _columns(self) -> int:
+        """The terminal's width, asked again after each SIGWINCH (the handler only counts)."""
+        if self._measured_at != signals.resizes():
+            self._measured_at = signals.resizes()
+            try:
+                self._width = os.get_terminal_size(self._stream.fileno()).columns or DEFAULT_WIDTH
+            except (AttributeError, OSError, ValueError):
+                pass  # not a real terminal: the width it had
+        return self._width
+
+    def _priority(self, level: str) -> str:
+        return f"<{levels.PRIORITY[level]}>" if self._journald else ""
 
     def _write(self, text: str, own: bool) -> None:
         with self._lock:
@@ -260,6 +296,16 @@ class _Threaded:
                 self._at_line_start = self._tty or data[written - 1] == 10
             data = data[written:]
         return None
+
+
+def _is_journal(stream: TextIO) -> bool:
+    """Whether `stream` is systemd's journal: JOURNAL_STREAM is its `device:inode`."""
+    try:
+        device, inode = (int(part) for part in os.environ.get("JOURNAL_STREAM", "").split(":"))
+        info = os.fstat(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return (info.st_dev, info.st_ino) == (device, inode)
 
 
 def _sink_for(stream: TextIO, tty: bool):
