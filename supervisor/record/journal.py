@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import structlog
 
 from ..core import events
+from . import levels
 from .journalread import Skipped, history, read_events, read_state
 from .spacewatch import SpaceWatch, reserve, unreserve, write_all
 from .statedir import (
@@ -73,13 +75,21 @@ _STAMP = structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts")
 _JSON = structlog.processors.JSONRenderer(default=str)
 
 
-def _render(record: dict[str, Any]) -> bytes:
-    """One events.jsonl line, as structlog renders it (job, fields, event, ts)."""
+#: Where the events happen, on each (a log shipper indexes many hosts' journals together).
+HOST = socket.gethostname()
+
+
+def _render(job: str, name: str, fields: dict[str, Any]) -> bytes:
+    """One events.jsonl line, as structlog renders it: job, the fields, event, level
+    (record/levels.py), host, ts."""
+    record = {"job": job, **fields, "event": events.journaled(name),
+              "level": levels.of_event(name, fields), "host": HOST}
     return (_JSON(None, "info", _STAMP(None, "info", record)) + "\n").encode("utf-8", "replace")
 
 
 class Journal:
-    """Writes one job's state directory: events (each with `job`), state.json, attempt folders."""
+    """Writes one job's state directory: events (each with `job`, `level`, `host`), state.json,
+    attempt folders."""
 
     def __init__(self, name: str, root: Path | None = None):
         self.name = name
@@ -103,12 +113,12 @@ class Journal:
         if not space.may_write("events.jsonl"):
             space.lost("events.jsonl", events=1)
             return
-        data = _render({"job": self.name, **fields, "event": events.journaled(event)})
+        data = _render(self.name, event, fields)
         outage = space.peek("events.jsonl")
         if outage is not None:
-            data = _render({"job": self.name, "event": events.journaled(events.LOGGING_RESUMED),
-                            "what": "events.jsonl", "reason": outage.reason, "since": outage.since_wall,
-                            "lost_events": outage.lost_events}) + data
+            data = _render(self.name, events.LOGGING_RESUMED, {
+                "what": "events.jsonl", "reason": outage.reason, "since": outage.since_wall,
+                "lost_events": outage.lost_events}) + data
         with self._write_lock:
             if self._events.closed:
                 return  # after close (a late helper thread): nowhere to write, nothing to raise

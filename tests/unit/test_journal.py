@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 
 import pytest
@@ -58,3 +59,17 @@ def test_loosened_permissions_are_tightened(tmp_path):
     os.chmod(path, 0o755)
     ensure_private_dir(path)
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+def test_every_event_carries_its_level_and_host(state_dir):
+    """What a log shipper indexes: `level` (info, warning, error) and `host` on every line."""
+    journal = Journal("demo")
+    journal.emit("run.started", digest="aaa")
+    journal.emit("attempt.ended", attempt=1, kind="host_oom", evidence="too big")
+    journal.emit("limit.breached", attempt=2, kind="host_oom")
+    journal.emit("attempt.ended", attempt=2, kind="success")
+    journal.emit("run.gave_up", exit_code=1, why="restarts used up")
+    journal.close()
+    written = list(read_events(journal.dir))
+    assert [e["level"] for e in written] == ["info", "warning", "warning", "info", "error"]
+    assert {e["host"] for e in written} == {socket.gethostname()}
