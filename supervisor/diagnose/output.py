@@ -11,6 +11,8 @@ flush of a quiet log is skipped when this thread is busy writing (it flushes by 
 then). `\r` redraws (tqdm: thousands a second; one bar wrote 243 MB in 68 s) are all
 parsed for progress but reach the log and the console collapsed: a redraw is held, the
 next piece replaces it (as on a terminal), and at most one per REDRAW_EVERY is written.
+A launcher's traceback for the signal that stopped it (guardrun's own SIGTERM, mostly)
+reaches the console as one line (signalfold.py); the log keeps all of it.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .patterns import Patterns
 from .ranklogs import RankLogs
 from .rootcause import Trace, TraceTracker
 from .sentinel import NanState, NanTracker
+from .signalfold import SignalFold
 
 #: Seconds a streaming log may stay unflushed (the watch loop flushes a quiet one).
 FLUSH_EVERY = 0.1
@@ -91,6 +94,7 @@ class OutputReader:
         self._lock = threading.Lock()        # the state below, read by the watch loop
         self._write_lock = threading.Lock()  # the log file: the pipe and rank files both write
         self._held: str | None = None        # the newest redraw, not written yet
+        self._fold = SignalFold()            # the console's lines, a signal's traceback folded
         self._redrawn_at = float("-inf")     # when a redraw last reached the log
         self._evidence: HeadTail[Event] = HeadTail(MAX_EVIDENCE)
         self._traces = TraceTracker()
@@ -119,6 +123,8 @@ class OutputReader:
                 if self._held is not None:  # the output ended on a redraw: it is the last state
                     self._show(self._held)
                     self._held = None
+                for line in self._fold.end():
+                    self._console.output(self._prefix, line)
                 self._log.close()
         return done
 
@@ -171,7 +177,8 @@ class OutputReader:
 
     def _show(self, line: str) -> None:
         self._log.write(line)
-        self._console.output(self._prefix, line)
+        for shown in self._fold.feed(line):
+            self._console.output(self._prefix, shown)
 
     def _flush(self, force: bool) -> None:
         """Flush the log at most every FLUSH_EVERY while lines stream in (a flush per line
