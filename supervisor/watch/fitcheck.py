@@ -50,16 +50,18 @@ def measure(recipe: Recipe, gpus: GpuSource | None, memory: ProcfsMemory | None)
 def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequence[int] | None,
                    plan: Plan, gpus: GpuSource | None, memory: ProcfsMemory | None,
                    say: Callable[[str], None], emit: Callable[..., None],
-                   known: Known | None = None) -> Plan:
+                   known: Known | None = None, others: Sequence[Resources] = ()) -> Plan:
     """The plan to launch: `plan`, or a later rung when `plan` is predicted not to fit.
 
     Each skipped rung is one console line ("skipping rung 2: predicted 41.3 GiB per GPU
     > 35.6 GiB usable of 39.6 GiB free on GPU 0") and one `preflight.skipped` event.
+    `others`: the other nodes' readings of a multi-node job (their facts of the last
+    attempt): the tightest node decides (`tightest`).
     """
     if not recipe.preflight or recipe.model is None:  # nothing to estimate: nothing to skip
         return plan
     known = known or gather(recipe)
-    resources = measure(recipe, gpus, memory)
+    resources = tightest(measure(recipe, gpus, memory), others)
     choice = decide_fitting(recipe, failures, known, resources, visible)
     chosen = choice.decision.plan
     if chosen is None or chosen.rungs[:len(plan.rungs)] != plan.rungs:
