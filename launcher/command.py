@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import accelerate, dsconfig, kvargs
+from . import accelerate, dsconfig, kvargs, multinode
 from .plan import Plan
 from .spec import Recipe
 from .trainer import hf_overrides
@@ -52,7 +52,12 @@ def build(recipe: Recipe, plan: Plan, *, attempt: int = 1, resume: Resume = Resu
     files, ds_path = _deepspeed_file(recipe, plan, resume, files_dir)
     args = _job_args(recipe, plan, resume, ds_path)
     launcher_argv, log_env = rank_logs(recipe.launcher, log_dir)
-    argv = _launcher_argv(recipe, plan, port) + launcher_argv + _target(recipe) + tuple(args)
+    if recipe.node.multi:
+        node_argv, node_files = multinode.launcher_argv(recipe, plan, files_dir)
+        files += node_files
+    else:
+        node_argv = _launcher_argv(recipe, plan, port)
+    argv = node_argv + launcher_argv + _target(recipe) + tuple(args)
     return LaunchSpec(argv=argv, env=_env(recipe, plan, attempt) + log_env, cwd=recipe.workdir,
                       resume_from=resume.path, files=files)
 
@@ -268,4 +273,5 @@ def _env(recipe: Recipe, plan: Plan, attempt: int) -> tuple[tuple[str, str], ...
     env["GUARDRUN_RUNG"] = str(plan.rung)
     if recipe.ranks_env:  # tools that start torchrun themselves: NPROC_PER_NODE
         env[recipe.ranks_env] = str(plan.ranks)
+    env.update(multinode.env(recipe))
     return tuple(env.items())

@@ -12,11 +12,11 @@ import re
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Mapping, NoReturn, Sequence
 
 from yaml.nodes import Node
 
-from . import accelerate, dsconfig, modelspec, nodes
+from . import accelerate, dsconfig, modelspec, multinode, nodes
 from .overrides import apply as apply_overrides
 from .overrides import parse as parse_overrides
 from .rungs import HF_RUNG_FLAGS, read_ladder
@@ -368,14 +368,22 @@ def _node_view(root: Node, ctx: Ctx, values: dict, env: Mapping[str, str]):
     if section_value.shared_dir is None and values["checkpoints"] is not None:
         section_value = replace(section_value, shared_dir=values["checkpoints"].dir / ".guardrun")
     try:
-        return section_value, nodes.resolve(section_value, env, nodes.hostnames)
+        view = nodes.resolve(section_value, env, nodes.hostnames)
     except nodes.NodeError as err:
         if not (err.no_rank and ctx.missing is not None):
-            given = {name: (key_node, value_node) for name, key_node, value_node in pairs(root, "", ctx)}
-            where = given.get("nodes")
-            raise RecipeError(ctx.file, line_of(where[0]) if where else 1, err.key, str(err)) from None
+            _fail_at_nodes(root, ctx, err.key, str(err))
         ctx.missing.append(f"{err} (shown as node rank 0)")
-        return section_value, nodes.resolve(section_value, {**env, nodes.RANK_ENV: "0"}, nodes.hostnames)
+        view = nodes.resolve(section_value, {**env, nodes.RANK_ENV: "0"}, nodes.hostnames)
+    if view.multi and values["launcher"] not in multinode.LAUNCHERS:
+        _fail_at_nodes(root, ctx, "launcher", f"launcher: {values['launcher']} runs one process: {view.count} "
+                       "nodes need one of " + ", ".join(multinode.LAUNCHERS))
+    return section_value, view
+
+
+def _fail_at_nodes(root: Node, ctx: Ctx, key: str, message: str) -> NoReturn:
+    """A problem of the `nodes:` section as a whole (or of SLURM's environment): its line."""
+    where = next((key_node for name, key_node, _ in pairs(root, "", ctx) if name == "nodes"), None)
+    raise RecipeError(ctx.file, line_of(where) if where is not None else 1, key, message)
 
 
 def _check_target(root: Node, ctx: Ctx, values: dict) -> None:
