@@ -33,7 +33,6 @@ from ..report import build as reporting
 from ..run.loop import Options, Supervisor
 from ..unattended.jobrun import JobRun
 from . import doctor as doctor_checks
-from . import example as examples
 from . import jobs as unattended
 from . import jobview, nodeview, planjson, planview, recipeargs
 
@@ -147,19 +146,6 @@ def doctor(as_json: bool) -> None:
     else:
         click.echo("\n".join(check.line() for check in checks))
     sys.exit(doctor_checks.exit_code(checks))
-
-
-@main.command()
-@click.argument("name", required=False, shell_complete=examples.complete)
-def example(name: str | None) -> None:
-    """List the ready recipes, or print recipe NAME to start from: guardrun example llava_lora > my.yaml."""
-    if name is None:
-        click.echo("\n".join(examples.listing()))
-        return
-    try:
-        click.echo(examples.copy_text(examples.find(name)), nl=False)
-    except examples.ExampleError as err:
-        raise fail(str(err), USAGE) from None
 
 
 @main.command()

@@ -83,6 +83,8 @@ EXTENSION_LOCK_KEPT = "extension_lock.kept"        # a build lock was left in pl
 # -- the journal itself --------------------------------------------------------------------
 LOGGING_SUSPENDED = "logging.suspended"  # a state-dir file stopped being written (disk full): what, reason
 LOGGING_RESUMED = "logging.resumed"      # writing works again: what, since, lost lines/events
+METRICS_FAILED = "metrics.failed"        # the Prometheus textfile cannot be written (the run goes on): path, reason
+METRICS_RESUMED = "metrics.resumed"      # it is written again: path
 
 # -- a tree's stop (proc.stop_tree's on_event; not journaled today) -------------------------
 PROC_TERM_SENT = "proc.term_sent"            # SIGTERM went to the launcher (or each member): pids
