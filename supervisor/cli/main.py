@@ -228,7 +228,7 @@ def _checkpoint_place(where: str, pattern: str | None) -> tuple[Path, str | None
               help="Folder for JOB-memory.png and JOB-report.html (default: the job's state folder).")
 def report(job: str, out: str | None) -> None:
     """Plot JOB's memory over time against its limits (PNG) and write an HTML report with the
-    attempts and root causes, from its journal. Needs matplotlib: pip install 'guardrun[plot]'."""
+    attempts and root causes, from its journal. Needs matplotlib (in a clone: pip install '.[plot]')."""
     try:
         written = reporting.make(job, Path(out) if out else None)
     except (reporting.ReportError, StateDirError, OSError) as err:
