@@ -95,11 +95,24 @@ node_rank_option = click.option(
     help=f"This machine's node rank in a multi-node job (default: ${RANK_ENV}, else $SLURM_NODEID).")
 
 
+#: --metrics-dir DIR for run, start and tmux: the recipe's `metrics: {textfile: DIR}`, replaced.
+metrics_dir_option = click.option(
+    "--metrics-dir", type=click.Path(file_okay=False, resolve_path=True), default=None, metavar="DIR",
+    help="Write the job's Prometheus metrics to DIR/guardrun_<job>.prom (node_exporter's textfile "
+         "directory); replaces the recipe's metrics.textfile.")
+
+
+def metrics_argv(metrics_dir: str | None) -> list[str]:
+    """The flag again, for the `guardrun run` that start detaches or tmux creates."""
+    return ["--metrics-dir", metrics_dir] if metrics_dir else []
+
+
 @click.command()
 @recipeargs.words_argument
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
 @node_rank_option
-def start(words: tuple[str, ...], fresh: bool) -> None:
+@metrics_dir_option
+def start(words: tuple[str, ...], fresh: bool, metrics_dir: str | None) -> None:
     """Run RECIPE detached from the terminal; print how to follow it."""
     loaded = recipeargs.load(words)
     unlaunchable = launch_problem(loaded, os.environ) or limits_problem(loaded, ProcfsMemory().host().total)
@@ -110,7 +123,7 @@ def start(words: tuple[str, ...], fresh: bool) -> None:
     log = directory / daemon.SUPERVISOR_LOG
     token, offset = daemon.new_token(), daemon.log_size(log)
     argv = daemon.run_argv(loaded.path.resolve(), ["--quiet", *(["--fresh"] if fresh else []),
-                                                    *loaded.overrides])
+                                                    *metrics_argv(metrics_dir), *loaded.overrides])
     try:
         pid = daemon.detach(argv, log, daemon.daemon_env(os.environ, token))
     except (daemon.DetachError, OSError) as err:
@@ -317,7 +330,9 @@ def stop(job: str, now: bool, timeout: float) -> None:
 @click.option("-L", "--socket-name", help="The tmux server's socket name (tmux -L).")
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
 @node_rank_option
-def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, fresh: bool) -> None:
+@metrics_dir_option
+def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, fresh: bool,
+             metrics_dir: str | None) -> None:
     """Run RECIPE in a tmux session named after the job, or re-attach to it."""
     loaded = recipeargs.load(words)
     session, base = tmux.session_name(loaded.name), tmux.base_argv(socket_name)
@@ -331,7 +346,8 @@ def tmux_cmd(words: tuple[str, ...], no_attach: bool, socket_name: str | None, f
             click.echo(f"guardrun: tmux session {session} exists{ended}")
         else:
             _refuse_if_supervised(loaded.name, _private_dir(loaded.name))
-            run = daemon.run_argv(loaded.path.resolve(), [*(["--fresh"] if fresh else []), *loaded.overrides])
+            run = daemon.run_argv(loaded.path.resolve(), [*(["--fresh"] if fresh else []),
+                                                          *metrics_argv(metrics_dir), *loaded.overrides])
             tmux.create(base, session, run, os.environ, os.getcwd())
             click.echo(f"guardrun: started job {loaded.name} in tmux session {session}")
     except tmux.TmuxError as err:

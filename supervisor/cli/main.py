@@ -24,6 +24,7 @@ from pathlib import Path  # noqa: E402
 import click  # noqa: E402
 from guardrun.launcher import checkpoints as ckpts
 from guardrun.launcher.recipe import RecipeError
+from guardrun.launcher.spec import Metrics
 from guardrun.launcher.units import parse_size
 
 from ..core.exits import USAGE, fail
@@ -70,7 +71,8 @@ def main(ctx: click.Context) -> None:
 @click.option("-q", "--quiet", is_flag=True, help="Show only guardrun's lines; the job's output goes to the log.")
 @click.option("--fresh", is_flag=True, help="Start at rung 0, ignoring failures of earlier runs.")
 @unattended.node_rank_option
-def run(words: tuple[str, ...], quiet: bool, fresh: bool) -> None:
+@unattended.metrics_dir_option
+def run(words: tuple[str, ...], quiet: bool, fresh: bool, metrics_dir: str | None) -> None:
     """Run RECIPE in the foreground until it finishes or guardrun gives up."""
     # A stop asked for from here on (the handlers are in before the recipe, the lock and a
     # dead run's leftovers) ends the run with 130, recorded as interrupted.
@@ -78,14 +80,17 @@ def run(words: tuple[str, ...], quiet: bool, fresh: bool) -> None:
     requests = early if early is not None else signals.Requests()
     restore = None if early is not None else signals.install(requests)
     try:
-        _run(words, quiet, fresh, requests)
+        _run(words, quiet, fresh, requests, metrics_dir)
     finally:
         if restore is not None:
             restore()
 
 
-def _run(words: tuple[str, ...], quiet: bool, fresh: bool, requests: signals.Requests) -> None:
+def _run(words: tuple[str, ...], quiet: bool, fresh: bool, requests: signals.Requests,
+         metrics_dir: str | None) -> None:
     loaded = recipeargs.load(words)
+    if metrics_dir is not None:  # the flag wins over the recipe's `metrics:`
+        loaded = dataclasses.replace(loaded, metrics=Metrics(Path(metrics_dir)))
     try:
         journal = Journal(loaded.name)
     except (StateDirError, OSError) as err:
@@ -228,7 +233,7 @@ def _checkpoint_place(where: str, pattern: str | None) -> tuple[Path, str | None
               help="Folder for JOB-memory.png and JOB-report.html (default: the job's state folder).")
 def report(job: str, out: str | None) -> None:
     """Plot JOB's memory over time against its limits (PNG) and write an HTML report with the
-    attempts and root causes, from its journal. Needs matplotlib (in a clone: pip install '.[plot]')."""
+    attempts and root causes, from its journal. Needs matplotlib: pip install 'guardrun[plot]'."""
     try:
         written = reporting.make(job, Path(out) if out else None)
     except (reporting.ReportError, StateDirError, OSError) as err:

@@ -31,6 +31,7 @@ from ..diagnose.output import Progress
 from ..diagnose.rankcount import ranks_in_file
 from ..record.console import Console
 from ..record.journal import Journal, history
+from ..record.metrics import Textfile
 from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..watch.containment import Containment, ContainmentRequired
 from ..watch.containment import prepare as prepare_containment
@@ -48,7 +49,7 @@ from .checkpointprep import Context as ResumeContext
 from .checkpointprep import prepare as prepare_resume
 from .diagnosis import Diagnosis, root_cause
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
-from .snapshot import JobSnapshot
+from .snapshot import JobSnapshot, measured
 from .target import LastRun, already_finished, last_run
 
 #: state.json is rewritten at most this often while a job runs (seconds).
@@ -99,6 +100,8 @@ class Supervisor:
         self._snapshot = JobSnapshot(job=recipe.name, pid=os.getpid(), recipe=str(recipe.path),
                                      started=_now_iso())
         self._last_state_write: float | None = None
+        self._metrics = (Textfile(recipe.metrics.textfile, recipe.name, console.say, journal.emit)
+                         if recipe.metrics else None)  # Prometheus' textfile, beside state.json
         self._gpus_given = gpus  # "detect": ask NVML when the run starts
         self.gpu: GpuGuard | None = None
         self._vram: GpuMonitor | None = None
@@ -190,6 +193,7 @@ class Supervisor:
             restarts += 1
             if restarts > self.recipe.restarts.max:
                 return self._give_up(f"restarts used up ({self.recipe.restarts.max})")
+            self._snapshot.count_restart(str(failure.kind))
             self._move(State.BACKOFF)
 
     def _before_launching(self, earlier: LastRun | None) -> int | None:
@@ -380,6 +384,8 @@ class Supervisor:
         parts.append(format_elapsed(now - started))
         self._snapshot.update(step=progress.step, loss=progress.loss, memory=describe_reading(reading, limits))
         self._snapshot.update(vram=self._vram.describe() if self._vram else None)
+        self._snapshot.update(**measured(reading, limits, self._vram, follower.seen.newest.path
+                                         if follower is not None and follower.seen.newest else None))
         if self._last_state_write is None or now - self._last_state_write >= STATE_EVERY:
             self._write_state(now)
         return " · ".join(p for p in parts if p)
@@ -406,6 +412,7 @@ class Supervisor:
             return
         self.state = check_transition(self.state, target)
         self.journal.emit(events.STATE_CHANGED, state=str(target))
+        self._snapshot.update(state_since=time.time())
         self._write_state(self.clock.monotonic())
         for listener in self._listeners:
             listener(target, exit_code if target in TERMINAL else None)
@@ -414,7 +421,10 @@ class Supervisor:
         self._last_state_write = now
         self._note_logging()
         self._snapshot.update(state=str(self.state), updated=_now_iso())
-        self.journal.write_state(self._snapshot.as_json())
+        state = self._snapshot.as_json()
+        self.journal.write_state(state)
+        if self._metrics is not None:
+            self._metrics.write(state)
 
     def _note_logging(self) -> None:
         """Say (console, journal) when a state-dir write began or stopped failing; keep the

@@ -8,8 +8,13 @@ guardrun keeps"). A fact not known yet is left out of the file (not written as n
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Final
+
+from ..watch.gpuwatch import GpuMonitor
+from .policy import MemoryLimits, MemoryReading
 
 
 class _Unset:
@@ -52,6 +57,14 @@ class JobSnapshot:
     memory: str | _Unset = UNSET
     vram: str | None | _Unset = UNSET
     newest_checkpoint: str | None | _Unset = UNSET  # only for a recipe with `checkpoints:`
+    # the same as numbers (bytes, Unix seconds), for the Prometheus textfile (record.metrics)
+    tree_memory: int | None | _Unset = UNSET
+    tree_limit: int | None | _Unset = UNSET
+    available: int | None | _Unset = UNSET
+    gpu_memory: list | None | _Unset = UNSET  # [{gpu, used, total, limit}] for the job's GPUs
+    checkpoint_mtime: float | None | _Unset = UNSET
+    state_since: float | _Unset = UNSET       # when the job entered `state`
+    restarts: dict | _Unset = UNSET           # failure kind -> attempts relaunched after it
     # how the last attempt ended, and why the run gave up
     last_kind: str | _Unset = UNSET
     last_evidence: str | _Unset = UNSET
@@ -66,9 +79,35 @@ class JobSnapshot:
                 raise TypeError(f"state.json has no field {name!r}")
             setattr(self, name, value)
 
+    def count_restart(self, kind: str) -> None:
+        counts = {} if isinstance(self.restarts, _Unset) else self.restarts
+        self.restarts = {**counts, kind: counts.get(kind, 0) + 1}
+
     def as_json(self) -> dict[str, Any]:
         """state.json's content: every fact known, in the fields' order."""
         return {name: value for name in _FIELDS if (value := getattr(self, name)) is not UNSET}
 
 
 _FIELDS: Final = tuple(field.name for field in dataclasses.fields(JobSnapshot))
+
+
+def measured(reading: MemoryReading | None, limits: MemoryLimits, vram: GpuMonitor | None,
+             checkpoint: Path | None) -> dict[str, Any]:
+    """A look's figures as state.json's number fields (None: not measured)."""
+    gpus = vram.gpus() if vram is not None else []
+    return {
+        "tree_memory": None if reading is None else (
+            reading.tree_pss if reading.tree_pss is not None else reading.tree_fast),
+        "tree_limit": limits.tree,
+        "available": None if reading is None else reading.available,
+        "gpu_memory": [{"gpu": g.index, "used": g.used, "total": g.total,
+                        "limit": vram.limit.resolve(g.total) if vram.limit else None} for g in gpus] or None,
+        "checkpoint_mtime": _mtime(checkpoint),
+    }
+
+
+def _mtime(path: Path | None) -> float | None:
+    try:
+        return os.stat(path).st_mtime if path is not None else None
+    except OSError:  # removed since it was seen
+        return None
