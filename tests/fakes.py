@@ -185,7 +185,7 @@ class FakeProcesses:
     def adopt_orphans(self) -> bool:
         return True
 
-    def spawn(self, argv, *, env, cwd, join) -> FakePopen:
+    def spawn(self, argv, *, env, cwd, join, stdout=None) -> FakePopen:
         calls = len(self.argvs)
         if calls == len(self.launches):
             raise AssertionError(f"spawn {calls + 1} was not scripted: {argv}")
@@ -201,8 +201,9 @@ class FakeProcesses:
     def tree(self) -> LauncherTree:
         return LauncherTree(self.spawned[-1])
 
-    def stop_tree(self, launched, tree, *, grace, clock, hurry, group) -> StopReport:
-        report = proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group)
+    def stop_tree(self, launched, tree, *, grace, clock, hurry, group, on_event) -> StopReport:
+        report = proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group,
+                                on_event=on_event)
         self.stops.append(report)
         return report
 

@@ -86,7 +86,7 @@ LOGGING_RESUMED = "logging.resumed"      # writing works again: what, since, los
 METRICS_FAILED = "metrics.failed"        # the Prometheus textfile cannot be written (the run goes on): path, reason
 METRICS_RESUMED = "metrics.resumed"      # it is written again: path
 
-# -- a tree's stop (proc.stop_tree's on_event; not journaled today) -------------------------
+# -- a tree's stop (proc.stop_tree's on_event: an attempt's, a checkpoint helper's) -----------
 PROC_TERM_SENT = "proc.term_sent"            # SIGTERM went to the launcher (or each member): pids
 PROC_TERM_FORWARDED = "proc.term_forwarded"  # the launcher is gone: each member left got its own SIGTERM
 PROC_KILL_SENT = "proc.kill_sent"            # SIGKILL sent: pids

@@ -12,7 +12,6 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from guardrun.launcher import checkpoints
 from guardrun.launcher.command import LaunchSpec
@@ -20,8 +19,7 @@ from guardrun.launcher.failures import Failure
 from guardrun.launcher.units import format_bytes
 
 from ..core import events
-from ..core.clock import Clock
-from ..core.signals import Requests
+from ..core.context import Context
 from ..diagnose.output import MAX_LOG, OutputReader, Progress
 from ..diagnose.patterns import Patterns
 from ..record.console import Console
@@ -73,13 +71,11 @@ class Peaks:
 class Watch:
     """What the attempt needs from the supervisor, bundled so it is passed as one thing."""
 
-    clock: Clock
+    ctx: Context  # the attempt's: its emit names the attempt
     memory: MemorySource
     console: Console
-    requests: Requests
     limits: MemoryLimits
     grace: float
-    emit: Callable[..., None]
     checkpoints: CheckpointFollower | None = None  # follows the checkpoint folder, if the recipe has one
     gpu: GpuMonitor | None = None  # samples VRAM each interval, where there are GPUs
     diagnosis: Diagnosis | None = None  # NaN and hang watch, recipe patterns, per-rank logs
@@ -134,15 +130,15 @@ class Attempt:
         # covers filesystems that store whole seconds.
         self.spawned_at = time.time() - 1.0
         watch, number = self.watch, self.number
-        group = watch.containment.attempt(number, watch.console.say, watch.emit) if watch.containment else None
+        group = watch.containment.attempt(number, watch.ctx) if watch.containment else None
         self.popen, self.group = _spawn(self.spec, self.env, number, group, watch)
-        watch.emit(events.ATTEMPT_SPAWNED, attempt=number, pid=self.popen.pid, argv=list(self.spec.argv),
+        watch.ctx.emit(events.ATTEMPT_SPAWNED, attempt=number, pid=self.popen.pid, argv=list(self.spec.argv),
                    cgroup=str(self.group.path) if self.group else None)
         if self.group is not None:  # one memory.stat read per sample instead of the /proc walk
-            fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.console.say, w.emit, number))
+            fell_back = (lambda why, w=watch: w.containment.fell_back(why, w.ctx))
             self.watch = watch = dataclasses.replace(
                 watch, memory=CgroupMemory(self.group, watch.memory, fell_back))
-        self.started = watch.clock.monotonic()
+        self.started = watch.ctx.clock.monotonic()
         diagnosis = watch.diagnosis
         self.reader = OutputReader(self.popen.stdout, self.dir / "output.log", watch.console,
                                    prefix=f"[{number}] ",
@@ -150,7 +146,7 @@ class Attempt:
                                    rank_logs=diagnosis.rank_logs if diagnosis else None,
                                    max_log=watch.log_max_size, space=watch.space).start()
         self.tree = watch.processes.tree()
-        self.trail = MemoryTrail(number, watch.emit)
+        self.trail = MemoryTrail(number, watch.ctx.emit)
         return self.popen.pid
 
     def look(self) -> Look:
@@ -171,11 +167,11 @@ class Attempt:
         extensions = extensions_root(self.env)
         builds = find_builds(extensions, self.tree.pids(popen.pid))
         _stop(popen, self.tree, watch, number, running,
-              hurry=watched.interrupted and watch.requests.kill_now, group=self.group)
+              hurry=watched.interrupted and watch.ctx.requests.kill_now, group=self.group)
         kernel_oom = _kernel_oom(self.group, watch)
-        clear_build_locks(extensions, builds, self.spawned_at, watch.emit, number)
+        clear_build_locks(extensions, builds, self.spawned_at, watch.ctx.emit, number)
         if not self.reader.join(READER_JOIN_TIMEOUT):
-            watch.emit(events.OUTPUT_STILL_OPEN, attempt=number)
+            watch.ctx.emit(events.OUTPUT_STILL_OPEN, attempt=number)
         progress = self.reader.progress()
         seen = watch.checkpoints.stop() if watch.checkpoints else None
         diagnosis = watch.diagnosis
@@ -183,7 +179,7 @@ class Attempt:
                          stopped_for=watched.stopped_for, interrupted=watched.interrupted,
                          progressed=progress.step is not None or progress.loss is not None,
                          attempt=number, last_step=progress.step,
-                         incomplete_save=_incomplete(seen), took=watch.clock.monotonic() - self.started,
+                         incomplete_save=_incomplete(seen), took=watch.ctx.clock.monotonic() - self.started,
                          building=builds, reached_target=_reached(progress, seen), kernel_oom=kernel_oom,
                          **(diagnosis.end_facts(self.reader) if diagnosis else {}))
         return Ended(end, self.peaks)
@@ -199,15 +195,14 @@ def _spawn(spec: LaunchSpec, env: dict, number: int, group: Group | None,
             return watch.processes.spawn(list(spec.argv), env=env, cwd=str(spec.cwd), join=join), group
         except subprocess.SubprocessError as err:
             if join is None or "preexec_fn" not in str(err):
-                watch.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
+                watch.ctx.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
                 raise SpawnError(OSError(str(err))) from None
             watch.containment.fell_back(f"the launcher could not join {group.path} ({err}); this "
-                                        "attempt is watched through /proc", watch.console.say,
-                                        watch.emit, number)
+                                        "attempt is watched through /proc", watch.ctx)
             group.remove()
             join = group = None
         except OSError as err:  # nothing was started: nothing to stop
-            watch.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
+            watch.ctx.emit(events.ATTEMPT_SPAWN_FAILED, attempt=number, program=spec.argv[0], error=str(err))
             if group is not None:
                 group.remove()
             raise SpawnError(err) from None
@@ -222,11 +217,11 @@ def _kernel_oom(group: Group | None, watch: Watch) -> str:
     limit = watch.containment.hard_limit if watch.containment else None
     left = group.remove()
     if left:
-        watch.emit(events.CGROUP_NOT_REMOVED, left=left)
+        watch.ctx.emit(events.CGROUP_NOT_REMOVED, left=left)
     if kills <= 0:
         return ""
     at = f" at the hard limit {format_bytes(limit)}" if limit else ""
-    watch.emit(events.CGROUP_OOM_KILL, path=str(group.path), kills=kills, hard_limit=limit)
+    watch.ctx.emit(events.CGROUP_OOM_KILL, path=str(group.path), kills=kills, hard_limit=limit)
     return (f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} "
             f"(memory.oom_control oom_kill)")
 
@@ -237,22 +232,22 @@ def _look(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watch
     find a failure; memory measured (and judged) while it runs."""
     if popen.poll() is not None:
         return Look(ended=Watched())
-    if watch.requests.stop:
+    if watch.ctx.requests.stop:
         return Look(ended=Watched(interrupted=True))
     if watch.checkpoints is not None:
         watch.checkpoints.poll()
     if watch.diagnosis is not None:
         found = watch.diagnosis.check(reader, lambda: tree.pids(popen.pid))
         if found is not None:
-            watch.emit(events.DIAGNOSIS_STOP, kind=str(found.kind), evidence=found.evidence, step=found.step)
+            watch.ctx.emit(events.DIAGNOSIS_STOP, kind=str(found.kind), evidence=found.evidence, step=found.step)
             return Look(ended=Watched(stopped_for=found))
     reading = _measure(popen.pid, watch)
     peaks.update(reading)
     verdict = judge(reading, watch.limits, watch.gpu.sample() if watch.gpu is not None else None)
-    trail.record(watch.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
+    trail.record(watch.ctx.clock.monotonic(), reading, watch.gpu, force=verdict.stop)  # for `guardrun report`
     if not verdict.stop:
         return Look(reader.progress(), reading)
-    watch.emit(events.LIMIT_BREACHED, kind=str(verdict.failure.kind),
+    watch.ctx.emit(events.LIMIT_BREACHED, kind=str(verdict.failure.kind),
                evidence=verdict.failure.evidence, tree=reading.tree_fast,
                pss=reading.tree_pss, available=reading.available)
     return Look(reader.progress(), reading, Watched(stopped_for=verdict.failure))
@@ -291,15 +286,16 @@ def _stop(popen: Launched, tree: Tree, watch: Watch, number: int, running: bool,
           group: Group | None) -> None:
     """Make sure nothing of the attempt is left: graceful if it is still `running`."""
     if running:
-        watch.console.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
-                          f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
+        watch.ctx.say(f"stopping attempt {number} (SIGTERM, then SIGKILL after "
+                      f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
     report = watch.processes.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
-                                       clock=watch.clock, hurry=lambda: watch.requests.kill_now,
-                                       group=group.procs if group is not None else None)
-    watch.emit(events.ATTEMPT_STOPPED, attempt=number, was_running=running,
+                                       clock=watch.ctx.clock, hurry=lambda: watch.ctx.requests.kill_now,
+                                       group=group.procs if group is not None else None,
+                                       on_event=watch.ctx.emit)
+    watch.ctx.emit(events.ATTEMPT_STOPPED, attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:
-        watch.console.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))
+        watch.ctx.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))
 
 
 def describe_reading(reading: MemoryReading | None, limits: MemoryLimits) -> str:

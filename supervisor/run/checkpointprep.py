@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from guardrun.launcher import checkpoints
 from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal_dir
@@ -33,8 +31,8 @@ from guardrun.launcher.resume import (
 from guardrun.launcher.spec import Recipe
 
 from ..core import events
-from ..core.clock import Clock
-from ..watch import proc
+from ..core.context import Context
+from ..watch.seams import ProcessOps, RealProcesses
 
 #: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
 STATE_BACKUP = "trainer_state.json.guardrun-orig"
@@ -68,6 +66,10 @@ RESCALE_TIMEOUT = 300.0
 #: How long DeepSpeed's universal conversion may run. Measured here: seconds for the
 #: tiny test model; a 13B ZeRO-3 checkpoint takes minutes. Past it the attempt fails.
 CONVERT_TIMEOUT = 3600.0
+#: A helper cut short (a stop request, its timeout) has this long after SIGTERM.
+TOOL_GRACE = 10.0
+#: Seconds between two looks at a running helper.
+TOOL_POLL = 0.2
 
 
 class ResumeError(Exception):
@@ -84,19 +86,37 @@ class AtTarget(Exception):
 
 
 @dataclass(frozen=True)
-class Context:
-    """What preparing needs from the supervisor."""
+class Tools:
+    """How the helpers (the conversion, the rescale) run: their logs in the attempt's
+    folder, their processes through the seam, a stop request cutting them short."""
 
-    clock: Clock
-    emit: Callable[..., None]
-    say: Callable[[str], None]
     attempt_dir: Path
-    should_stop: Callable[[], bool] = lambda: False
+    processes: ProcessOps = RealProcesses()
+
+    def run(self, argv: list[str], recipe: Recipe, log: Path, ctx: Context,
+            timeout: float) -> tuple[int | None, float]:
+        """Run a helper in the job's interpreter and cwd, output to `log`; stoppable. Its
+        exit code (None: killed) and how long it took."""
+        started = ctx.clock.monotonic()
+        with open(log, "wb") as sink:
+            launched = self.processes.spawn(argv, env=dict(os.environ), cwd=str(recipe.workdir), join=None,
+                                            stdout=sink)
+            tree = self.processes.tree()
+            grace = 0.0  # done by itself: nothing of it may linger
+            while launched.poll() is None:
+                if ctx.requests.stop or ctx.clock.monotonic() - started > timeout:
+                    grace = TOOL_GRACE
+                    break
+                ctx.clock.sleep(TOOL_POLL)
+            self.processes.stop_tree(launched, tree, grace=grace, clock=ctx.clock, hurry=lambda: False,
+                                     group=None, on_event=ctx.emit)
+        return launched.returncode, round(ctx.clock.monotonic() - started, 3)
 
 
-def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = None,
+def prepare(recipe: Recipe, plan: Plan, ctx: Context, tools: Tools, before_step: int | None = None,
             fresh: bool = False) -> Resume:
     """Resume for the next attempt: the checkpoint and how to load it (none: from scratch).
+    `ctx` is the attempt's: every event it journals names the attempt.
 
     AtTarget when the checkpoint it would resume is at the end of training, unless `fresh`
     (`guardrun run --fresh`): then every checkpoint of that finished run is set aside and
@@ -116,7 +136,7 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, before_step: int | None = 
     _set_aside(choice, spec.resume_arg, ctx)
     if choice.checkpoint is None:
         return Resume()
-    return _adapt(choice.checkpoint, recipe, plan, ctx)
+    return _adapt(choice.checkpoint, recipe, plan, ctx, tools)
 
 
 def at_target(recipe: Recipe, checkpoint: Checkpoint | None) -> Target | None:
@@ -155,7 +175,7 @@ def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:
         ctx.say(f"warning: {warning}")
 
 
-def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resume:
+def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context, tools: Tools) -> Resume:
     decided = adapt(checkpoints.inspect(chosen.path), plan, recipe.checkpoints.on_world_size_change,
                     base_lr=recipe.lr.value if recipe.lr else None)
     if decided.refuse:
@@ -165,9 +185,9 @@ def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context) -> Resu
     if decided.fix_batch is not None:
         _fix_batch(chosen.path, decided.fix_batch, ctx)
     if decided.set_lr is not None:
-        rescale_lr(recipe, chosen.path, decided.set_lr, ctx)
+        rescale_lr(recipe, chosen.path, decided.set_lr, ctx, tools)
     if decided.convert is not None:
-        convert(recipe, decided.convert, ctx)
+        convert(recipe, decided.convert, ctx, tools)
     return Resume(chosen.path, load_universal=decided.load_universal, weights_only=decided.weights_only)
 
 
@@ -200,18 +220,18 @@ def fix_batch(path: Path, batch: int) -> None:
     os.replace(temp, state)
 
 
-def rescale_lr(recipe: Recipe, path: Path, lr: float, ctx: Context) -> None:
+def rescale_lr(recipe: Recipe, path: Path, lr: float, ctx: Context, tools: Tools) -> None:
     """Make the checkpoint's scheduler.pt start from `lr`, keeping the first original."""
     scheduler = path / checkpoints.SCHEDULER
     argv = [recipe.python, "-c", RESCALE_LR, str(scheduler), str(path / SCHEDULER_BACKUP), repr(lr)]
-    log = ctx.attempt_dir / "lr-rescale.log"
-    code, took = _run_tool(argv, recipe, log, ctx, RESCALE_TIMEOUT)
+    log = tools.attempt_dir / "lr-rescale.log"
+    code, took = tools.run(argv, recipe, log, ctx, RESCALE_TIMEOUT)
     ctx.emit(events.CHECKPOINT_LR_RESCALED, path=str(scheduler), lr=lr, exit_code=code, took=took)
     if code != 0:
         raise ResumeError(f"could not rescale the learning rate in {scheduler} (exit {code}); see {log}")
 
 
-def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
+def convert(recipe: Recipe, tag: Path, ctx: Context, tools: Tools) -> Path:
     """Run DeepSpeed's ds_to_universal on `tag`; its output goes beside the tag, its log
     into the attempt's folder. A conversion cut off earlier is set aside first."""
     out = universal_dir(tag)
@@ -222,32 +242,11 @@ def convert(recipe: Recipe, tag: Path, ctx: Context) -> Path:
             raise ResumeError(f"cannot set aside the cut-off conversion {out}: {err}") from None
     argv = [recipe.python, "-m", "deepspeed.checkpoint.ds_to_universal",
             "--input_folder", str(tag), "--output_folder", str(out)]
-    log = ctx.attempt_dir / "universal-conversion.log"
+    log = tools.attempt_dir / "universal-conversion.log"
     ctx.say(f"converting {tag} to a universal checkpoint (log: {log})")
-    code, took = _run_tool(argv, recipe, log, ctx, CONVERT_TIMEOUT)
+    code, took = tools.run(argv, recipe, log, ctx, CONVERT_TIMEOUT)
     ctx.emit(events.CHECKPOINT_CONVERTED, tag=str(tag), to=str(out), exit_code=code, took=took)
     if code != 0:
         raise ResumeError(f"the universal conversion of {tag} failed (exit {code}); see {log}")
     return out
 
-
-def _run_tool(argv: list[str], recipe: Recipe, log: Path, ctx: Context,
-              timeout: float) -> tuple[int | None, float]:
-    """Run a helper in the job's interpreter and cwd, output to `log`; stoppable."""
-    started = ctx.clock.monotonic()
-    with open(log, "wb") as sink:
-        popen = proc.spawn(argv, env=dict(os.environ), cwd=str(recipe.workdir), stdout=sink,
-                           stderr=subprocess.STDOUT)
-        code = _wait(popen, ctx, started, timeout)
-    return code, round(ctx.clock.monotonic() - started, 3)
-
-
-def _wait(popen: subprocess.Popen, ctx: Context, started: float, timeout: float) -> int | None:
-    tree = proc.ProcTree(adopter=os.getpid())
-    while popen.poll() is None:
-        if ctx.should_stop() or ctx.clock.monotonic() - started > timeout:
-            proc.stop_tree(popen, tree, grace=10.0, clock=ctx.clock)
-            return popen.returncode
-        ctx.clock.sleep(0.2)
-    proc.stop_tree(popen, tree, grace=0.0, clock=ctx.clock)  # nothing of it may linger
-    return popen.returncode

@@ -15,7 +15,7 @@ from guardrun.launcher.command import RANKS_DIR
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.spec import Recipe
 
-from ..core.clock import Clock
+from ..core.context import Context
 from ..diagnose.output import OutputReader
 from ..diagnose.patterns import Patterns
 from ..diagnose.rootcause import (
@@ -39,10 +39,9 @@ class Diagnosis:
     needs_success_line: bool = False   # the recipe's success regex must have matched
 
     @classmethod
-    def for_attempt(cls, recipe: Recipe, attempt_dir: Path, *, clock: Clock, emit: Callable[..., None],
-                    say: Callable[[str], None],
+    def for_attempt(cls, recipe: Recipe, attempt_dir: Path, ctx: Context,
                     checkpoint_activity: Callable[[], float | None] = lambda: None) -> "Diagnosis":
-        sentinel = Sentinel(clock=clock, attempt_dir=attempt_dir, emit=emit, say=say,
+        sentinel = Sentinel(clock=ctx.clock, attempt_dir=attempt_dir, emit=ctx.emit, say=ctx.say,
                             nan_patience=recipe.nan_patience, hang_after=recipe.limits.hang_after,
                             checkpoint_activity=checkpoint_activity)
         success = recipe.success

@@ -26,6 +26,7 @@ from guardrun.launcher.units import format_elapsed
 
 from ..core import events, exits, signals
 from ..core.clock import Clock
+from ..core.context import Context
 from ..core.states import TERMINAL, State, check_transition
 from ..diagnose.output import Progress
 from ..diagnose.rankcount import ranks_in_file
@@ -44,8 +45,7 @@ from ..watch.leftovers import start_time as process_start_time
 from ..watch.memory import ProcfsMemory
 from ..watch.seams import MemorySource, ProcessOps, RealProcesses
 from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
-from .checkpointprep import AtTarget, ResumeError
-from .checkpointprep import Context as ResumeContext
+from .checkpointprep import AtTarget, ResumeError, Tools
 from .checkpointprep import prepare as prepare_resume
 from .diagnosis import Diagnosis, root_cause
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
@@ -95,6 +95,7 @@ class Supervisor:
         # Given: `guardrun run` installed the handlers before the recipe was read (cli.py).
         self._own_signals = requests is None
         self.requests = requests if requests is not None else signals.Requests()
+        self.ctx = Context(clock, journal.emit, console.say, self.requests)
         self.state = State.STARTING
         self.digest = recipe_digest(recipe)
         self._snapshot = JobSnapshot(job=recipe.name, pid=os.getpid(), recipe=str(recipe.path),
@@ -169,8 +170,7 @@ class Supervisor:
             try:
                 # issue 7: skip rungs predicted not to fit the free GPU and host memory
                 plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
-                                      self.gpu.source if self.gpu else None, self.memory,
-                                      self.console.say, self.journal.emit)
+                                      self.gpu.source if self.gpu else None, self.memory, self.ctx)
                 attempts += 1
                 failure = self._attempt(plan, limits, failures, fresh=self.options.fresh and attempts == 1)
             except AtTarget as done:  # issue 13 §1: never resume at or past the end of training
@@ -217,13 +217,14 @@ class Supervisor:
         number = self._next_attempt_number()
         self._move(State.STARTING)
         attempt_dir = self.journal.attempt_dir(number)
-        resume = self._prepare_resume(plan, failures, attempt_dir, fresh)
+        ctx = self.ctx.for_attempt(number)
+        resume = self._prepare_resume(plan, failures, attempt_dir, ctx, fresh)
         spec = build(self.recipe, plan, attempt=number, resume=resume, files_dir=attempt_dir,
                      port=free_port() if self.recipe.launcher == "deepspeed" else None,
                      log_dir=attempt_dir)
         self._announce(number, plan, resume)
         started = self.clock.monotonic()
-        watch = self._watch_for(number, plan, limits, attempt_dir)
+        watch = self._watch_for(number, plan, limits, attempt_dir, ctx)
         ended = self._run_attempt(Attempt(spec, number, attempt_dir, watch), lambda progress, reading: (
             self._status(number, plan, started, progress, reading, limits, watch.checkpoints)))
         if self.gpu is not None:
@@ -261,18 +262,17 @@ class Supervisor:
             self.console.say(line)
         return failure
 
-    def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path) -> Watch:
-        """What attempt `number` is watched with; every fact of it is journaled with `attempt`."""
-        emit = _with_attempt(self.journal.emit, number)
-        follower = self._follower(emit)
+    def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path,
+                   ctx: Context) -> Watch:
+        """What attempt `number` is watched with (`ctx`: the attempt's, its emit names it)."""
+        follower = self._follower(ctx)
         self._vram = self.gpu.monitor(number, plan.gpu_ids) if self.gpu else None
-        return Watch(clock=self.clock, memory=self.memory, console=self.console,
-                     requests=self.requests, limits=limits, grace=self.recipe.stop_grace, emit=emit,
-                     checkpoints=follower, gpu=self._vram,
+        return Watch(ctx=ctx, memory=self.memory, console=self.console, limits=limits,
+                     grace=self.recipe.stop_grace, checkpoints=follower, gpu=self._vram,
                      space=self.journal.space, log_max_size=self.recipe.logs.max_size,
                      containment=self.containment, processes=self.processes,
                      diagnosis=Diagnosis.for_attempt(
-                         self.recipe, attempt_dir, clock=self.clock, emit=emit, say=self.console.say,
+                         self.recipe, attempt_dir, ctx,
                          checkpoint_activity=lambda: follower.last_activity if follower else None))
 
     def _run_attempt(self, attempt: Attempt, status: Callable[[Progress, MemoryReading], str]) -> Ended:
@@ -315,15 +315,14 @@ class Supervisor:
         self._snapshot.update(memory_source=self.containment.kind,
                               memory_source_why=self.containment.reason)
 
-    def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path,
+    def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path, ctx: Context,
                         fresh: bool = False) -> Resume:
         """The checkpoint to resume, set aside what must not be picked, convert if needed."""
         last = failures[-1] if failures else None
         # After a NaN, resume from before it: later checkpoints may hold NaN weights.
         before = last.step if last and last.kind is Kind.NAN_LOSS and last.step is not None else None
-        ctx = ResumeContext(clock=self.clock, emit=self.journal.emit, say=self.console.say,
-                            attempt_dir=attempt_dir, should_stop=lambda: self.requests.stop)
-        return prepare_resume(self.recipe, plan, ctx, before_step=before, fresh=fresh)
+        tools = Tools(attempt_dir, self.processes)
+        return prepare_resume(self.recipe, plan, ctx, tools, before_step=before, fresh=fresh)
 
     def _announce(self, number: int, plan: Plan, resume_spec: Resume) -> None:
         resume = resume_spec.path
@@ -352,14 +351,14 @@ class Supervisor:
         self.journal.emit(events.GPU_SOURCE, found=source is not None, detail=why)
         if source is None:
             return Pick(None)
-        self.gpu = GpuGuard(source, self.recipe, self.clock, self.console, self.journal.emit, self.requests)
-        return self.gpu.choose()
+        self.gpu = GpuGuard(source, self.recipe, self.ctx, self.console)
+        return self.gpu.pick_for_run()
 
-    def _follower(self, emit: Callable[..., None]) -> CheckpointFollower | None:
+    def _follower(self, ctx: Context) -> CheckpointFollower | None:
         spec = self.recipe.checkpoints
         if spec is None:
             return None
-        return CheckpointFollower(spec.dir, spec.pattern, self.clock, emit)
+        return CheckpointFollower(spec.dir, spec.pattern, ctx)
 
     def _status(self, number: int, plan: Plan, started: float, progress: Progress,
                 reading: MemoryReading | None, limits: MemoryLimits,
@@ -461,13 +460,6 @@ class Supervisor:
         if code == exits.USAGE:  # a bad recipe, said where bad recipes are said
             exits.say_error(why)
         return code
-
-
-def _with_attempt(emit: Callable[..., None], number: int) -> Callable[..., None]:
-    """`emit` with `attempt=number` on every event (README: every attempt event has it)."""
-    def emit_fact(event: str, **fields) -> None:
-        emit(event, **{"attempt": number, **fields})
-    return emit_fact
 
 
 def _no_rung(why: str, remembered: int, attempts: int) -> str:

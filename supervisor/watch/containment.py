@@ -19,6 +19,7 @@ from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 
 from ..core import events
+from ..core.context import Context
 from . import cgroupfs, cgroupv1, cgroupv2
 from .leftovers import start_time
 from .memory import HostMemory, ProcfsMemory, TreeSample
@@ -96,23 +97,22 @@ class Containment:
     hard_limit: int | None = None
     high: int | None = None  # v2's memory.high (host_memory)
 
-    def attempt(self, number: int, say: Callable[[str], None],
-                emit: Callable[..., None]) -> cgroupfs.Group | None:
+    def attempt(self, number: int, ctx: Context) -> cgroupfs.Group | None:
         """Attempt `number`'s cgroup, or None (and why, said) when it cannot be made."""
         if self.job is None:
             return None
         try:
             group = self.job.attempt(number, self.hard_limit, self.high)
         except cgroupfs.CgroupError as err:
-            self.fell_back(f"{err}; this attempt is watched through /proc", say, emit, number)
+            self.fell_back(f"{err}; this attempt is watched through /proc", ctx)
             return None
-        emit(events.CGROUP_ATTEMPT, attempt=number, path=str(group.path), hard_limit=self.hard_limit)
+        ctx.emit(events.CGROUP_ATTEMPT, attempt=number, path=str(group.path), hard_limit=self.hard_limit)
         return group
 
-    def fell_back(self, why: str, say: Callable[[str], None], emit: Callable[..., None],
-                  number: int) -> None:
-        say(f"containment: {why}")
-        emit(events.CGROUP_FALLBACK, attempt=number, why=why)
+    def fell_back(self, why: str, ctx: Context) -> None:
+        """Said and journaled (the attempt's context: its emit names the attempt)."""
+        ctx.say(f"containment: {why}")
+        ctx.emit(events.CGROUP_FALLBACK, why=why)
 
     def finish(self, emit: Callable[..., None]) -> None:
         """Remove the job's (empty) cgroups at the end of the run."""

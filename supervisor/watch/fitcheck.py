@@ -7,7 +7,7 @@ it measures is the next attempt's, not the dead one's.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Sequence
 
 from guardrun.launcher.failures import Failure
 from guardrun.launcher.plan import Plan
@@ -22,6 +22,7 @@ from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_bytes
 
 from ..core import events
+from ..core.context import Context
 from .gpu import GpuError, GpuSource
 from .memory import ProcfsMemory
 
@@ -48,8 +49,7 @@ def measure(recipe: Recipe, gpus: GpuSource | None, memory: ProcfsMemory | None)
 
 
 def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequence[int] | None,
-                   plan: Plan, gpus: GpuSource | None, memory: ProcfsMemory | None,
-                   say: Callable[[str], None], emit: Callable[..., None],
+                   plan: Plan, gpus: GpuSource | None, memory: ProcfsMemory | None, ctx: Context,
                    known: Known | None = None, others: Sequence[Resources] = ()) -> Plan:
     """The plan to launch: `plan`, or a later rung when `plan` is predicted not to fit.
 
@@ -66,6 +66,7 @@ def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequenc
     chosen = choice.decision.plan
     if chosen is None or chosen.rungs[:len(plan.rungs)] != plan.rungs:
         return plan  # the ladder disagrees with the caller's plan: launch what it asked for
+    say, emit = ctx.say, ctx.emit
     for skipped, verdict in choice.skipped:
         say(describe_skip(skipped, verdict))
         emit(events.PREFLIGHT_SKIPPED, rung=skipped.rung, rungs=list(skipped.rungs), kind=str(verdict.kind),

@@ -25,7 +25,7 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from ..core import events
-from ..core.clock import Clock
+from ..core.context import Context
 
 #: Quiet time before a rescan. HF writes a checkpoint's files back to back, the
 #: trainer_state.json last; a second of silence means the writer is done or stalled.
@@ -80,9 +80,8 @@ def entry_of(directory: str, path: str) -> str:
 class CheckpointFollower:
     """Validate the checkpoint folder again whenever it changed and then went quiet."""
 
-    def __init__(self, directory: Path, pattern: str | None, clock: Clock,
-                 emit: Callable[..., None], settle: float = SETTLE):
-        self.directory, self.pattern, self.clock, self.emit = directory, pattern, clock, emit
+    def __init__(self, directory: Path, pattern: str | None, ctx: Context, settle: float = SETTLE):
+        self.directory, self.pattern, self.clock, self.emit = directory, pattern, ctx.clock, ctx.emit
         self.settle = settle
         self._lock = threading.Lock()
         self._changed: dict[str, float] = {}    # entry -> its last change not yet rescanned

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Collection, Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from guardrun.launcher.gpus import (
     GpuChoice,
@@ -23,8 +23,8 @@ from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import GIB, Size
 
 from ..core import events
-from ..core.clock import Clock
-from ..core.signals import Requests, wait_unless_stopped
+from ..core.context import Context
+from ..core.signals import wait_unless_stopped
 from ..core.states import GiveUp
 from ..record.console import Console
 from .gpu import (
@@ -113,20 +113,20 @@ class Pick:
 class GpuGuard:
     """What the loop asks about GPUs, with its messages and journal events."""
 
-    def __init__(self, source: GpuSource, recipe: Recipe, clock: Clock, console: Console,
-                 emit: Callable[..., None], requests: Requests, proc_root: str = "/proc"):
-        self.source, self.recipe, self.clock, self.console = source, recipe, clock, console
-        self.emit, self.requests, self.proc_root = emit, requests, proc_root
+    def __init__(self, source: GpuSource, recipe: Recipe, ctx: Context, console: Console,
+                 proc_root: str = "/proc"):
+        self.source, self.recipe, self.console, self.proc_root = source, recipe, console, proc_root
+        self.clock, self.emit, self.say, self.requests = ctx.clock, ctx.emit, ctx.say, ctx.requests
         self._last: GpuMonitor | None = None
         self._query_noted = False
 
-    def choose(self) -> Pick:
+    def pick_for_run(self) -> Pick:
         """The GPUs for this run: `gpus: N` picks, waiting up to `wait_for_gpus`;
         `all` takes every GPU guardrun may use; a list is taken as given, with warnings."""
         try:
             current = snapshot(self.source)
         except GpuError as err:
-            self.console.say(f"NVML failed, GPUs not checked: {err}")
+            self.say(f"NVML failed, GPUs not checked: {err}")
             return Pick(None)
         self._note_process_query()
         allowed = allowed_indices(os.environ.get("CUDA_VISIBLE_DEVICES"), current.readings)
@@ -136,7 +136,7 @@ class GpuGuard:
             ids = wanted if isinstance(wanted, tuple) else (allowed if allowed is not None
                                                             else tuple(r.index for r in current.readings))
             for warning in check_explicit(ids, current.readings, current.processes, own):
-                self.console.say(f"warning: {warning}")
+                self.say(f"warning: {warning}")
                 self.emit(events.GPU_WARNING, message=warning)
             return Pick(None if isinstance(wanted, tuple) else ids)
         return self._pick(int(wanted), allowed)
@@ -149,7 +149,7 @@ class GpuGuard:
             if choice.ok:
                 self.emit(events.GPU_CHOSEN, gpus=list(choice.ids),
                           waited=round(self.clock.monotonic() - started, 3))
-                self.console.say("GPUs chosen: " + ",".join(map(str, choice.ids)))
+                self.say("GPUs chosen: " + ",".join(map(str, choice.ids)))
                 return Pick(choice.ids)
             waited = self.clock.monotonic() - started
             if waited >= wait:
@@ -184,11 +184,11 @@ class GpuGuard:
         self._query_noted = True
         self.emit(events.GPU_PROCESSES, query=choice.query.version if choice.query else None, detail=choice.note)
         if choice.query is None:
-            self.console.say(f"GPU process list {choice.note}; VRAM is watched per GPU, "
+            self.say(f"GPU process list {choice.note}; VRAM is watched per GPU, "
                              "without telling the job's processes from others'")
 
     def monitor(self, attempt: int, gpu_ids) -> GpuMonitor:
-        self._note_process_query()  # in case choose() could not ask (NVML failed then)
+        self._note_process_query()  # in case pick_for_run() could not ask (NVML failed then)
         self._last = GpuMonitor(self.source, self.recipe.name, attempt, self.recipe.limits.vram,
                                 gpu_ids or (), self.proc_root)
         return self._last

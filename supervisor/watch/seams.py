@@ -2,7 +2,7 @@
 
 The Supervisor and each attempt take a ProcessOps and a MemorySource (the real ones by
 default), so a test can run the loop on fakes (tests/fakes.py) without a process or
-the real clock. The real processes stay behind these three calls and no others.
+the real clock. The real processes stay behind these calls and no others.
 """
 from __future__ import annotations
 
@@ -39,16 +39,19 @@ class ProcessOps(Protocol):
         """Become the reaper of the job's orphans (False where the kernel cannot)."""
 
     def spawn(self, argv: Sequence[str], *, env: dict[str, str], cwd: str,
-              join: bytes | None) -> Launched:
-        """The launcher, its output (stdout and stderr) on one pipe; `join`: the
-        cgroup.procs it moves into before exec (SubprocessError when it cannot)."""
+              join: bytes | None, stdout: IO[bytes] | None = None) -> Launched:
+        """The launcher, its output (stdout and stderr) on one pipe, or into `stdout` (a
+        helper's log file); `join`: the cgroup.procs it moves into before exec
+        (SubprocessError when it cannot)."""
 
     def tree(self) -> Tree:
         """A fresh view of a launcher's tree (guardrun adopting its orphans)."""
 
     def stop_tree(self, launched: Launched, tree: Tree, *, grace: float, clock: Clock,
-                  hurry: Callable[[], bool], group: Callable[[], Iterable[int]] | None) -> proc.StopReport:
-        """SIGTERM, the grace, SIGKILL; the tree is gone (or its survivors named) on return."""
+                  hurry: Callable[[], bool], group: Callable[[], Iterable[int]] | None,
+                  on_event: proc.Emit) -> proc.StopReport:
+        """SIGTERM, the grace, SIGKILL; the tree is gone (or its survivors named) on return.
+        Each signal sent is told to `on_event` (proc.term_sent, kill_sent, ...: the journal)."""
 
 
 class MemorySource(Protocol):
@@ -64,12 +67,13 @@ class RealProcesses:
         return proc.set_child_subreaper()
 
     def spawn(self, argv: Sequence[str], *, env: dict[str, str], cwd: str,
-              join: bytes | None) -> subprocess.Popen:
-        return proc.spawn(list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE,
+              join: bytes | None, stdout: IO[bytes] | None = None) -> subprocess.Popen:
+        return proc.spawn(list(argv), env=env, cwd=cwd, stdout=subprocess.PIPE if stdout is None else stdout,
                           stderr=subprocess.STDOUT, join=join)
 
     def tree(self) -> ProcTree:
         return ProcTree(adopter=os.getpid())
 
-    def stop_tree(self, launched, tree, *, grace, clock, hurry, group) -> proc.StopReport:
-        return proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group)
+    def stop_tree(self, launched, tree, *, grace, clock, hurry, group, on_event) -> proc.StopReport:
+        return proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group,
+                              on_event=on_event)

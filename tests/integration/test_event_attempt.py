@@ -11,7 +11,8 @@ from test_supervise import events, run_guardrun, write_recipe
 from guardrun.supervisor.core import events as names
 
 #: Facts of one attempt: from its plan to its end. Not in it: the run's own facts (state,
-#: logging, the GPUs chosen before any attempt, the preflight that picks the rung).
+#: logging, the GPUs chosen before any attempt, the preflight that picks the rung), and the
+#: checkpoint preparation, which comes before attempt.started (tests/unit/test_checkpointprep.py).
 ATTEMPT_SCOPED = {
     names.ATTEMPT_STARTED, names.ATTEMPT_SPAWNED, names.ATTEMPT_SPAWN_FAILED, names.ATTEMPT_STOPPED,
     names.ATTEMPT_ENDED, names.OUTPUT_STILL_OPEN, names.LIMIT_BREACHED, names.DIAGNOSIS_STOP,
@@ -19,6 +20,7 @@ ATTEMPT_SCOPED = {
     names.CGROUP_ATTEMPT, names.CGROUP_FALLBACK, names.CGROUP_OOM_KILL, names.CGROUP_NOT_REMOVED,
     names.VRAM_PEAK, names.CHECKPOINT_SAVED, names.CHECKPOINT_INCOMPLETE,
     names.EXTENSION_LOCK_CLEARED, names.EXTENSION_LOCK_KEPT, names.TERMINAL_HUNG_UP,
+    names.PROC_TERM_SENT, names.PROC_TERM_FORWARDED, names.PROC_KILL_SENT, names.PROC_SURVIVED_KILL,
 }
 
 SCRIPT = """\
@@ -67,8 +69,8 @@ def test_every_attempt_event_of_a_real_run_carries_its_attempt(tmp_path, state_d
             seen.add(name)
             if event.get("attempt") != current:
                 wrong.append(f"{name}: attempt {event.get('attempt')!r}, in attempt {current}")
-    # the run did what the test is about: a save, a memory stop, two ends
-    assert {names.CHECKPOINT_SAVED, names.LIMIT_BREACHED, names.MEMORY_SAMPLE, names.ATTEMPT_STOPPED,
-            names.ATTEMPT_ENDED} <= seen, sorted(seen)
+    # the run did what the test is about: a save, a memory stop (its SIGTERM), two ends
+    assert {names.CHECKPOINT_SAVED, names.LIMIT_BREACHED, names.MEMORY_SAMPLE, names.PROC_TERM_SENT,
+            names.ATTEMPT_STOPPED, names.ATTEMPT_ENDED} <= seen, sorted(seen)
     assert current == 2, result.stdout
     assert not wrong, wrong

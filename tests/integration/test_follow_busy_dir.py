@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import save_file
 
 from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.watch.follow import CheckpointFollower
 from conftest import wait_until
 
@@ -66,7 +67,7 @@ def test_every_checkpoint_is_recorded_within_2s_while_a_file_is_appended_every_1
     log = out / "trainer_log.jsonl"
     writer = subprocess.Popen([sys.executable, "-c", APPENDER, str(log)])
     recorder = Recorder()
-    follower = CheckpointFollower(out, None, MonotonicClock(), recorder)
+    follower = CheckpointFollower(out, None, Context(MonotonicClock(), recorder, print))
     done = threading.Event()
 
     def watch_loop() -> None:
@@ -98,7 +99,7 @@ def test_a_checkpoint_still_being_written_is_not_reported_incomplete(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     recorder = Recorder()
-    follower = CheckpointFollower(out, None, MonotonicClock(), recorder, settle=0.3)
+    follower = CheckpointFollower(out, None, Context(MonotonicClock(), recorder, print), settle=0.3)
     follower.poll()  # the watch starts
     write_checkpoint(out, 5)
     half = out / "checkpoint-10"
@@ -133,7 +134,7 @@ def test_the_followers_own_reads_are_no_activity(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     recorder = Recorder()
-    follower = CheckpointFollower(out, None, MonotonicClock(), recorder, settle=0.2)
+    follower = CheckpointFollower(out, None, Context(MonotonicClock(), recorder, print), settle=0.2)
     follower.poll()
     write_checkpoint(out, 5)
     wait_until(lambda: follower.poll().newest is not None, timeout=5, what="checkpoint-5 recorded")
@@ -161,7 +162,7 @@ def test_a_checkpoint_written_before_the_watch_began_is_recorded_beside_a_busy_l
     recorder = Recorder()
     try:
         wait_until(lambda: log.exists(), timeout=10, what="the appender to write")
-        follower = CheckpointFollower(out, None, MonotonicClock(), recorder)
+        follower = CheckpointFollower(out, None, Context(MonotonicClock(), recorder, print))
         write_checkpoint(out, 5)          # after the follower's first scan, before its watch
         started = time.monotonic()
         wait_until(lambda: follower.poll().newest is not None, timeout=WITHIN + 3, interval=INTERVAL,
@@ -180,7 +181,7 @@ def test_saves_closer_together_than_the_settle_time_are_each_recorded(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     recorder = Recorder()
-    follower = CheckpointFollower(out, None, MonotonicClock(), recorder, settle=0.3)
+    follower = CheckpointFollower(out, None, Context(MonotonicClock(), recorder, print), settle=0.3)
     follower.poll()
     for step in (5, 10, 15):
         write_checkpoint(out, step)

@@ -16,6 +16,7 @@ import pytest
 from conftest import wait_until
 from guardrun.launcher import checkpoints
 from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.watch.follow import CheckpointFollower
 
 REAL = Path(__file__).resolve().parent.parent / "data" / "outputs" / "lightning_checkpoints"
@@ -57,9 +58,9 @@ def test_a_truncated_lightning_checkpoint_is_incomplete(tmp_path):
 
 def test_the_follower_records_lightning_saves_as_they_land(tmp_path):
     saved: list[tuple[int, float]] = []
-    follower = CheckpointFollower(tmp_path, None, MonotonicClock(),
-                                  lambda name, **f: saved.append((f["step"], time.monotonic()))
-                                  if name == "checkpoint.saved" else None)
+    follower = CheckpointFollower(tmp_path, None, Context(
+        MonotonicClock(), lambda name, **f: saved.append((f["step"], time.monotonic()))
+        if name == "checkpoint.saved" else None, print))
     follower.poll()
     for name in NAMES:
         shutil.copy(REAL / name, tmp_path / name)

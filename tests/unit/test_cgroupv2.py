@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.watch import cgroupfs, cgroupv2, containment
 from recipes_util import make_recipe
 
@@ -159,7 +161,7 @@ def test_a_delegated_subtree_becomes_the_jobs_cgroup(tmp_path, kernel):
         assert (level / "cgroup.subtree_control").read_text() == "+memory"
     assert (state / "cgroup").read_text() == f"{job}\n"
     said, emitted = [], []
-    group = made.attempt(1, said.append, lambda name, **fields: emitted.append((name, fields)))
+    group = made.attempt(1, Context(MonotonicClock(), lambda name, **fields: emitted.append((name, fields)), said.append))
     assert isinstance(group, cgroupv2.Group) and group.path == job / "attempt-1"
     assert (group.path / "memory.max").read_text() == str(int(1.1 * (1 << 30)))
     assert (group.path / "memory.high").read_text() == str(1 << 30)
@@ -185,7 +187,7 @@ def test_hard_memory_off_sets_neither_memory_max_nor_memory_high(tmp_path, kerne
     made = containment.prepare(recipe, tmp_path, 8 << 30, mount=tmp_path / "no-v1", root=root, self_cgroup=SELF)
     assert (made.kind, made.hard_limit, made.high) == ("cgroup v2", None, None)
     assert made.reason.endswith("(no hard limit)")
-    group = made.attempt(1, lambda text: None, lambda name, **fields: None)
+    group = made.attempt(1, Context(MonotonicClock(), lambda name, **fields: None, print))
     assert not (group.path / "memory.max").exists() and not (group.path / "memory.high").exists()
     _remove_fake(root / "box" / "guardrun")
     made.finish(lambda name, **fields: None)

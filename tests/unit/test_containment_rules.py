@@ -9,6 +9,8 @@ from types import SimpleNamespace
 import pytest
 from guardrun.launcher.failures import Kind
 from guardrun.launcher.recipe import RecipeError
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.run import attempt
 from guardrun.supervisor.watch import cgroupv1, containment
 from guardrun.supervisor.watch.memory import ProcfsMemory
@@ -120,9 +122,8 @@ def test_a_cgroup_that_cannot_be_read_falls_back_to_proc_and_says_why(tmp_path):
 def test_a_launcher_that_cannot_join_its_cgroup_runs_without_it_and_says_why(tmp_path):
     said, emitted = [], []
     box = containment.Containment(None, "cgroup v1", "test")
-    watch = SimpleNamespace(containment=box, console=SimpleNamespace(say=said.append),
-                            emit=lambda name, **fields: emitted.append((name, fields)),
-                            processes=RealProcesses())
+    ctx = Context(MonotonicClock(), lambda name, **fields: emitted.append((name, fields)), said.append)
+    watch = SimpleNamespace(containment=box, ctx=ctx.for_attempt(1), processes=RealProcesses())
     spec = SimpleNamespace(argv=(sys.executable, "-c", "pass"), cwd=tmp_path)
     gone = cgroupv1.Group(tmp_path / "no-such-cgroup")
     popen, group = attempt._spawn(spec, dict(os.environ), 1, gone, watch)
@@ -130,3 +131,4 @@ def test_a_launcher_that_cannot_join_its_cgroup_runs_without_it_and_says_why(tmp
     assert popen.returncode == 0 and group is None
     assert said and said[0].startswith(f"containment: the launcher could not join {gone.path}")
     assert emitted[0][0] == "cgroup.fallback" and "watched through /proc" in emitted[0][1]["why"]
+    assert emitted[0][1]["attempt"] == 1

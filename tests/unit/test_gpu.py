@@ -190,8 +190,8 @@ def test_wait_times_out_naming_the_stuck_pid(tmp_path):
 
 
 def test_the_guard_waits_as_long_as_the_recipe_says_then_names_the_stuck_pid(tmp_path):
+    from guardrun.supervisor.core.context import Context
     from guardrun.supervisor.watch.gpuwatch import GpuGuard
-    from guardrun.supervisor.core.signals import Requests
     recipe = make_recipe(tmp_path, """
         launcher: python
         script: train.py
@@ -200,8 +200,9 @@ def test_the_guard_waits_as_long_as_the_recipe_says_then_names_the_stuck_pid(tmp
     proc = tmp_path / "proc"
     fake_proc(proc, 400, {4: "/dev/nvidia3"}, env={"GUARDRUN_JOB": recipe.name, "GUARDRUN_ATTEMPT": "1"})
     events = []
-    guard = GpuGuard(FakeGpuSource(), recipe, FakeClock(), Console(io.StringIO(), tty=False),
-                     lambda event, **fields: events.append((event, fields)), Requests(), str(proc))
+    console = Console(io.StringIO(), tty=False)
+    ctx = Context(FakeClock(), lambda event, **fields: events.append((event, fields)), console.say)
+    guard = GpuGuard(FakeGpuSource(), recipe, ctx, console, str(proc))
     why = guard.await_release().why
     assert why.startswith("GPU memory still held 7s after the last attempt ended: pid 400 has /dev/nvidia3")
     assert "limits.gpu_release" in why

@@ -14,13 +14,14 @@ from guardrun.launcher.preflight import Known, Resources, check, decide_fitting,
 from guardrun.launcher.units import GIB
 from guardrun.supervisor.watch import proc
 from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.record.console import Console
 from guardrun.supervisor.watch.fitcheck import measure, preflight_plan
 from guardrun.supervisor.record.journal import Journal
 from guardrun.supervisor.run.loop import Supervisor
 
 sys.path.insert(0, os.path.dirname(__file__) + "/..")
-from fakes import FakeGpuSource, ScriptedMemory  # noqa: E402
+from fakes import FakeClock, FakeGpuSource, ScriptedMemory  # noqa: E402
 from recipes_util import make_recipe  # noqa: E402
 
 # FIELD_NOTES situation 4: LLaVA-v1.5-7B full fine-tune on 8 RTX 3090 (24 GB).
@@ -151,8 +152,8 @@ def test_the_loop_says_which_rungs_it_skips(tmp_path):
     said, events = [], []
     source = FakeGpuSource(count=8, total=24 * GIB)
     memory = ScriptedMemory(total=PLENTY, readings=[(0, 0, PLENTY)])
-    plan = preflight_plan(recipe, [], None, walk(recipe)[0], source, memory, said.append,
-                          lambda event, **fields: events.append((event, fields)))
+    ctx = Context(FakeClock(), lambda event, **fields: events.append((event, fields)), said.append)
+    plan = preflight_plan(recipe, [], None, walk(recipe)[0], source, memory, ctx)
     assert plan.rungs == (1, 2, 3)
     assert said[0].startswith("skipping rung 0: predicted ") and "per GPU > 21.6 GiB usable" in said[0]
     assert [line.split(":")[0] for line in said] == ["skipping rung 0", "skipping rung 1", "skipping rung 2"]
