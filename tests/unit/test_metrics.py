@@ -3,6 +3,7 @@ scraper would), the `metrics:` recipe key, and a directory that cannot be writte
 read-only or full tmpfs, a missing folder) costing the metrics only, said once."""
 from __future__ import annotations
 
+import io
 import math
 import os
 import subprocess
@@ -11,12 +12,22 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from guardrun.launcher.gpus import GpuProcess
 from guardrun.launcher.recipe import RecipeError, load_recipe
 from guardrun.launcher.spec import Metrics
+from guardrun.launcher.units import GIB
 from guardrun.supervisor.core import events
+from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.core.states import State
+from guardrun.supervisor.record.console import Console
+from guardrun.supervisor.record.journal import Journal
 from guardrun.supervisor.record.metrics import RESTART_KINDS, Textfile, render
+from guardrun.supervisor.run.loop import Supervisor
+from guardrun.supervisor.watch import proc
 from tests.helpers_mount import tmpfs
+
+from fakes import FakeGpuSource  # noqa: E402
+from recipes_util import make_recipe  # noqa: E402
 
 RUNNING = {"state": "running", "attempt": 2, "rung": 1, "step": 40, "loss": 0.25,
            "tree_memory": 3 << 30, "tree_limit": 8 << 30, "available": 20 << 30,
@@ -202,3 +213,39 @@ def test_a_bad_metrics_key_names_file_line_and_key(tmp_path, body, message):
     with pytest.raises(RecipeError) as err:
         load_recipe(recipe(tmp_path, body))
     assert message in str(err.value)
+
+
+# -- through the loop: the job's GPUs ----------------------------------------------------
+
+def test_the_loop_writes_the_jobs_gpus_with_their_limit_and_the_end_state(tmp_path, state_dir, monkeypatch):
+    """Two fake GPUs, another user's process on gpu0: the job runs on gpu1, and only gpu1
+    is in the file, with limits.vram (90%) resolved against its 80 GiB."""
+    monkeypatch.setattr(proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    began = tmp_path / "began"  # the job's 3 GiB on gpu1 from its start on
+    (tmp_path / "job.py").write_text(f"import time\nopen({str(began)!r}, 'w').close()\n"
+                                     "print('step 1/2 loss 0.5', flush=True)\ntime.sleep(0.5)\n")
+    recipe = make_recipe(tmp_path, f"""
+        launcher: python
+        script: job.py
+        gpus: 1
+        limits: {{vram: 90%}}
+        monitor: {{interval: 0.05}}
+        metrics: {{textfile: {tmp_path / "prom"}}}
+        """, script="unused.py")
+    (tmp_path / "prom").mkdir()
+    source = FakeGpuSource(count=2, used=lambda index: 3 * GIB if index == 0 or began.exists() else 0,
+                           procs={0: [GpuProcess(999999, 3 * GIB)]})
+    journal = Journal(recipe.name)
+    out = io.StringIO()
+    code = Supervisor(recipe, journal, Console(out, tty=False), MonotonicClock(), gpus=source).run()
+    journal.close()
+    assert code == 0, out.getvalue()
+    found = {}
+    for family in text_string_to_metric_families((tmp_path / "prom" / "guardrun_job.prom").read_text()):
+        for s in family.samples:
+            found.setdefault(s.name, {})[s.labels.get("gpu", s.labels.get("state"))] = s.value
+    assert found["guardrun_gpu_memory_bytes"] == {"1": 3 * GIB}
+    assert found["guardrun_gpu_memory_limit_bytes"] == {"1": int(80 * GIB * 0.9)}
+    assert found["guardrun_job_state"]["finished"] == 1 and sum(found["guardrun_job_state"].values()) == 1
+    assert found["guardrun_job_step"] == {None: 1} and found["guardrun_job_loss"] == {None: 0.5}
