@@ -26,6 +26,7 @@ from watchdog.observers import Observer
 
 from ..core import events
 from ..core.context import Context
+from .netfs import Rescanner, fs_magic, why_rescan
 
 #: Quiet time before a rescan. HF writes a checkpoint's files back to back, the
 #: trainer_state.json last; a second of silence means the writer is done or stalled.
@@ -80,13 +81,15 @@ def entry_of(directory: str, path: str) -> str:
 class CheckpointFollower:
     """Validate the checkpoint folder again whenever it changed and then went quiet."""
 
-    def __init__(self, directory: Path, pattern: str | None, ctx: Context, settle: float = SETTLE):
+    def __init__(self, directory: Path, pattern: str | None, ctx: Context, settle: float = SETTLE,
+                 nodes: int = 1):
         self.directory, self.pattern, self.clock, self.emit = directory, pattern, ctx.clock, ctx.emit
-        self.settle = settle
+        self.settle, self.nodes = settle, nodes  # nodes > 1: another node writes the checkpoints
         self._lock = threading.Lock()
         self._changed: dict[str, float] = {}    # entry -> its last change not yet rescanned
         self._activity_at: float | None = None  # last change seen at all
         self._observer = None
+        self._rescanner: Rescanner | None = None  # instead of inotify, where it sees no other machine's writes
         before = checkpoints.find(directory, pattern)
         self._before = {c.name for c in before}
         valid = [c for c in before if c.valid]
@@ -103,8 +106,14 @@ class CheckpointFollower:
             self._activity_at = now
 
     def _ensure_observer(self) -> None:
-        """Watch once the folder exists: the trainer creates it only when it starts."""
-        if self._observer is not None or not self.directory.is_dir():
+        """Watch once the folder exists: the trainer creates it only when it starts. On NFS
+        and the like, or when another node writes the folder, rescan it at an interval."""
+        if self._observer is not None or self._rescanner is not None or not self.directory.is_dir():
+            return
+        if why_rescan(fs_magic(self.directory), self.nodes):
+            self._rescanner = Rescanner(self.directory)
+            self._rescanner.changed(self.clock.monotonic())  # the first look: what is there now
+            self._touch()
             return
         observer = Observer()
         observer.schedule(_Changed(self.directory, self._touch), str(self.directory), recursive=True)
@@ -133,6 +142,8 @@ class CheckpointFollower:
         """Called every sample interval: rescan when a checkpoint's entry has settled."""
         self._ensure_observer()
         now = self.clock.monotonic()
+        for entry in self._rescanner.changed(now) if self._rescanner is not None else ():
+            self._touch(entry)
         with self._lock:
             settled = [entry for entry, at in self._changed.items() if now - at >= self.settle]
             for entry in settled:
