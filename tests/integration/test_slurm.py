@@ -1,0 +1,76 @@
+"""A real two-node SLURM on this machine (slurmlocal.py): what each node's guardrun resolves.
+
+`srun -N2 -n2 --ntasks-per-node=1` runs one task on n1 and one on n2; guardrun's node view on
+each comes from SLURM alone (the recipe has no `nodes:`): SLURM_NODEID -> node rank,
+SLURM_NNODES -> count, the first host of SLURM_JOB_NODELIST (n[1-2], through scontrol) at
+29400 -> rendezvous. Skipped with the reason where the daemons are not installed.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import slurmlocal
+
+pytestmark = pytest.mark.skipif(bool(slurmlocal.unavailable()), reason=slurmlocal.unavailable() or "-")
+
+VIEW = ("import json, sys; from guardrun.launcher.recipe import load_recipe; "
+        "n = load_recipe(sys.argv[1]).node; "
+        "print(json.dumps({'rank': n.rank, 'count': n.count, 'host': n.rendezvous_host, "
+        "'port': n.rendezvous_port, 'shared': str(n.shared_dir)}))")
+
+
+def _srun(env: dict[str, str], *argv: str) -> list[str]:
+    done = subprocess.run(["srun", "-l", "-N2", "-n2", "--ntasks-per-node=1", "--chdir", os.getcwd(), *argv],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def _left_running(root: Path) -> list[str]:
+    """Live processes that name the test's folder in their command line or environment."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+            seen = cmdline + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(root).encode() in seen and stat.split(") ")[1][0] != "Z":
+            left.append(proc.name + ": " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return left
+
+
+def test_srun_two_nodes_each_guardrun_resolves_its_part(tmp_path):
+    (tmp_path / "train.py").write_text("")
+    recipe = tmp_path / "job.yaml"
+    recipe.write_text(textwrap.dedent(f"""\
+        launcher: torchrun
+        python: {sys.executable}
+        script: train.py
+        gpus: 1
+        checkpoints: {{dir: {tmp_path}/out}}
+        """))
+    with slurmlocal.cluster(tmp_path) as env:
+        views = _srun(env, sys.executable, "-c", VIEW, str(recipe))
+        plans = _srun(env, sys.executable, "-m", "guardrun.supervisor", "plan", str(recipe))
+    by_task = {int(line.split(":", 1)[0]): json.loads(line.split(":", 1)[1]) for line in views}
+    shared = f"{tmp_path}/out/.guardrun"
+    assert by_task == {task: {"rank": task, "count": 2, "host": "n1", "port": 29400, "shared": shared}
+                       for task in (0, 1)}
+    for task in (0, 1):
+        said = [line.split(": ", 1)[1] for line in plans if line.startswith(f"{task}: ")]
+        assert (f"nodes: 2, this is node rank {task}; rendezvous n1:29400; shared_dir {shared}; "
+                "barrier timeout 600s") in said
+        command = next(line for line in said if line.startswith("   command: "))
+        assert f"--nnodes 2 --node-rank {task} --master-addr n1 --master-port 29400" in command
+    assert _left_running(tmp_path) == []
