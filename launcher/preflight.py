@@ -59,7 +59,9 @@ class Fit:
 
 
 @dataclass(frozen=True)
-class Choice:
+class FittedDecision:
+    """The ladder's decision once the rungs predicted not to fit were passed over."""
+
     decision: Decision
     skipped: tuple[tuple[Plan, Fit], ...] = ()  # rungs passed over, in order
     none_fits: bool = False                     # the plan chosen is predicted not to fit either
@@ -191,20 +193,20 @@ def first_fitting(verdicts: Sequence[Fit]) -> int | None:
 
 
 def decide_fitting(recipe: Recipe, failures: Sequence[Failure], known: Known, resources: Resources,
-                   visible_gpus: Sequence[int] | None = None) -> Choice:
+                   visible_gpus: Sequence[int] | None = None) -> FittedDecision:
     """ladder.decide, then past every rung predicted not to fit (unless `preflight: off`)."""
     decision = decide(recipe, failures, visible_gpus)
     if decision.plan is None or not recipe.preflight:
-        return Choice(decision)
+        return FittedDecision(decision)
     history, skipped = list(failures), []
     while True:
         verdict = check(decision.plan, predict(recipe, decision.plan, known), resources)
         if verdict.fits:
-            return Choice(decision, tuple(skipped), fit=verdict)
+            return FittedDecision(decision, tuple(skipped), fit=verdict)
         history.append(Failure(verdict.kind, evidence=f"preflight: {verdict.reason}"))
         following = decide(recipe, history, visible_gpus)
         if following.plan is None:
-            return Choice(decision, tuple(skipped), none_fits=True, fit=verdict)
+            return FittedDecision(decision, tuple(skipped), none_fits=True, fit=verdict)
         skipped.append((decision.plan, verdict))
         decision = following
 

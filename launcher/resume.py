@@ -24,7 +24,7 @@ class SetAside:
 
 
 @dataclass(frozen=True)
-class Choice:
+class CheckpointPick:
     checkpoint: Checkpoint | None     # resume from this; None: from scratch
     set_aside: tuple[SetAside, ...] = ()  # to quarantine first
 
@@ -101,7 +101,7 @@ def _declared(args: tuple, args_is_list: bool, key: str, kind: type) -> float | 
         return None
 
 
-def pick_checkpoint(found: Sequence[Checkpoint], before_step: int | None = None) -> Choice:
+def pick_checkpoint(found: Sequence[Checkpoint], before_step: int | None = None) -> CheckpointPick:
     """The newest valid checkpoint (older than `before_step` when given: a NaN rollback),
     and every checkpoint newer than it that must be set aside so the trainer's own
     "last checkpoint" logic cannot pick it."""
@@ -117,7 +117,7 @@ def pick_checkpoint(found: Sequence[Checkpoint], before_step: int | None = None)
         elif before_step is not None and each.step >= before_step:
             aside.append(SetAside(each, "nan", f"saved at step {each.step}, at or after the "
                                                f"first NaN (step {before_step})"))
-    return Choice(pick, tuple(aside))
+    return CheckpointPick(pick, tuple(aside))
 
 
 def adapt(saved: Saved, plan: Plan, on_world_size_change: str = "universal",

@@ -262,7 +262,7 @@ def logs(job: str, follow: bool, last: int | None, since: tuple[float, str] | No
     for number in shown[:-1]:  # --since -f: the earlier attempts whole, then follow the last
         _print_attempt(directory, number, rank, last, say, header=True)
     # Attempt 0 never exists: following it waits for the first attempt, then switches.
-    choice = logview.choose(directory, shown[-1] if shown else 0, rank)
+    choice = logview.pick_log(directory, shown[-1] if shown else 0, rank)
     if choice.note and shown:
         say(choice.note)
     try:
@@ -278,7 +278,7 @@ def _print_attempt(directory: Path, number: int, rank: int | None, last: int | N
     """One attempt's lines (or the last N), and why there are none when there are none."""
     if header:
         say(f"attempt {number}:")
-    choice = logview.choose(directory, number, rank)
+    choice = logview.pick_log(directory, number, rank)
     if choice.note:
         say(choice.note)
     try:

@@ -82,7 +82,7 @@ def rank_prefixes(rank: int) -> tuple[str, ...]:
     return (f"[{rank}]", f"[rank{rank}]", f"[default{rank}]")
 
 
-def choose(job_dir: Path, attempt: int, rank: int | None) -> LogChoice:
+def pick_log(job_dir: Path, attempt: int, rank: int | None) -> LogChoice:
     """Which file to read, and which lines of it, for an attempt and maybe one rank."""
     folder = job_dir / "attempts" / str(attempt)
     if rank is None:
@@ -208,7 +208,7 @@ class Follower:
             self._handle.close()
             self._handle = None
         self._flush_partial()
-        self.choice = choose(self.job_dir, attempt, self.rank)
+        self.choice = pick_log(self.job_dir, attempt, self.rank)
         self.say(f"attempt {attempt} started")
         if self.choice.note:
             self.say(self.choice.note)

@@ -18,7 +18,7 @@ from guardrun.launcher.checkpoints import Checkpoint, QuarantineError, universal
 from guardrun.launcher.command import Resume
 from guardrun.launcher.plan import Plan
 from guardrun.launcher.resume import (
-    Choice,
+    CheckpointPick,
     SetAside,
     Target,
     adapt,
@@ -129,8 +129,8 @@ def prepare(recipe: Recipe, plan: Plan, ctx: Context, tools: Tools, before_step:
     choice = pick_checkpoint(found, before_step)
     target = at_target(recipe, choice.checkpoint)
     if target is not None and fresh:
-        choice = Choice(None, tuple(SetAside(each, "finished", f"of a run finished at {target}; --fresh "
-                                             "starts over") for each in found))
+        why = f"of a run finished at {target}; --fresh starts over"
+        choice = CheckpointPick(None, tuple(SetAside(each, "finished", why) for each in found))
     elif target is not None:
         raise AtTarget(choice.checkpoint, target)
     _set_aside(choice, spec.resume_arg, ctx)
@@ -148,7 +148,7 @@ def at_target(recipe: Recipe, checkpoint: Checkpoint | None) -> Target | None:
                    declared_epochs(recipe.args, recipe.args_is_list))
 
 
-def _set_aside(choice: Choice, resume_arg: str | None, ctx: Context) -> None:
+def _set_aside(choice: CheckpointPick, resume_arg: str | None, ctx: Context) -> None:
     """Quarantine what the trainer must not pick. A quarantine folder that is not ours
     stops it before anything moves; a dir that cannot be written leaves them in place,
     which only an explicit resume path makes safe (launcher.resume.left_in_place)."""

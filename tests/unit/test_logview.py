@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import io
 
-from guardrun.supervisor.cli.logview import Follower, choose, copy, explain_empty, keep, rank_prefixes, written_since
+from guardrun.supervisor.cli.logview import Follower, copy, explain_empty, keep, pick_log, rank_prefixes, written_since
 
 
 def attempt(job, number: int, text: str | None = None):
@@ -24,12 +24,12 @@ def test_rank_lines_are_picked_by_the_launchers_prefixes():
 
 def test_a_rank_file_wins_over_filtering(tmp_path):
     folder = attempt(tmp_path, 3, "[rank0] a\n[rank1] b\n")
-    plain = choose(tmp_path, 3, 1)
+    plain = pick_log(tmp_path, 3, 1)
     assert plain.path == folder / "output.log" and plain.prefixes == rank_prefixes(1)
     assert "no per-rank log (attempts/3/ranks/1.log)" in plain.note
     (folder / "ranks").mkdir()
     (folder / "ranks" / "1.log").write_text("own\n")
-    own = choose(tmp_path, 3, 1)
+    own = pick_log(tmp_path, 3, 1)
     assert own.path == folder / "ranks" / "1.log" and own.prefixes is None and own.note == ""
     out = io.StringIO()
     assert copy(plain, out) == 1 and out.getvalue() == "[rank1] b\n"
@@ -48,7 +48,7 @@ def test_follow_switches_to_the_next_attempt_and_ends_with_the_supervisor(tmp_pa
     def sleep(_seconds):  # each wait, the writer does its next thing
         next(steps, lambda: None)()
 
-    Follower(tmp_path, choose(tmp_path, 1, None), pinned=False, rank=None,
+    Follower(tmp_path, pick_log(tmp_path, 1, None), pinned=False, rank=None,
              alive=lambda: next(alive), sleep=sleep, out=out, say=said.append).run()
     assert out.getvalue() == "one\ntwo (no newline yet) end\nsecond attempt\nlast\n"
     assert said == ["attempt 2 started"]
@@ -59,7 +59,7 @@ def test_follow_of_a_pinned_attempt_does_not_move_on(tmp_path):
     attempt(tmp_path, 2, "second\n")
     out = io.StringIO()
     alive = iter([True, True, False, False])
-    Follower(tmp_path, choose(tmp_path, 1, None), pinned=True, rank=None,
+    Follower(tmp_path, pick_log(tmp_path, 1, None), pinned=True, rank=None,
              alive=lambda: next(alive), sleep=lambda s: None, out=out, say=print).run()
     assert out.getvalue() == "first\n"
 
@@ -68,7 +68,7 @@ def test_follow_before_the_first_attempt_waits_for_it(tmp_path):
     out, said = io.StringIO(), []
     steps = iter([lambda: attempt(tmp_path, 1, "[rank0] hi\n[rank1] ho\n")])
     alive = iter([True, True, False, False, False])
-    Follower(tmp_path, choose(tmp_path, 0, 1), pinned=False, rank=1, alive=lambda: next(alive),
+    Follower(tmp_path, pick_log(tmp_path, 0, 1), pinned=False, rank=1, alive=lambda: next(alive),
              sleep=lambda s: next(steps, lambda: None)(), out=out, say=said.append).run()
     assert out.getvalue() == "[rank1] ho\n"
     assert said[0] == "attempt 1 started" and "no per-rank log" in said[1]
@@ -79,7 +79,7 @@ def test_follow_with_last_starts_at_the_last_lines_then_follows(tmp_path):
     out = io.StringIO()
     steps = iter([lambda: (tmp_path / "attempts/1/output.log").open("a").write("d\n")])
     alive = iter([True, True, False, False])
-    Follower(tmp_path, choose(tmp_path, 1, None), pinned=False, rank=None, alive=lambda: next(alive),
+    Follower(tmp_path, pick_log(tmp_path, 1, None), pinned=False, rank=None, alive=lambda: next(alive),
              sleep=lambda _s: next(steps, lambda: None)(), out=out, say=lambda _t: None, last=2).run()
     assert out.getvalue() == "b\nc\nd\n"
 
@@ -87,7 +87,7 @@ def test_follow_with_last_starts_at_the_last_lines_then_follows(tmp_path):
 def test_copy_of_the_last_lines(tmp_path):
     attempt(tmp_path, 1, "[0] a\n[1] b\n[0] c\n[1] d\n")
     out = io.StringIO()
-    assert copy(choose(tmp_path, 1, 1), out, last=1) == 1 and out.getvalue() == "[1] d\n"
+    assert copy(pick_log(tmp_path, 1, 1), out, last=1) == 1 and out.getvalue() == "[1] d\n"
 
 
 def journal(job, *events):
