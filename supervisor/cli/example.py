@@ -102,9 +102,9 @@ def copy_text(example: Example) -> str:
     header = [f"# guardrun example {example.name}: a copy of {example.path}"]
     header += [f"# {old} -> {new}" + (" (installed with guardrun)" if os.path.isabs(new) else " (under this file's folder)")
                for old, new in dict.fromkeys(moved)]
-    workdir = _workdir(yaml.compose(original, Loader=yaml.SafeLoader))
-    if workdir is not None and not _is(workdir, example.path.parent):
-        header.append(f"# Before `guardrun run`: set workdir ({workdir}) to where that project is on this machine "
+    elsewhere = _elsewhere(yaml.compose(original, Loader=yaml.SafeLoader), example.path.parent)
+    if elsewhere:
+        header.append(f"# Before `guardrun run`: set workdir ({elsewhere}) to where that project is on this machine "
                       "(`guardrun plan` works as it is)")
     return "\n".join(header) + "\n" + text
 
@@ -113,8 +113,7 @@ def relocate(text: str, bundle: Path) -> tuple[str, list[tuple[str, str]]]:
     """`text` with its bundle-relative paths rewritten (see the module's docstring), and
     the (old, new) pairs, in file order. A recipe whose workdir is elsewhere is unchanged."""
     root = yaml.compose(text, Loader=yaml.SafeLoader)
-    workdir = _workdir(root)
-    if not isinstance(root, MappingNode) or (workdir is not None and not _is(workdir, bundle)):
+    if not isinstance(root, MappingNode) or _elsewhere(root, bundle):
         return text, []
     edits = []
     for node in _values(root):
@@ -127,18 +126,15 @@ def relocate(text: str, bundle: Path) -> tuple[str, list[tuple[str, str]]]:
     return text, [(node.value, new) for node, new in edits]
 
 
-def _workdir(root: Node | None) -> str | None:
-    """The recipe's `workdir` as written; None without one (its own folder, then)."""
+def _elsewhere(root: Node | None, folder: Path) -> str | None:
+    """The recipe's `workdir` as written when it is not the recipe's own `folder`; None
+    when it is (`.`, or no workdir)."""
     if isinstance(root, MappingNode):
         for key, value in root.value:
             if key.value == "workdir" and isinstance(value, ScalarNode):
-                return value.value
+                same = Path(os.path.normpath(folder / os.path.expanduser(value.value))) == folder
+                return None if same else value.value
     return None
-
-
-def _is(workdir: str, folder: Path) -> bool:
-    """Whether `workdir`, read from a recipe in `folder`, is that folder."""
-    return Path(os.path.normpath(folder / os.path.expanduser(workdir))) == folder
 
 
 def _values(node: Node):
