@@ -99,7 +99,7 @@ class Supervisor:
         self.state = State.STARTING
         self.digest = recipe_digest(recipe)
         self._snapshot = JobSnapshot(job=recipe.name, pid=os.getpid(), recipe=str(recipe.path),
-                                     started=_now_iso())
+                                     started=_now_iso(), state_since=time.time())
         self._last_state_write: float | None = None
         self._metrics = (Textfile(recipe.metrics.textfile, recipe.name, console.say, journal.emit)
                          if recipe.metrics else None)  # Prometheus' textfile, beside state.json
@@ -141,6 +141,8 @@ class Supervisor:
                           overrides=list(self.recipe.overrides),
                           pid=os.getpid(), tree_limit=limits.tree,
                           min_available=limits.min_available, resumed_history=len(failures))
+        if self._metrics is not None:  # `starting` before the first state change (waiting for GPUs)
+            self._metrics.write(self._snapshot.as_json())
         early = self._before_launching(earlier)
         if early is not None:
             return early

@@ -43,8 +43,8 @@ def samples(text: str) -> dict[tuple, float]:
             for family in text_string_to_metric_families(text) for s in family.samples}
 
 
-def value(text: str, name: str, **labels) -> float:
-    return samples(text)[(name, tuple(sorted({"job": "demo", **labels}.items())))]
+def value(text: str, name: str, job: str = "demo", **labels) -> float:
+    return samples(text)[(name, tuple(sorted({"job": job, **labels}.items())))]
 
 
 def test_a_running_job_parses_with_every_number_it_has():
@@ -249,3 +249,31 @@ def test_the_loop_writes_the_jobs_gpus_with_their_limit_and_the_end_state(tmp_pa
     assert found["guardrun_gpu_memory_limit_bytes"] == {"1": int(80 * GIB * 0.9)}
     assert found["guardrun_job_state"]["finished"] == 1 and sum(found["guardrun_job_state"].values()) == 1
     assert found["guardrun_job_step"] == {None: 1} and found["guardrun_job_loss"] == {None: 0.5}
+
+
+def test_a_job_waiting_for_gpus_is_in_the_file_as_starting(tmp_path, state_dir, monkeypatch):
+    """Before the first state change: the file is read while the loop waits for a GPU."""
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    recipe = make_recipe(tmp_path, f"""
+        launcher: python
+        script: train.py
+        gpus: 1
+        wait_for_gpus: 0.2s
+        metrics: {{textfile: {tmp_path}}}
+        """)
+    prom = tmp_path / "guardrun_job.prom"
+    seen: list[str] = []
+
+    class Watched(FakeGpuSource):
+        def devices(self):
+            if self.calls == 1:  # the second look: the wait has begun
+                seen.append(prom.read_text())
+            return super().devices()
+
+    source = Watched(count=1, procs={0: [GpuProcess(999999, 20 * GIB)]})
+    journal = Journal(recipe.name)
+    code = Supervisor(recipe, journal, Console(io.StringIO(), tty=False), MonotonicClock(), gpus=source).run()
+    journal.close()
+    assert code == 1 and len(seen) == 1
+    assert value(seen[0], "guardrun_job_state", job="job", state="starting") == 1
+    assert value(prom.read_text(), "guardrun_job_state", job="job", state="gave_up") == 1
