@@ -31,9 +31,11 @@ from ..core.states import TERMINAL, State, check_transition
 from ..diagnose.output import Progress
 from ..diagnose.rankcount import ranks_in_file
 from ..record.console import Console
+from ..record import levels
 from ..record.journal import Journal, history
 from ..record.metrics import Textfile
 from ..record.spacewatch import RETRY_EVERY, SUSPENDED
+from ..record.statusline import SEP, Field, StatusLine, gpu_summary
 from ..watch.containment import Containment, ContainmentRequired
 from ..watch.containment import prepare as prepare_containment
 from ..watch.fitcheck import preflight_plan
@@ -254,14 +256,15 @@ class Supervisor:
         self._snapshot.update(last_kind=kind, last_evidence=failure.evidence if failure else "",
                               root_cause=cause.as_dict() if cause else None)
         self.console.clear_status()
-        self.console.say(f"attempt {number} ended: {kind}"
-                         + (f" ({failure.evidence})" if failure and failure.evidence else "")
-                         + (f" (the success evidence was seen, then it exited with code {end.exit_code})"
-                            if failure is None and end.exit_code != 0 and end.success_seen else ""))
+        self.console.say((levels.warning if failure else str)(
+            f"attempt {number} ended: {kind}"
+            + (f" ({failure.evidence})" if failure and failure.evidence else "")
+            + (f" (the success evidence was seen, then it exited with code {end.exit_code})"
+               if failure is None and end.exit_code != 0 and end.success_seen else "")))
         if failure is None and end.exit_code != 0 and not end.success_seen and end.reached_target:
-            self.console.say(_teardown_warning(end))
+            self.console.say(levels.warning(_teardown_warning(end)))
         for line in cause.lines() if cause else ():
-            self.console.say(line)
+            self.console.say(levels.warning(line))
         return failure
 
     def _watch_for(self, number: int, plan: Plan, limits: MemoryLimits, attempt_dir: Path,
@@ -371,25 +374,28 @@ class Supervisor:
             # journaled here, not in the signal handler: the journal is not reentrant
             self._hangup_noted = True
             self.journal.emit(events.TERMINAL_HUNG_UP, attempt=number)
-        parts = [f"attempt {number}", f"rung {plan.rung}", f"{plan.ranks} rank(s)",
-                 describe_reading(reading, limits), self._vram.describe() if self._vram else ""]
+        mem, _, avail = describe_reading(reading, limits).partition(SEP)
+        fields = [Field("attempt", f"attempt {number}"), Field("rung", f"rung {plan.rung}"),
+                  Field("ranks", f"{plan.ranks} rank(s)"), Field("mem", mem), Field("avail", avail),
+                  Field("gpu", self._vram.describe(), gpu_summary(self._vram.gpus())) if self._vram
+                  else Field("gpu", "")]
         if progress.step is not None:
             total = f"/{progress.total}" if progress.total else ""
-            parts.append(f"step {progress.step}{total}")
+            fields.append(Field("step", f"step {progress.step}{total}"))
         if progress.loss is not None:
-            parts.append(f"loss {progress.loss:.4g}")
+            fields.append(Field("loss", f"loss {progress.loss:.4g}"))
         if follower is not None:
-            parts.append(describe_checkpoint(follower.seen, now))
+            fields.append(Field("ckpt", describe_checkpoint(follower.seen, now)))
             self._snapshot.update(newest_checkpoint=str(follower.seen.newest.path)
                                   if follower.seen.newest else None)
-        parts.append(format_elapsed(now - started))
+        fields.append(Field("elapsed", format_elapsed(now - started)))
         self._snapshot.update(step=progress.step, loss=progress.loss, memory=describe_reading(reading, limits))
         self._snapshot.update(vram=self._vram.describe() if self._vram else None)
         self._snapshot.update(**measured(reading, limits, self._vram, follower.seen.newest.path
                                          if follower is not None and follower.seen.newest else None))
         if self._last_state_write is None or now - self._last_state_write >= STATE_EVERY:
             self._write_state(now)
-        return " · ".join(p for p in parts if p)
+        return StatusLine(fields)  # the console fits it to the terminal (record/statusline.py)
 
     def _wait_backoff(self, same_rung: int) -> bool:
         first, cap = self.recipe.restarts.backoff
@@ -458,7 +464,7 @@ class Supervisor:
         self._snapshot.update(gave_up=why)
         self._move(State.GAVE_UP, code)
         self.journal.emit(events.RUN_GAVE_UP, exit_code=code, why=why)
-        self.console.say(f"giving up: {why}")
+        self.console.say(levels.error(f"giving up: {why}"))
         if code == exits.USAGE:  # a bad recipe, said where bad recipes are said
             exits.say_error(why)
         return code
