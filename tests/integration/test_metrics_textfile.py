@@ -14,19 +14,20 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from conftest import wait_until
+from helpers_unattended import gate_recipe, guardrun, running, supervisor_pid
 from test_supervise import GUARDRUN, JOBS, events, named, run_guardrun, write_recipe
 
 PLAIN = str(JOBS / "plain_train.py")
 LIMIT = 200 << 20
 
 
-def samples(path: Path) -> dict[tuple, float]:
-    """(sample name, labels without job) -> value; job="job" on every sample."""
+def samples(path: Path, job: str = "job") -> dict[tuple, float]:
+    """(sample name, labels without job) -> value; job="<job>" on every sample."""
     found = {}
     for family in text_string_to_metric_families(path.read_text()):
         for sample in family.samples:
             labels = dict(sample.labels)
-            assert labels.pop("job") == "job", sample
+            assert labels.pop("job") == job, sample
             found[(sample.name, tuple(sorted(labels.items())))] = sample.value
     return found
 
@@ -103,3 +104,21 @@ def test_metrics_dir_flag_wins_and_a_missing_dir_costs_the_metrics_only(tmp_path
     assert said == [f"guardrun: metrics: cannot write {missing}/guardrun_job.prom: No such file or directory; "
                     "the job goes on, retrying at every state write"]
     assert [e["path"] for e in named(events(state_dir), "metrics.failed")] == [f"{missing}/guardrun_job.prom"]
+
+
+def test_start_gives_metrics_dir_to_its_detached_run(tmp_path, state_dir):
+    """`start --metrics-dir` (a relative path: the caller's folder) reaches the daemon."""
+    recipe, go = gate_recipe(tmp_path)
+    result = guardrun("start", str(recipe), "--metrics-dir", "prom", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    pid = supervisor_pid(result.stdout)
+    prom = tmp_path / "prom" / "guardrun_gate.prom"
+    (tmp_path / "prom").mkdir()  # after the start: a missing dir is retried until it exists
+    try:
+        wait_until(lambda: prom.is_file() and "guardrun_job_state{job=\"gate\",state=\"running\"} 1" in prom.read_text(),
+                   timeout=30, what="the detached run's textfile, running")
+    finally:
+        go.touch()
+    wait_until(lambda: not running(pid), timeout=30, what="the job to finish")
+    assert state_of(samples(prom, "gate")) == "finished"
+    assert "metrics: " in (state_dir / "gate" / "supervisor.log").read_text()
