@@ -1,9 +1,15 @@
 """Issue 16: the memory preflight of a multi-node job is decided by its tightest node."""
 from __future__ import annotations
 
+from fakes import FakeClock, FakeGpuSource, ScriptedMemory
+from recipes_util import make_recipe
+from test_preflight import PLENTY, SITUATION_4
+
+from guardrun.launcher.ladder import walk
 from guardrun.launcher.preflight import Resources
 from guardrun.launcher.units import GIB
-from guardrun.supervisor.watch.fitcheck import tightest
+from guardrun.supervisor.core.context import Context
+from guardrun.supervisor.watch.fitcheck import preflight_plan, tightest
 
 
 def test_each_figure_is_the_smallest_any_node_measured():
@@ -23,3 +29,19 @@ def test_one_node_alone_is_measured_as_it_is():
     mine = Resources(gpu_free={0: GIB}, host_available=2 * GIB, host_limit=None)
     assert tightest(mine, []) == mine
     assert tightest(Resources(), [Resources()]) == Resources()
+
+
+def test_the_tightest_node_picks_the_rung_of_every_node(tmp_path):
+    # FIELD_NOTES situation 4 on two nodes: this one has 80 GiB GPUs, the other 24 GiB ones;
+    # the job starts where the 24 GiB node fits (offload, batch 8 x accumulation 2), here too.
+    recipe = make_recipe(tmp_path, SITUATION_4)
+    said = []
+    ctx = Context(FakeClock(), lambda event, **fields: None, said.append)
+    here = FakeGpuSource(count=8, total=80 * GIB)
+    memory = ScriptedMemory(total=PLENTY, readings=[(0, 0, PLENTY)])
+    alone = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx)
+    assert alone.rungs == () and said == []
+    other = Resources(gpu_free={index: 24 * GIB for index in range(8)}, host_available=PLENTY)
+    plan = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx, others=[other])
+    assert plan.rungs == (1, 2, 3) and (plan.per_device, plan.grad_accum) == (8, 2)
+    assert said[0].startswith("skipping rung 0: ") and "usable of 24.0 GiB free on GPU 0" in said[0]
