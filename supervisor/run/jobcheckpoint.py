@@ -135,12 +135,20 @@ def for_node(shared: SharedDir, attempt: int, prepare: Callable[[], Resume], clo
         if error is not None:
             raise error
         return decision.resume
-    return follow(await_decision(shared, attempt, clock, timeout, should_stop), say)
+    started = clock.monotonic()
+    decision = await_decision(shared, attempt, clock, timeout, should_stop)
+    return follow(decision, say, lambda: clock.monotonic() - started < timeout and not should_stop(),
+                  lambda: clock.sleep(POLL))
 
 
-def follow(decision: Decision, say: Callable[[str], None]) -> Resume:
-    """Another node: the Resume node 0 decided, checked against what this node sees."""
+def follow(decision: Decision, say: Callable[[str], None], may_wait: Callable[[], bool] = lambda: False,
+           wait: Callable[[], None] = lambda: None) -> Resume:
+    """Another node: the Resume node 0 decided, checked against what this node sees. A path
+    not there yet is looked for again while `may_wait()` (NFS caches a folder's listing for
+    seconds: node 0's new checkpoint may show here a little later)."""
     resume = decision.apply()
+    while resume.path is not None and not resume.path.exists() and may_wait():
+        wait()
     if resume.path is not None and not resume.path.exists():
         raise ResumeError(f"node 0 resumes {resume.path}, which this node does not see: checkpoints.dir "
                           "must be on a filesystem every node shares")

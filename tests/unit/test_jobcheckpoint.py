@@ -109,8 +109,18 @@ def test_a_damaged_decision_is_a_clear_refusal(tmp_path, text, why):
 
 def test_a_checkpoint_this_node_does_not_see_means_no_shared_filesystem(tmp_path):
     jc.publish(shared(tmp_path, 0), 1, jc.Decision("resume", Resume(tmp_path / "elsewhere" / "checkpoint-2")))
+    clock = FakeClock()
     with pytest.raises(ResumeError, match="must be on a filesystem every node shares"):
-        node1(tmp_path, 1)
+        node1(tmp_path, 1, clock=clock)
+    assert clock.now - 1000.0 == pytest.approx(10.0)           # looked for it until the timeout
+
+
+def test_a_checkpoint_that_shows_up_late_here_is_waited_for(tmp_path):
+    late = tmp_path / "out" / "checkpoint-2"
+    jc.publish(shared(tmp_path, 0), 1, jc.Decision("resume", Resume(late)))
+    clock = FakeClock()
+    clock.at(2.0, lambda: late.mkdir(parents=True))             # NFS's cached listing catches up
+    assert node1(tmp_path, 1, clock=clock) == Resume(late)
 
 
 def test_an_unwritable_shared_dir_is_said_on_node_zero(tmp_path):
