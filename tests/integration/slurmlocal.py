@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "scontrol", "sinfo", "runuser")
+DAEMONS = ("munged", "slurmctld", "slurmd", "srun", "sbatch", "squeue", "scontrol", "sinfo", "runuser")
 NODES = ("n1", "n2")
 READY_TIMEOUT = 60.0
 
@@ -121,6 +121,18 @@ def _wait_ready(env: dict[str, str], root: Path) -> None:
         time.sleep(0.5)  # polling sinfo: the daemons tell nothing else when they are ready
     logs = {p.name: p.read_text(errors="replace")[-600:] for p in root.glob("*.log")}
     raise RuntimeError(f"the nodes did not come up within {READY_TIMEOUT:g}s (sinfo: {states!r}); logs: {logs}")
+
+
+def wait_job(env: dict[str, str], job: str, timeout: float) -> None:
+    """Until SLURM job `job` has left the queue (squeue), `timeout` seconds at most."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        queued = subprocess.run(["squeue", "-h", "-j", job], capture_output=True, text=True, timeout=30,
+                                env={**os.environ, **env})
+        if queued.returncode == 0 and not queued.stdout.strip():
+            return
+        time.sleep(1)  # polling squeue: SLURM tells a client nothing else when a job ends
+    raise RuntimeError(f"SLURM job {job} still queued or running after {timeout:g}s")
 
 
 def _stop(pid_files: list[Path]) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -73,4 +74,36 @@ def test_srun_two_nodes_each_guardrun_resolves_its_part(tmp_path):
                 "barrier timeout 600s") in said
         command = next(line for line in said if line.startswith("   command: "))
         assert f"--nnodes 2 --node-rank {task} --master-addr n1 --master-port 29400" in command
+    assert _left_running(tmp_path) == []
+
+
+@pytest.mark.slow
+def test_sbatch_of_the_example_trains_across_two_nodes(tmp_path):
+    """recipes/slurm_two_nodes.sbatch as a user submits it: world 4 (2 nodes x 2 ranks), step 30."""
+    bundle = Path(__file__).resolve().parents[2] / "recipes"
+    (tmp_path / "recipes").mkdir()
+    for name in ("slurm_two_nodes.sbatch", "demo_train.py"):
+        shutil.copy(bundle / name, tmp_path / "recipes" / name)
+    text = (bundle / "slurm_two_nodes.yaml").read_text()
+    (tmp_path / "recipes" / "slurm_two_nodes.yaml").write_text(
+        text.replace("workdir: .\n", f"workdir: .\npython: {sys.executable}\n"))
+    # both "nodes" share this machine's home: each guardrun gets a state dir of its own
+    wrapper = tmp_path / "guardrun"
+    wrapper.write_text(f"#!/bin/bash\nexport GUARDRUN_STATE_DIR={tmp_path}/state-$SLURM_NODEID\n"
+                       f"exec {sys.executable} -m guardrun.supervisor \"$@\"\n")
+    wrapper.chmod(0o755)
+    with slurmlocal.cluster(tmp_path) as env:
+        env = {**os.environ, **env, "GUARDRUN": str(wrapper)}
+        submitted = subprocess.run(["sbatch", "--parsable", "recipes/slurm_two_nodes.sbatch",
+                                    "nodes.rendezvous=127.0.0.1:29400"],  # n1 does not resolve here
+                                   cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert submitted.returncode == 0, submitted.stderr
+        slurmlocal.wait_job(env, submitted.stdout.strip(), timeout=300)
+    record = json.loads((tmp_path / "build/slurm-two-nodes/checkpoint-30/trainer_state.json").read_text())
+    assert record["global_step"] == 30
+    output = next(tmp_path.glob("guardrun-two-nodes-*.out")).read_text()
+    assert "world_size=4 per_device=4 grad_accum=1 global_batch=16" in output
+    for rank in (0, 1):
+        state = json.loads((tmp_path / f"state-{rank}/slurm-two-nodes/state.json").read_text())
+        assert state["state"] == "finished", output[-3000:]
     assert _left_running(tmp_path) == []
