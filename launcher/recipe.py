@@ -377,6 +377,11 @@ def _node_view(root: Node, ctx: Ctx, values: dict, env: Mapping[str, str]):
     if view.multi and values["launcher"] not in multinode.LAUNCHERS:
         _fail_at_nodes(root, ctx, "launcher", f"launcher: {values['launcher']} runs one process: {view.count} "
                        "nodes need one of " + ", ".join(multinode.LAUNCHERS))
+    machines = values["accelerate"]
+    if view.multi and machines is not None and (machines.num_machines not in (1, view.count) or
+                                                machines.machine_rank is not None or machines.main_process_ip):
+        _fail_at_nodes(root, ctx, "accelerate", f"with nodes: ({view.count} nodes) guardrun sets num_machines, "
+                       "machine_rank and main_process_ip/port from it: remove them from `accelerate:`")
     return section_value, view
 
 

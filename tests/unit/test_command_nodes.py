@@ -97,3 +97,10 @@ def test_one_node_is_the_command_of_today(tmp_path, launcher):
 def test_python_launcher_cannot_span_nodes(tmp_path):
     with pytest.raises(RecipeError, match="launcher: python runs one process: 2 nodes need one of torchrun"):
         _recipe(tmp_path, "python")
+
+
+def test_accelerate_machines_are_given_once(tmp_path):
+    with pytest.raises(RecipeError, match="guardrun sets num_machines, machine_rank and main_process_ip"):
+        _recipe(tmp_path, "accelerate", extra=NODES + "accelerate: {num_machines: 2, machine_rank: 1, "
+                "main_process_ip: 10.0.0.1}\n")
+    assert _recipe(tmp_path, "accelerate", extra=NODES + "accelerate: {flags: [--mixed_precision, bf16]}\n")
