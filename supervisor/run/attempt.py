@@ -222,8 +222,7 @@ def _kernel_oom(group: Group | None, watch: Watch) -> str:
         return ""
     at = f" at the hard limit {format_bytes(limit)}" if limit else ""
     watch.ctx.emit(events.CGROUP_OOM_KILL, path=str(group.path), kills=kills, hard_limit=limit)
-    return (f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} "
-            f"(memory.oom_control oom_kill)")
+    return f"the kernel OOM-killed {kills} process(es) in the job's cgroup{at} ({group.oom_counter})"
 
 
 def _look(popen: Launched, tree: Tree, reader: OutputReader, peaks: Peaks, watch: Watch,

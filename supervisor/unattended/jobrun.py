@@ -21,8 +21,7 @@ from ..core.signals import Requests
 from ..record.console import Console
 from ..record.journal import Journal, StateDirError, read_state
 from ..record.notify import Notifier, NotifyingConsole, WatchdogClock
-from ..watch import cgroupv1, leftovers
-from ..watch import cgroupv2 as cgroup
+from ..watch import cgroupfs, cgroupv1, leftovers
 from ..watch.containment import leftover_members
 from .control import ControlServer
 from .lock import JobLock, LockHeld
@@ -46,7 +45,6 @@ class JobRun:
         inner = MonotonicClock()
         self.clock: Clock = WatchdogClock(inner, self.notifier) if self.notifier.watchdog_every else inner
         self.requests.when_hung_up(self.console.detach)
-        self.memory_source = cgroup.detect()
         self._lock = JobLock(journal.dir)
         self._server: ControlServer | None = None
 
@@ -73,9 +71,7 @@ class JobRun:
                                          supervisor.snapshot).start()
         except (StateDirError, OSError) as err:
             raise fail(f"control socket: {err}", USAGE) from None
-        supervisor.note(memory_source=self.memory_source.kind,
-                        memory_source_why=self.memory_source.reason,
-                        control_socket=str(self._server.path),
+        supervisor.note(control_socket=str(self._server.path),
                         supervisor_start=leftovers.start_time(os.getpid()))
         supervisor.listen(self.notifier.moved)  # READY=1 at running, STOPPING=1 at the end
         return supervisor.run()
@@ -110,7 +106,8 @@ class JobRun:
                        + ", ".join(map(str, report.left)) + "; not starting over them", GAVE_UP)
 
     def _job_cgroup(self):
-        """This job's v1 cgroup path (this user's, this state dir's), or None where there is none."""
+        """This job's cgroup (this user's, this state dir's), or None where there is none: where
+        its state dir recorded it, v1 or v2 (cgroupfs.recorded), else where v1 makes it here."""
         try:
             path = cgroupv1.JobCgroup.path_for(self.recipe.name, self.journal.dir)
         except cgroupv1.CgroupError:
@@ -135,5 +132,5 @@ class JobRun:
         """A dead supervisor's empty cgroups of this job go (never another job's or user's)."""
         path = self._job_cgroup()
         if path is not None:
-            left = cgroupv1.JobCgroup(path).remove()
+            left = cgroupfs.JobCgroup(path, self.journal.dir).remove()  # the record goes with it
             self.journal.emit(events.CGROUP_LEFTOVER_REMOVED, path=str(path), left=left)

@@ -119,6 +119,8 @@ class Group:
 
     #: memory.stat's keys whose sum is the tree's own memory, each page counted once
     STAT_KEYS: tuple[bytes, ...] = ()
+    #: Where the kernel counts its OOM kills in this cgroup: (file, key), each version its own.
+    OOM_COUNTER: tuple[str, str]
 
     def __init__(self, path: Path):
         self.path = path
@@ -127,6 +129,19 @@ class Group:
     def procs(self) -> list[int]:
         """Every pid in this cgroup and its children (a gone cgroup has none)."""
         return subtree_procs(self.path)
+
+    def oom_kills(self) -> int:
+        """The kernel's OOM kills in this cgroup so far (0 where the counter cannot be read)."""
+        file, key = self.OOM_COUNTER
+        try:
+            return parse_keyed((self.path / file).read_text()).get(key, 0)
+        except OSError:
+            return 0
+
+    @property
+    def oom_counter(self) -> str:
+        """The counter oom_kills reads, as evidence names it: `memory.events oom_kill`."""
+        return " ".join(self.OOM_COUNTER)
 
     def anon(self) -> int:
         """The tree's own memory from memory.stat, bytes: one pread of a held fd and a lookup

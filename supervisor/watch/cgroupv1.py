@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .cgroupfs import MARK_DIR, CgroupError, job_name, parse_keyed
+from .cgroupfs import MARK_DIR, CgroupError, job_name
 from .cgroupfs import Group as _Group
 from .cgroupfs import JobCgroup as _JobCgroup
 
@@ -73,12 +73,7 @@ class Group(_Group):
     own memory; memory.oom_control counts the kernel's kills in it."""
 
     STAT_KEYS = (b"\ntotal_rss ", b"\ntotal_shmem ")
-
-    def oom_kills(self) -> int:
-        try:
-            return parse_keyed((self.path / "memory.oom_control").read_text()).get("oom_kill", 0)
-        except OSError:
-            return 0
+    OOM_COUNTER = ("memory.oom_control", "oom_kill")
 
     def set_limit(self, limit: int) -> None:
         (self.path / "memory.limit_in_bytes").write_text(str(int(limit)))

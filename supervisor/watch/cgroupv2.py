@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from . import cgroupfs
-from .cgroupfs import MARK_DIR, CgroupError, job_name, parse_keyed
+from .cgroupfs import MARK_DIR, CgroupError, job_name
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Where a cgroup2 hierarchy is mounted: the whole tree (unified), or beside v1 (hybrid).
@@ -147,12 +147,7 @@ class Group(cgroupfs.Group):
     memory.events counts the kernel's OOM kills in it and below it."""
 
     STAT_KEYS = (b"\nanon ", b"\nshmem ")
-
-    def oom_kills(self) -> int:
-        try:
-            return parse_keyed((self.path / "memory.events").read_text()).get("oom_kill", 0)
-        except OSError:
-            return 0
+    OOM_COUNTER = ("memory.events", "oom_kill")
 
     def set_limits(self, hard_limit: int | None, high: int | None = None) -> None:
         """memory.high (reclaim and throttle above it) and memory.max (the OOM kill)."""

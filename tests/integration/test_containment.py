@@ -94,6 +94,25 @@ def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(sess
     assert not cgroupv1.JobCgroup.path_for("job", state_dir / "job").exists()
 
 
+def test_an_empty_cgroup_a_dead_run_left_goes_with_its_record(tmp_path, state_dir):
+    """Nothing left running, only the dead run's (empty) job cgroup and the state dir's record
+    of it: the next run removes both, even when it runs uncontained."""
+    (tmp_path / "train.py").write_text("print('done')\n")
+    recipe = write_recipe(tmp_path, """
+        launcher: python
+        script: train.py
+        containment: off
+        """)
+    (state_dir / "job").mkdir(parents=True, mode=0o700)
+    left = cgroupv1.JobCgroup.create("job", state_dir / "job")
+    assert (state_dir / "job" / "cgroup").read_text() == f"{left.path}\n"
+    result = run_guardrun(recipe, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    [removed] = named(events(state_dir), "cgroup.leftover_removed")
+    assert removed == {**removed, "path": str(left.path), "left": []}
+    assert not left.path.exists() and not (state_dir / "job" / "cgroup").exists()
+
+
 def test_a_stop_reaches_every_member_of_the_attempt_cgroup(tmp_path, state_dir):
     pidfile = tmp_path / "worker.pid"
     recipe = write_recipe(tmp_path, f"""

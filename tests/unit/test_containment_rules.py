@@ -12,7 +12,7 @@ from guardrun.launcher.recipe import RecipeError
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.run import attempt
-from guardrun.supervisor.watch import cgroupv1, containment
+from guardrun.supervisor.watch import cgroupv1, cgroupv2, containment
 from guardrun.supervisor.watch.memory import ProcfsMemory
 from guardrun.supervisor.watch.seams import RealProcesses
 from guardrun.supervisor.run.policy import AttemptEnd, classify
@@ -132,3 +132,20 @@ def test_a_launcher_that_cannot_join_its_cgroup_runs_without_it_and_says_why(tmp
     assert said and said[0].startswith(f"containment: the launcher could not join {gone.path}")
     assert emitted[0][0] == "cgroup.fallback" and "watched through /proc" in emitted[0][1]["why"]
     assert emitted[0][1]["attempt"] == 1
+
+
+@pytest.mark.parametrize("version, counter, text", [
+    (cgroupv1, "memory.oom_control", "oom_kill_disable 0\nunder_oom 0\noom_kill 2\n"),
+    (cgroupv2, "memory.events", "low 0\nhigh 0\nmax 5\noom 2\noom_kill 2\n"),
+])
+def test_the_kernels_oom_kills_are_evidence_naming_that_versions_counter(tmp_path, version, counter, text):
+    group = version.Group(tmp_path / "attempt-1")
+    group.path.mkdir()
+    (group.path / counter).write_text(text)
+    emitted = []
+    box = containment.Containment(None, "cgroup", "test", hard_limit=1 << 30)
+    watch = SimpleNamespace(containment=box, ctx=Context(MonotonicClock(), lambda name, **fields:
+                                                         emitted.append((name, fields)), print))
+    evidence = attempt._kernel_oom(group, watch)
+    assert evidence == f"the kernel OOM-killed 2 process(es) in the job's cgroup at the hard limit 1.0 GiB ({counter} oom_kill)"
+    assert ("cgroup.oom_kill", {"path": str(group.path), "kills": 2, "hard_limit": 1 << 30}) in emitted
