@@ -18,11 +18,10 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from .spec import Recipe
+from .yamlnodes import COMMAND_LINE as SOURCE
+from .yamlnodes import COMMAND_LINE_LINE as LINE
 from .yamlnodes import RecipeError, kind_of, line_in_file
 
-SOURCE = "<command line>"
-#: The line an override's nodes report (a file's lines start at 1).
-LINE = 0
 _MARK = yaml.Mark(SOURCE, 0, LINE - 1, 0, None, None)
 _KEY_RE = re.compile(r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)*$")
 _STR, _MAP, _NULL = ("tag:yaml.org,2002:" + tag for tag in ("str", "map", "null"))
@@ -33,9 +32,6 @@ class CommandLineError(RecipeError):
 
     def __init__(self, key: str, message: str):
         super().__init__(SOURCE, LINE, key, message)
-
-    def __str__(self) -> str:
-        return f"{SOURCE}: {self.key}: {self.message}"
 
 
 @dataclass(frozen=True)

@@ -22,22 +22,28 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from .units import format_bytes, parse_duration, parse_size
 
+#: Where a command-line override's values come from (launcher/overrides.py), and the line
+#: their nodes report (a file's lines start at 1).
+COMMAND_LINE = "<command line>"
+COMMAND_LINE_LINE = 0
 _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCALAR_TAGS = {"tag:yaml.org,2002:" + t for t in ("str", "int", "float", "bool")}
 
 
 class RecipeError(Exception):
-    """A recipe problem the user can fix: `str(err)` is `path:line: key: message`."""
+    """A recipe problem the user can fix: `str(err)` is `path:line: key: message`, or
+    `<command line>: key: message` for a value an override set (its line is 0)."""
 
     def __init__(self, path: str | Path, line: int, key: str, message: str):
-        super().__init__(f"{path}:{line}: {key}: {message}")
         self.path = Path(path)
         self.line = line
         self.key = key
         self.message = message
+        super().__init__(str(self))
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line}: {self.key}: {self.message}"
+        where = COMMAND_LINE if self.line == COMMAND_LINE_LINE else f"{self.path}:{self.line}"
+        return f"{where}: {self.key}: {self.message}"
 
 
 @dataclass(frozen=True)

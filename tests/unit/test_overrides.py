@@ -109,3 +109,13 @@ def test_problems_found_after_loading_name_the_command_line_when_an_override_set
     assert limits_problem(section, 1 << 30).startswith("<command line>: limits.host_memory: ")
     from_file = load_recipe(path, overrides=["gpus=1"])
     assert limits_problem(from_file, 1 << 20).startswith(f"{path}:6: limits.host_memory: 3GiB is more than")
+
+
+def test_a_plan_warning_about_a_path_an_override_set_names_the_command_line(tmp_path):
+    """`guardrun plan r.yaml script=gone.py`: the missing script is a warning (plan runs
+    nothing), said where the value was written, not as `job.yaml:0:`."""
+    recipe = load_recipe(recipe_file(tmp_path), missing_ok=True, overrides=["script=gone.py"])
+    assert recipe.warnings == (f"<command line>: script: script not found: {tmp_path / 'gone.py'} "
+                               f"(relative paths start at workdir {tmp_path})",)
+    from_file = load_recipe(recipe_file(tmp_path, BODY.replace("train.py", "gone.py")), missing_ok=True)
+    assert [w.split(": ")[0] for w in from_file.warnings] == [f"{tmp_path / 'job.yaml'}:3"]
