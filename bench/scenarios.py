@@ -16,6 +16,11 @@ Llama + PEFT LoRA) on 2 CPU ranks, 12 steps, a checkpoint every 3, global batch 
   cuda_oom    torch.OutOfMemoryError (CUDA's message) above micro-batch 2
   nan_loss    loss NaN from step 7 while the learning rate is above 1e-4 (it is 2e-4)
   user_error  rank 1 alone cannot open its data shard (bench/jobs/sharded_lora_train.py)
+  host_oom_2nodes  issue 16: the job on two "nodes" of this machine, 2 ranks each (world 4), one
+              process per node (two torchruns on a static rendezvous at 127.0.0.1; two
+              guardruns, `--node-rank 0/1`, one shared_dir); node 1 alone is the pretend machine
+              of host_oom (its memory cgroup; its guardrun's `limits.host_memory` given on its
+              command line), node 0 is unbounded. Judged from node 0's output (global rank 0).
 
 (a) torchrun: `torchrun --standalone --nproc-per-node 2 --max-restarts 3 ... --resume_from_checkpoint
     last` (the trainer resumes from transformers' get_last_checkpoint, as LLaVA's train.py does by
@@ -47,7 +52,8 @@ import signal
 import sys
 import tempfile
 import textwrap
-from dataclasses import dataclass, field
+import threading
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -56,6 +62,8 @@ import trainlog
 from kernelcap import KernelCap
 from oomkiller import OomKiller
 from tagged import Ran, run_tagged
+
+from guardrun.supervisor.run.loop import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -93,6 +101,8 @@ class Scenario:
     restarts: bool = True           # torchrun restarts here (not for the reference, not for a NaN)
     can_finish: bool = True         # False: the job cannot finish (the right end is to stop at once)
     torchrun_right: Callable[[str], bool] = lambda cause: False
+    nodes: int = 1                  # > 1: one runner process per node; the last is the capped one
+    node_overrides: tuple[str, ...] = ()  # guardrun's KEY=VALUE for the capped node alone
 
 
 SCENARIOS = (
@@ -117,6 +127,12 @@ SCENARIOS = (
     Scenario("user_error", "error printed by rank 1 only (its data shard is missing)", "user_error",
              script=SHARDED, shards=(0,), can_finish=False,
              torchrun_right=lambda cause: "FileNotFoundError" in cause),
+    # host_oom's numbers on node 1 only: its 2 ranks pass its 2.5 GiB at step 9, its guardrun's
+    # 2 GiB at step 7; node 0, the same 2 ranks, has room. The job-wide answer is 1 rank per node.
+    Scenario("host_oom_2nodes", "host memory too high on node 1 of 2 (2 ranks each)", "host_oom",
+             knobs={"ballast_mb": 1400, "ballast_ramp_steps": 12}, capacity=2560 * MIB, nodes=2,
+             node_overrides=("limits.host_memory=2GiB", "limits.hard_memory=off"),
+             torchrun_right=lambda cause: "SIGKILL" in cause or "exitcode -9" in cause),
 )
 
 
@@ -244,6 +260,63 @@ def judge_torchrun(scenario: Scenario, runner: str, ran: Ran, notes: list[str], 
                trainlog.final_global_batch(attempts), cause, scenario.torchrun_right(cause), notes, past)
 
 
+def run_nodes(commands: list[tuple[list[str], dict]], scenario: Scenario, timeout: float,
+              notes: list[str], work: Path) -> Ran:
+    """One command per node, all at once; the last node alone runs under the scenario's
+    memory cap. One Ran for the job: node 0's output (global rank 0 prints the trainer's
+    lines; the others' are kept beside it), the first non-zero exit, the longest wall time."""
+    rans: list[Ran | None] = [None] * len(commands)
+
+    def one(index: int) -> None:
+        capped = index == len(commands) - 1
+        argv, env = commands[index]
+        rans[index] = run(argv, env, scenario if capped else replace(scenario, capacity=None), timeout, notes)
+
+    threads = [threading.Thread(target=one, args=(index,)) for index in range(len(commands))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, ran in enumerate(rans[1:], start=1):
+        (work / f"node{index}-output.log").write_text(ran.output)
+    codes = [ran.code for ran in rans]
+    code = None if None in codes else next((c for c in codes if c != 0), 0)
+    return Ran(code=code, wall=max(ran.wall for ran in rans), output=rans[0].output,
+               left=tuple(pid for ran in rans for pid in ran.left))
+
+
+def run_torchrun_nodes(scenario: Scenario, work: Path, timeout: float) -> Row:
+    """torchrun on each node, the static rendezvous on 127.0.0.1, --max-restarts 3."""
+    knobs = prepare(scenario, work)
+    port = free_port()
+    commands = [([PYTHON, "-m", "torch.distributed.run", "--nnodes", str(scenario.nodes), "--node-rank", str(rank),
+                  "--master-addr", "127.0.0.1", "--master-port", str(port), "--nproc-per-node", str(RANKS),
+                  "--max-restarts", "3", str(scenario.script), *flags(knobs),
+                  "--per_device_train_batch_size", str(PER_DEVICE), "--gradient_accumulation_steps", "1",
+                  "--learning_rate", str(scenario.lr), "--output_dir", str(work / "out"),
+                  "--resume_from_checkpoint", "last"], dict(os.environ, LOGLEVEL="INFO"))
+                for rank in range(scenario.nodes)]
+    notes: list[str] = []
+    ran = run_nodes(commands, scenario, timeout, notes, work)
+    return judge_torchrun(scenario, "torchrun", ran, notes, work)
+
+
+def run_guardrun_nodes(scenario: Scenario, work: Path, timeout: float) -> Row:
+    """A guardrun per node, `--node-rank R`, each its own state dir, one shared_dir."""
+    knobs = prepare(scenario, work)
+    recipe = work / "recipe.yaml"
+    recipe.write_text(recipe_text(scenario, knobs) + f"nodes: {{count: {scenario.nodes}, rendezvous: "
+                      f"\"127.0.0.1:{free_port()}\", shared_dir: {work / 'shared'}, timeout: 60s}}\n")
+    last = scenario.nodes - 1
+    commands = [([GUARDRUN, "run", str(recipe), "--node-rank", str(rank),
+                  *(scenario.node_overrides if rank == last else ())],
+                 dict(os.environ, GUARDRUN_STATE_DIR=str(work / f"state{rank}")))
+                for rank in range(scenario.nodes)]
+    notes: list[str] = []
+    ran = run_nodes(commands, scenario, timeout, notes, work)
+    return judge_guardrun(scenario, ran, notes, work, work / "state0" / scenario.name, ended_as="node.settled")
+
+
 def recipe_text(scenario: Scenario, knobs: dict) -> str:
     args = ", ".join(f"{key}: {json.dumps(value)}" for key, value in knobs.items())
     limits = f"limits: {scenario.limits}\n" if scenario.limits else ""
@@ -275,13 +348,16 @@ def run_guardrun(scenario: Scenario, work: Path, timeout: float) -> Row:
 
 
 def judge_guardrun(scenario: Scenario, ran: Ran, notes: list[str], work: Path, job: Path,
-                   marks: trainlog.Marks = trainlog.HF_MARKS, max_steps: int = MAX_STEPS) -> Row:
-    """A guardrun run judged from each attempt's output, the trainer's files and the journal."""
+                   marks: trainlog.Marks = trainlog.HF_MARKS, max_steps: int = MAX_STEPS,
+                   ended_as: str = "attempt.ended") -> Row:
+    """A guardrun run judged from each attempt's output, the trainer's files and the journal
+    (`ended_as`: the event that says how an attempt ended; a multi-node job's is node.settled,
+    the kind merged from every node's word, not this node's echo of it)."""
     keep_output(ran, work)
     events = [json.loads(line) for line in (job / "events.jsonl").read_text().splitlines()] \
         if (job / "events.jsonl").is_file() else []
     started = [e for e in events if e["event"] == "guardrun.attempt.started"]
-    ended = [e for e in events if e["event"] == "guardrun.attempt.ended"]
+    ended = [e for e in events if e["event"] == f"guardrun.{ended_as}"]
     attempts = [trainlog.parse_attempt(_read(job / "attempts" / str(e["attempt"]) / "output.log"), marks)
                 for e in started]
     finished, why = trainlog.healthy_finish(attempts, ran.code, max_steps)
@@ -369,6 +445,8 @@ def summary(rows: list[Row]) -> list[str]:
 def runners_for(scenario: Scenario, lf_scenarios) -> list[tuple[str, Callable]]:
     if scenario in lf_scenarios.SCENARIOS:
         return list(lf_scenarios.RUNNERS)
+    if scenario.nodes > 1:
+        return [("torchrun", run_torchrun_nodes), ("guardrun", run_guardrun_nodes)]
     runners = [("torchrun", run_torchrun)]
     if scenario.restarts:
         runners.append(("torchrun-unshared", lambda *a: run_torchrun(*a, unshared=True)))
@@ -389,6 +467,12 @@ def preamble(timeout: float, lf_skipped: str | None) -> None:
           "guardrun's attempt kinds in order (and its root cause when it gave up). `steps past target`: "
           "the highest global step the trainer's bar showed or its files recorded (checkpoints' "
           "trainer_state.json, trainer_log.jsonl), less max_steps, floored at 0.\n")
+    print("`host memory too high on node 1 of 2`: the same script as one job on two \"nodes\" of this machine, "
+          f"{RANKS} ranks each (global batch {PER_DEVICE * RANKS * 2}), one runner process per node: "
+          "`torchrun --nnodes 2 --node-rank R --master-addr 127.0.0.1 --master-port P --max-restarts 3` "
+          "against `guardrun run recipe.yaml --node-rank R` (`nodes:` count 2, one shared_dir); node 1 alone "
+          "runs in the pretend machine's memory cgroup (and its guardrun alone has `limits.host_memory`, given on "
+          "its command line); judged from node 0's output, where global rank 0 prints.\n")
     print("LLaMA-Factory rows (bench/lf_scenarios.py): LLaMA-Factory 0.9.5, LoRA SFT of a tiny offline Llama, "
           "2 CPU ranks through its own torchrun launch, 12 steps, global batch 4 (2 x 2 ranks), "
           "judged from its own record (its log lines, trainer_state.json, trainer_log.jsonl). torchrun: "
