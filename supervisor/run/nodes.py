@@ -28,8 +28,10 @@ from guardrun.launcher.merge import merge
 from guardrun.launcher.preflight import Resources
 from guardrun.launcher.spec import Recipe
 
+from ..core import events
 from ..core.clock import Clock
 from ..record.shared import SharedDir, SharedDirError
+from .attempt import Watched
 
 NODE, STOP, LOST = "node", "stop", "lost"
 _SUCCESS = "success"
@@ -169,8 +171,8 @@ class Nodes:
                                       should_stop=lambda: should_stop() or bool(self._lost_by(attempt)))
         read = self._facts(attempt, gathered.found)
         missing = sorted(set(range(self.shared.count)) - set(read))
-        if missing:
-            return Settled(self._lost(attempt, missing), read)
+        if missing or self._lost_by(attempt):  # one that gave up first ended it for every node
+            return Settled(self._lost(attempt, missing or self._lost_by(attempt)), read)
         return Settled(merge({rank: f.failure(attempt) for rank, f in read.items()}), read)
 
     def history(self, digest: str) -> list[Failure]:
@@ -180,7 +182,7 @@ class Nodes:
         given up (node_lost) and those ended by a user error or a stop climb no rung."""
         failures: list[Failure] = []
         for number in self.shared.attempts():
-            if not self._closed(number) or self._lost_by(number):
+            if not self._closed(number) or self.shared.ranks(number, LOST):
                 continue
             read = self._facts(number, {r: self._try_read(number, r) for r in range(self.shared.count)})
             if len(read) < self.shared.count:
@@ -239,3 +241,82 @@ class Nodes:
             except (TypeError, ValueError):
                 continue
         return read
+
+
+class Part:
+    """The loop's side of a multi-node run (run.loop calls it where an attempt begins, is
+    watched, stops and ends): the job's attempt numbers in order, and each step journaled
+    (node.attempt, node.stopping, node.settled) and said."""
+
+    def __init__(self, nodes: Nodes, emit: Callable[..., None], say: Callable[[str], None]):
+        self.nodes, self.emit, self.say = nodes, emit, say
+        self.attempt = 0  # the job's attempt this node is in (0: none yet)
+
+    @property
+    def shared(self) -> SharedDir:
+        """The shared folder, for what else the nodes share there (run.jobcheckpoint)."""
+        return self.nodes.shared
+
+    def problem(self) -> str:
+        """Why the run cannot start here ("" when it can): a shared folder it cannot write."""
+        return self.nodes.shared.problem()
+
+    def history(self, digest: str) -> list[Failure]:
+        return self.nodes.history(digest)
+
+    def begin(self, local: int) -> int:
+        """The job's next attempt, begun as local attempt `local` (journaled beside it)."""
+        self.attempt = self.attempt + 1 if self.attempt else self.nodes.first_attempt()
+        shared = self.nodes.shared
+        self.emit(events.NODE_ATTEMPT, attempt=local, job_attempt=self.attempt, node=shared.rank,
+                  nodes=shared.count, shared_dir=str(shared.dir))
+        return self.attempt
+
+    def peer_stop(self) -> Failure | None:
+        return self.nodes.peer_stop(self.attempt)
+
+    def stopping(self, local: int, watched: Watched, exit_code: int | None) -> None:
+        """Tell the others when this node's part stops for any reason but success: a failure
+        found, a stop asked for, a launcher that exited with an error (`exit_code`; None:
+        it still runs). A stop for a peer's sake tells nobody: they know."""
+        failure = watched.stopped_for
+        if watched.interrupted:
+            failure = Failure(Kind.INTERRUPTED, "stopped on request")
+        if (failure is not None and failure.kind is Kind.PEER_STOPPED) or (failure is None and exit_code == 0):
+            return
+        error = self.nodes.stopping(self.attempt, failure, exit_code)
+        self.emit(events.NODE_STOPPING, attempt=local, job_attempt=self.attempt,
+                  kind=str(failure.kind) if failure else "exited",
+                  evidence=failure.evidence if failure else f"exit code {exit_code}", error=error or None)
+        if error:
+            self.say(f"the other nodes are not told this node stops: {error}")
+
+    def settle(self, local: int, failure: Failure | None, facts: NodeFacts,
+               should_stop: Callable[[], bool]) -> Failure | None:
+        """The job's failure of the attempt (None: success), from every node's word on it; a
+        stop asked for leaves without waiting, and ends a wait begun."""
+        wait = failure is None or failure.kind is not Kind.INTERRUPTED
+        nodes, clock = self.nodes, self.nodes.clock
+        if wait:
+            self.say(f"attempt {local} (the job's {self.attempt}): waiting up to {nodes.timeout:g}s "
+                     f"for every node's word in {nodes.shared.attempt_dir(self.attempt)}")
+        began = clock.monotonic()
+        settled = nodes.settle(self.attempt, facts, wait=wait, should_stop=should_stop)
+        merged = settled.failure
+        if merged is not None and merged.kind is Kind.NODE_LOST and should_stop():
+            merged = Failure(Kind.INTERRUPTED, "stopped on request while waiting for the other nodes",
+                             attempt=self.attempt)
+        kind = str(merged.kind) if merged else "success"
+        self.emit(events.NODE_SETTLED, attempt=local, job_attempt=self.attempt, kind=kind,
+                  evidence=merged.evidence if merged else "", waited=round(clock.monotonic() - began, 3),
+                  parts={str(rank): f.kind for rank, f in sorted(settled.facts.items())})
+        if wait:
+            self.say(f"the job's attempt {self.attempt} ended: {kind}"
+                     + (f" ({merged.evidence})" if merged and merged.evidence else ""))
+        return merged
+
+
+def part(recipe: Recipe, clock: Clock, emit: Callable[..., None], say: Callable[[str], None]) -> Part | None:
+    """The loop's multi-node side; None on one machine."""
+    nodes = for_recipe(recipe, clock)
+    return Part(nodes, emit, say) if nodes is not None else None

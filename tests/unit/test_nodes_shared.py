@@ -95,6 +95,16 @@ def test_a_peer_that_gave_the_attempt_up_ends_the_wait_at_once(tmp_path):
     assert clock.now - 1000 < 2
 
 
+def test_facts_that_come_after_a_node_gave_the_attempt_up_do_not_undo_it(tmp_path):
+    """Node 0 timed out just before node 1's word arrived: node 1 must not run on alone,
+    and neither node's history counts the attempt."""
+    zero, one = node(tmp_path, 0), node(tmp_path, 1)
+    assert zero.settle(1, facts("cuda_oom")).failure.kind is Kind.NODE_LOST
+    late = one.settle(1, facts("cuda_oom"))
+    assert late.failure.kind is Kind.NODE_LOST and "node 0 gave the attempt up first" in late.failure.evidence
+    assert zero.history("d1") == one.history("d1") == []
+
+
 def test_an_unwritable_shared_folder_is_said_at_start_and_loses_this_node_at_the_barrier(tmp_path):
     (tmp_path / "shared").write_text("a file, not a folder")
     zero = node(tmp_path, 0)
