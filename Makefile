@@ -6,6 +6,10 @@ PY      = $(VENV)/bin/python
 PIP     = $(PY) -m pip install -q --disable-pip-version-check
 # torch is pinned: a bare `torch` pulls several GB of CUDA wheels; 2.13.0 resolves to the CPU build here.
 TORCH   ?= torch==2.13.0
+# torch's CPU wheel does not pull numpy, and without it every process of the demo warns
+# "Failed to initialize NumPy" (once per process: the launcher and each rank): the demo
+# venv gets the suite's numpy.
+NUMPY   ?= numpy==2.4.6
 CONSTRAINTS = tests/constraints.txt
 # The suite's torch extensions (DeepSpeed's CPU op) live in the venv, never in the user's
 # ~/.cache/torch_extensions: that one is shared by every venv and job of the user, venvs at
@@ -23,7 +27,7 @@ LF_CONSTRAINTS ?= tests/thirdparty/constraints-lf.txt
 
 $(VENV)/.base: setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) $(TORCH)
+	$(PIP) $(TORCH) $(NUMPY)
 	$(PIP) -c $(CONSTRAINTS) -e .
 	touch $@
 
