@@ -34,6 +34,7 @@ from ..report import build as reporting
 from ..run.loop import Options, Supervisor
 from ..unattended.jobrun import JobRun
 from . import doctor as doctor_checks
+from . import example as examples
 from . import jobs as unattended
 from . import jobview, nodeview, planjson, planview, recipeargs
 
@@ -154,6 +155,21 @@ def doctor(as_json: bool) -> None:
 
 
 @main.command()
+@click.argument("name", required=False, shell_complete=examples.complete)
+def example(name: str | None) -> None:
+    """List the ready recipes, or print recipe NAME to edit.
+
+    guardrun example llava_lora > my.yaml writes a copy whose paths work where it is written."""
+    if name is None:
+        click.echo("\n".join(examples.listing()))
+        return
+    try:
+        click.echo(examples.copy_text(examples.find(name)), nl=False)
+    except examples.ExampleError as err:
+        raise fail(str(err), USAGE) from None
+
+
+@main.command()
 @unattended.job_argument(required=False)
 @click.option("--json", "as_json", is_flag=True, help="JSON: one object for JOB, else a list.")
 def status(job: str | None, as_json: bool) -> None:
@@ -233,7 +249,7 @@ def _checkpoint_place(where: str, pattern: str | None) -> tuple[Path, str | None
               help="Folder for JOB-memory.png and JOB-report.html (default: the job's state folder).")
 def report(job: str, out: str | None) -> None:
     """Plot JOB's memory over time against its limits (PNG) and write an HTML report with the
-    attempts and root causes, from its journal. Needs matplotlib: pip install 'guardrun[plot]'."""
+    attempts and root causes, from its journal. Needs matplotlib (in a clone: pip install '.[plot]')."""
     try:
         written = reporting.make(job, Path(out) if out else None)
     except (reporting.ReportError, StateDirError, OSError) as err:

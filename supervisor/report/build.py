@@ -10,6 +10,7 @@ error (exit 2). Written into the job's state folder (the default), both files ar
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -19,7 +20,10 @@ from ..record.statedir import FILE_MODE, warn
 from .data import build
 from .html import page
 
-INSTALL_HINT = "pip install 'guardrun[plot]'"
+# guardrun is not on a package index: `pip install 'guardrun[plot]'` finds nothing. The
+# interpreter guardrun runs under is the one that needs matplotlib.
+INSTALL_HINT = (f"{sys.executable} -m pip install 'matplotlib>=3.7' "
+                "(the plot extra: in a guardrun clone, pip install '.[plot]')")
 
 
 class ReportError(Exception):

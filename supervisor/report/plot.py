@@ -3,7 +3,7 @@
 One panel for the job's host memory against `limits.host_memory`, one for MemAvailable against
 `limits.min_available`, one per GPU against `limits.vram`. Every panel shows the attempts'
 boundaries; the top one labels them, the rung changes and the failure causes.
-matplotlib is optional (`pip install 'guardrun[plot]'`): this module is imported only by
+matplotlib is optional (the plot extra, `pip install '.[plot]'` in a clone): this module is imported only by
 `guardrun report`, and only its figure API is used (no pyplot, no global state, no display).
 """
 from __future__ import annotations

@@ -124,7 +124,8 @@ def test_without_matplotlib_it_says_what_to_install(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(hide))
     result = report(root, "host_oom", env=env)
     assert result.returncode == 2
-    assert "pip install 'guardrun[plot]'" in result.stderr
+    assert f"{sys.executable} -m pip install 'matplotlib>=3.7' (the plot extra: in a guardrun clone, " \
+           "pip install '.[plot]')" in result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert not (root / "host_oom" / "host_oom-memory.png").exists()
 
