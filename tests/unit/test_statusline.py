@@ -67,3 +67,39 @@ def test_gpu_summary():
     assert gpu_summary(EIGHT[:1]) == ""
     same = [SimpleNamespace(used=30 * GIB, total=80 * GIB)] * 2
     assert gpu_summary(same) == "gpu 2× 30/80 GiB"
+
+
+# -- through the loop: the line a real Supervisor draws on an 80-column terminal --------
+
+def test_the_loop_draws_eight_gpus_summarised_at_80_columns(tmp_path, state_dir, monkeypatch):
+    import io
+
+    from fakes import FakeGpuSource
+    from recipes_util import make_recipe
+
+    from guardrun.supervisor.core.clock import MonotonicClock
+    from guardrun.supervisor.record.console import Console
+    from guardrun.supervisor.record.journal import Journal
+    from guardrun.supervisor.run.loop import Supervisor
+    from guardrun.supervisor.watch import proc
+
+    monkeypatch.setattr(proc, "set_child_subreaper", lambda: None)  # pytest must not adopt
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    began = tmp_path / "began"  # from the job's start on, its 8 GPUs hold 61-79 GiB
+    (tmp_path / "job.py").write_text(f"import time\nopen({str(began)!r}, 'w').close()\n"
+                                     "print('step 1/2 loss 0.5', flush=True)\ntime.sleep(0.5)\n")
+    recipe = make_recipe(tmp_path, """
+        launcher: python
+        script: job.py
+        gpus: 8
+        monitor: {interval: 0.05}
+        """, script="unused.py")
+    source = FakeGpuSource(count=8, used=lambda index: int(EIGHT[index].used) if began.exists() else 0)
+    journal = Journal(recipe.name)
+    out = io.StringIO()
+    code = Supervisor(recipe, journal, Console(out, tty=True), MonotonicClock(), gpus=source).run()
+    journal.close()
+    assert code == 0, out.getvalue()
+    drawn = [piece.split("\r")[0] for piece in out.getvalue().split("\r\x1b[J") if piece.startswith("attempt 1")]
+    assert drawn and all(len(line) <= 79 for line in drawn), drawn
+    assert any("gpu 8× 61–79/80 GiB · step 1/2" in line for line in drawn), drawn
