@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from guardrun.supervisor.watch import proc
 from guardrun.supervisor.watch.proc import StopReport
 from guardrun.supervisor.watch.proctree import ProcId, Walk
+from guardrun.supervisor.watch.seams import group_stop
 
 
 class FakeClock:
@@ -202,8 +203,8 @@ class FakeProcesses:
         return LauncherTree(self.spawned[-1])
 
     def stop_tree(self, launched, tree, *, grace, clock, hurry, group, on_event) -> StopReport:
-        report = proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group,
-                                on_event=on_event)
+        report = proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, on_event=on_event,
+                                **group_stop(group))
         self.stops.append(report)
         return report
 

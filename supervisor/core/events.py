@@ -90,6 +90,7 @@ METRICS_RESUMED = "metrics.resumed"      # it is written again: path
 PROC_TERM_SENT = "proc.term_sent"            # SIGTERM went to the launcher (or each member): pids
 PROC_TERM_FORWARDED = "proc.term_forwarded"  # the launcher is gone: each member left got its own SIGTERM
 PROC_KILL_SENT = "proc.kill_sent"            # SIGKILL sent: pids
+PROC_GROUP_KILLED = "proc.group_killed"      # the attempt's cgroup killed at once (v2's cgroup.kill)
 PROC_SURVIVED_KILL = "proc.survived_kill"    # processes still alive after SIGKILL: pids, after
 
 #: Every name above.

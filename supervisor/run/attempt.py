@@ -289,8 +289,7 @@ def _stop(popen: Launched, tree: Tree, watch: Watch, number: int, running: bool,
                       f"{watch.grace:g}s)" if not hurry else f"killing attempt {number}")
     report = watch.processes.stop_tree(popen, tree, grace=0.0 if hurry else watch.grace,
                                        clock=watch.ctx.clock, hurry=lambda: watch.ctx.requests.kill_now,
-                                       group=group.procs if group is not None else None,
-                                       on_event=watch.ctx.emit)
+                                       group=group, on_event=watch.ctx.emit)
     watch.ctx.emit(events.ATTEMPT_STOPPED, attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:

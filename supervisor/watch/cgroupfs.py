@@ -21,7 +21,6 @@ import errno
 import hashlib
 import os
 import re
-import signal
 import time
 from pathlib import Path
 
@@ -33,8 +32,6 @@ RECORD = "cgroup"
 #: rmdir of a cgroup whose last member just exited can fail with EBUSY for a moment
 #: (the exiting task is still linked); retried this long.
 RMDIR_WAIT = 2.0
-#: kill(): how long SIGKILL rounds go on while members are left (D state).
-KILL_WAIT = 5.0
 
 
 class CgroupError(Exception):
@@ -157,20 +154,11 @@ class Group:
             os.close(self._stat_fd)
             self._stat_fd = None
 
-    def kill(self) -> str:
-        """SIGKILL every member, re-read until none is left (a member forking meanwhile is in
-        the next read); how it went, for the journal. CgroupError names who survived."""
-        deadline = time.monotonic() + KILL_WAIT
-        while members := self.procs():
-            if time.monotonic() >= deadline:
-                raise CgroupError(f"members of {self.path} survived SIGKILL: {members}")
-            for pid in members:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    continue
-            time.sleep(0.01)
-        return "SIGKILL each member of cgroup.procs until none was left"
+    def kill_switch(self) -> bool:
+        """SIGKILL every member at once where the kernel can (v2's cgroup.kill: the whole
+        subtree, atomically, so a member forking meanwhile cannot slip out); False where it
+        cannot, and the stop kills member by member (proc.stop_members re-asks either way)."""
+        return False
 
     def remove(self) -> list[str]:
         """rmdir the children, then this; what could not be removed (still populated), as text."""

@@ -16,9 +16,9 @@ said.
 
 Then, the same as v1 but from v2's files: the tree's memory is memory.stat's anon + shmem
 (one pread of a held fd, each page counted once); a kernel OOM kill in the attempt is
-memory.events' oom_kill (hierarchical: ranks in child cgroups count); the kill switch is
-cgroup.kill (Linux >= 5.14: the whole subtree at once, escapees included), else SIGKILL to
-each member until none is left.
+memory.events' oom_kill (hierarchical: ranks in child cgroups count); the kill switch the
+stop's SIGKILL begins with is cgroup.kill (Linux >= 5.14: the whole subtree at once,
+escapees included); the stop then re-asks the members, as it does alone on v1.
 
 A transient scope of a systemd user manager (`systemd-run --user --scope`) would be the
 other way to a v2 cgroup without root; it wraps the launch command, which the attempt
@@ -156,15 +156,16 @@ class Group(cgroupfs.Group):
         if hard_limit:
             (self.path / "memory.max").write_text(str(int(hard_limit)))
 
-    def kill(self) -> str:
-        """cgroup.kill where the kernel has it (the whole subtree, atomically), then wait
-        until none is left; else SIGKILL each member until none is."""
+    def kill_switch(self) -> bool:
+        """cgroup.kill, where the kernel has it (5.14 and later)."""
         switch = self.path / "cgroup.kill"
         if not switch.is_file():
-            return super().kill()
-        switch.write_text("1")
-        super().kill()  # they are dying already: this waits for them (and kills a straggler)
-        return "cgroup.kill"
+            return False
+        try:
+            switch.write_text("1")
+        except OSError:  # removed meanwhile: nobody is left to kill
+            return False
+        return True
 
 
 class JobCgroup(cgroupfs.JobCgroup, Group):

@@ -173,7 +173,8 @@ def _no_event(name: str, **fields) -> None:
 
 def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: Clock,
               on_event: Emit | None = None, hurry: Callable[[], bool] | None = None,
-              exclude: Iterable[int] = (), group: Callable[[], Iterable[int]] | None = None) -> StopReport:
+              exclude: Iterable[int] = (), group: Callable[[], Iterable[int]] | None = None,
+              group_kill: Callable[[], bool] | None = None) -> StopReport:
     """SIGTERM, wait up to `grace` for the tree to go, then SIGKILL whatever is left.
 
     SIGTERM goes to the launcher, which forwards it to its ranks (torchrun, deepspeed);
@@ -182,7 +183,8 @@ def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: C
     remembered by identity, so one orphaned on the way (re-parented to init where
     guardrun is no subreaper) is still killed. Adopted zombies are reaped, the
     launcher waited for. `group()`: the pids of the attempt's cgroup, members too
-    (one that left the tree by setsid and a double fork to its own reaper is still in it).
+    (one that left the tree by setsid and a double fork to its own reaper is still in it);
+    `group_kill()`: SIGKILL them all at once where the kernel can (cgroupfs.Group.kill_switch).
     """
     skip = frozenset(exclude)
 
@@ -193,7 +195,7 @@ def stop_tree(popen: subprocess.Popen, tree: ProcTree, *, grace: float, clock: C
         return found + _group_members(group, tree, {ident.pid for ident in found} | skip) if group else found
 
     report = stop_members(members, tree, grace=grace, clock=clock, on_event=on_event,
-                          hurry=hurry, launcher=popen)
+                          hurry=hurry, launcher=popen, group_kill=group_kill)
     if popen.pid not in report.left:
         popen.wait()
     return report
@@ -217,7 +219,8 @@ def _group_members(group: Callable[[], Iterable[int]], tree: ProcTree,
 
 def stop_members(members: Members, tree: ProcTree, *, grace: float, clock: Clock,
                  on_event: Emit | None = None, hurry: Callable[[], bool] | None = None,
-                 launcher: subprocess.Popen | None = None) -> StopReport:
+                 launcher: subprocess.Popen | None = None,
+                 group_kill: Callable[[], bool] | None = None) -> StopReport:
     """The one stop: SIGTERM, the grace, SIGKILL, each step re-asking `members()`.
 
     With a live `launcher` (our child) SIGTERM goes to it alone, to forward; otherwise,
@@ -225,6 +228,7 @@ def stop_members(members: Members, tree: ProcTree, *, grace: float, clock: Clock
     launcher died without forwarding), each member gets its own SIGTERM, once. The kill
     loop re-asks until no member is alive, or names who survived KILL_TIMEOUT. Every
     signal goes by identity (ProcTree.signal): a pid reused meanwhile is never touched.
+    `group_kill()` opens the kill phase where it can kill the members' cgroup at once (True).
     stop_tree uses it for an attempt's tree, supervisor.leftovers for a dead run's.
     """
     emit = on_event or _no_event
@@ -233,6 +237,8 @@ def stop_members(members: Members, tree: ProcTree, *, grace: float, clock: Clock
     if grace > 0 and stop.survivors():
         term_sent_at = _send_term(stop, emit)
         _wait_for_exit(stop, stop.started + grace, hurry or (lambda: False), emit)
+    if group_kill is not None and stop.survivors() and group_kill():
+        emit(events.PROC_GROUP_KILLED)
     killed, left = _kill_all(stop, emit)
     return StopReport(term_sent_at, killed, left, clock.monotonic() - stop.started,
                       tuple(stop.known))

@@ -12,6 +12,7 @@ from typing import IO, Callable, Iterable, Protocol, Sequence
 
 from ..core.clock import Clock
 from . import proc
+from .cgroupfs import Group
 from .memory import HostMemory, TreeSample
 from .proctree import ProcTree
 
@@ -48,10 +49,10 @@ class ProcessOps(Protocol):
         """A fresh view of a launcher's tree (guardrun adopting its orphans)."""
 
     def stop_tree(self, launched: Launched, tree: Tree, *, grace: float, clock: Clock,
-                  hurry: Callable[[], bool], group: Callable[[], Iterable[int]] | None,
-                  on_event: proc.Emit) -> proc.StopReport:
+                  hurry: Callable[[], bool], group: Group | None, on_event: proc.Emit) -> proc.StopReport:
         """SIGTERM, the grace, SIGKILL; the tree is gone (or its survivors named) on return.
-        Each signal sent is told to `on_event` (proc.term_sent, kill_sent, ...: the journal)."""
+        `group`: the attempt's cgroup, whose members are stopped too (and killed at once
+        where the kernel can). Each signal sent is told to `on_event` (proc.term_sent, ...)."""
 
 
 class MemorySource(Protocol):
@@ -75,5 +76,10 @@ class RealProcesses:
         return ProcTree(adopter=os.getpid())
 
     def stop_tree(self, launched, tree, *, grace, clock, hurry, group, on_event) -> proc.StopReport:
-        return proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, group=group,
-                              on_event=on_event)
+        return proc.stop_tree(launched, tree, grace=grace, clock=clock, hurry=hurry, on_event=on_event,
+                              **group_stop(group))
+
+
+def group_stop(group: Group | None) -> dict:
+    """stop_tree's arguments for the attempt's cgroup: its members, its kill switch."""
+    return {} if group is None else {"group": group.procs, "group_kill": group.kill_switch}

@@ -16,7 +16,11 @@ from pathlib import Path
 
 import pytest
 from conftest import V2_TEST_PREFIX, wait_until
+from guardrun.supervisor.core import events
+from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.watch import cgroupfs, cgroupv2, proc
+from guardrun.supervisor.watch.proctree import ProcTree
+from guardrun.supervisor.watch.seams import group_stop
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 
@@ -54,8 +58,21 @@ def own_cgroup():
     yield path
     group = cgroupv2.Group(path)
     if path.is_dir():
-        group.kill()
+        if not group.kill_switch():
+            for pid in group.procs():
+                os.kill(pid, 9)
+        wait_until(lambda: not group.procs(), timeout=10, what=f"{path} emptied")
         group.remove()
+
+
+def _stop(launcher: subprocess.Popen, group: cgroupv2.Group, way: str = "cgroup.kill") -> list[str]:
+    """An attempt's stop as guardrun makes it (stop_tree with the attempt's cgroup: its members,
+    its kill switch unless `way` is "members"), without grace; the events it told."""
+    told = []
+    proc.stop_tree(launcher, ProcTree(), grace=0.0, clock=MonotonicClock(),
+                   on_event=lambda name, **fields: told.append(name),
+                   **(group_stop(group) if way == "cgroup.kill" else {"group": group.procs}))
+    return told
 
 
 def _escaping_tree(group: Path, tmp_path: Path) -> tuple[subprocess.Popen, int]:
@@ -81,10 +98,10 @@ def test_an_escaped_tree_in_a_v2_cgroup_is_killed_completely_and_the_cgroup_remo
         if way == "cgroup.kill":
             if not (own_cgroup / "cgroup.kill").is_file():
                 pytest.skip("no cgroup.kill on this kernel (Linux < 5.14)")
-            assert group.kill() == "cgroup.kill"
-        else:  # what a kernel without cgroup.kill gets
-            assert cgroupfs.Group.kill(group) == "SIGKILL each member of cgroup.procs until none was left"
-        assert launcher.wait(timeout=10) == -9
+            assert _stop(launcher, group)[0] == events.PROC_GROUP_KILLED
+        else:  # what a kernel without cgroup.kill gets: SIGKILL member by member
+            assert events.PROC_GROUP_KILLED not in _stop(launcher, group, way)
+        assert launcher.returncode == -9
         assert not _alive(worker) and group.procs() == []
         wait_until(lambda: cgroupfs.parse_keyed((own_cgroup / "cgroup.events").read_text())["populated"] == 0,
                    timeout=5, what="cgroup.events populated 0")
@@ -117,8 +134,7 @@ def test_the_v2_job_layout_on_the_real_kernel(own_cgroup, tmp_path):
     launcher, worker = _escaping_tree(attempt.path, tmp_path)
     try:
         assert sorted(job.procs()) == sorted([launcher.pid, worker])  # the attempt's, from the job's
-        attempt.kill()
-        launcher.wait(timeout=10)
+        _stop(launcher, attempt)
         assert job.remove() == []
         assert not (own_cgroup / cgroupfs.MARK_DIR).exists() and own_cgroup.is_dir()
         assert not (state / cgroupfs.RECORD).exists()

@@ -249,6 +249,25 @@ def test_held_fds_do_not_outlive_the_tree():
 
 # -- stop_tree's logic on fakes (no process can be held in D state unprivileged) -----------------
 
+def test_the_kill_phase_kills_the_cgroup_at_once_where_the_kernel_can():
+    """v2's cgroup.kill takes every member at once, the one forking too: nothing is left
+    for SIGKILL one by one. Where it cannot (v1, an old kernel), member by member as before."""
+    for can in (True, False):
+        popen, tree, clock, events = FakePopen(), FakeTree([7, 8], forks={8: 9}), FakeClock(), []
+
+        def kill_switch():
+            if can:
+                tree.live.clear()  # what the kernel does: the fork of 8 never happens
+            return can
+        report = proc.stop_tree(popen, tree, grace=0.0, clock=clock, group=lambda: (), group_kill=kill_switch,
+                                on_event=lambda name, **kv: events.append((name, kv)))
+        assert report.left == () and tree.live == []
+        if can:
+            assert events == [("proc.group_killed", {})] and tree.signals == [] and report.killed == ()
+        else:
+            assert events == [("proc.kill_sent", {"pids": [7, 8]}), ("proc.kill_sent", {"pids": [9]})]
+
+
 def test_a_process_stuck_after_sigkill_is_reported_not_waited_for_forever():
     popen, tree, clock = FakePopen(), FakeTree([7, 8], stuck=[7, 8]), FakeClock()
     events = []

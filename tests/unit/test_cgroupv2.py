@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.core.context import Context
-from guardrun.supervisor.watch import cgroupfs, cgroupv2, containment
+from guardrun.supervisor.watch import cgroupfs, cgroupv1, cgroupv2, containment
 from recipes_util import make_recipe
 
 UID = 1000
@@ -289,27 +287,12 @@ def test_parsers():
     assert cgroupfs.field(b"file 1\n", b"\nshmem ") == 0
 
 
-def test_the_kill_switch_then_a_wait_for_the_members(tmp_path):
-    group = cgroupv2.Group(fake_attempt(tmp_path))
-    assert group.kill() == "cgroup.kill"
-    assert (group.path / "cgroup.kill").read_text() == "1"
-
-
-def test_without_cgroup_kill_each_member_gets_sigkill_until_none_is_left(tmp_path):
-    path = fake_attempt(tmp_path, kill_switch=False)
-    sleepers = [subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
-    (path / "cgroup.procs").write_text(f"{sleepers[0].pid}\n")
-    (path / "rank" / "cgroup.procs").write_text(f"{sleepers[1].pid}\n")
-    group = cgroupv2.Group(path)
-    assert sorted(group.procs()) == sorted(p.pid for p in sleepers)
-    reaped = []
-
-    def procs():  # a fake cgroup.procs forgets nobody: the reaped ones leave it here
-        reaped.extend(p.pid for p in sleepers if p.poll() is not None)
-        return [pid for pid in cgroupfs.subtree_procs(path) if pid not in reaped]
-    group.procs = procs
-    assert group.kill() == "SIGKILL each member of cgroup.procs until none was left"
-    assert [p.wait(timeout=10) for p in sleepers] == [-9, -9]
+def test_the_kill_switch_is_cgroup_kill_where_the_kernel_has_it(tmp_path):
+    group = cgroupv2.Group(fake_attempt(tmp_path / "new"))
+    assert group.kill_switch() and (group.path / "cgroup.kill").read_text() == "1"
+    old = cgroupv2.Group(fake_attempt(tmp_path / "old", kill_switch=False))  # a kernel before 5.14
+    assert not old.kill_switch() and not (old.path / "cgroup.kill").exists()
+    assert not cgroupv1.Group(tmp_path / "v1").kill_switch()  # v1 has none: member by member
 
 
 def test_a_recorded_path_is_trusted_only_for_this_jobs_name_in_a_guardrun_folder(tmp_path):
