@@ -32,7 +32,7 @@ from ..core.states import State
 #: so that `increase()` sees the first one.
 RESTART_KINDS = tuple(str(kind) for kind in Kind if kind not in FATAL)
 
-#: name, type, HELP, and the state.json fact it shows (None: made by its own function).
+#: The gauges of one value each: name, HELP, and the state.json fact it shows.
 GAUGES = (
     ("guardrun_job_attempt", "the current attempt's number (1 for the first)", "attempt"),
     ("guardrun_job_rung", "the ladder rung the current attempt runs (0: the recipe as written)", "rung"),
@@ -83,7 +83,7 @@ def _family(name: str, kind: str, help_text: str, samples: Iterable[tuple[str, f
 
 
 def _number(value: float) -> str:
-    if isinstance(value, bool) or isinstance(value, int):
+    if isinstance(value, int):  # bool too: 0 or 1
         return str(int(value))
     if value != value:
         return "NaN"
