@@ -83,7 +83,7 @@ class Console:
         self._lock = threading.Lock()  # the output reader thread and the loop both write
         self._plain_every = plain_every
         self._last_plain: float | None = None
-        self._sink = _sink_for(self._stream, self._tty)
+        self._sink = _sink_for(self._stream, self._tty, self._priority(levels.WARNING))
 
     def detach(self) -> None:
         """Stop writing (the terminal hung up). Safe to call from a signal handler."""
@@ -178,10 +178,11 @@ class _Direct:
 class _Threaded:
     """A file descriptor written by its own thread from a bounded queue (see the module doc)."""
 
-    def __init__(self, fd: int, encoding: str, tty: bool):
+    def __init__(self, fd: int, encoding: str, tty: bool, warning: str = ""):
         self._fd = fd
         self._encoding = encoding
         self._tty = tty
+        self._warning = warning  # the priority prefix of its notices on journald ('' elsewhere)
         self.attached = True
         self._queue: deque[str] = deque()  # the job's lines as str, guardrun's as _Own
         self._chars = 0
@@ -272,7 +273,7 @@ class _Threaded:
         return items
 
     def _notice(self, lines: int, why: str) -> str:
-        return (f"{_CLEAR if self._tty else ''}guardrun: {lines} line{'s' if lines != 1 else ''} "
+        return (f"{_CLEAR if self._tty else self._warning}guardrun: {lines} line{'s' if lines != 1 else ''} "
                 f"not shown on this terminal ({why})\n")
 
     def _send(self, text: str) -> _Failed | None:
@@ -308,7 +309,7 @@ def _is_journal(stream: TextIO) -> bool:
     return (info.st_dev, info.st_ino) == (device, inode)
 
 
-def _sink_for(stream: TextIO, tty: bool):
+def _sink_for(stream: TextIO, tty: bool, warning: str):
     """A thread-written sink for a stream with a descriptor, a direct one otherwise."""
     try:
         fd = stream.fileno()
@@ -318,7 +319,7 @@ def _sink_for(stream: TextIO, tty: bool):
         stream.flush()  # what was printed through the stream before goes first
     except (OSError, ValueError):
         pass
-    return _Threaded(fd, getattr(stream, "encoding", None) or "utf-8", tty)
+    return _Threaded(fd, getattr(stream, "encoding", None) or "utf-8", tty, warning)
 
 
 _DRAIN_AT_EXIT: "weakref.WeakSet[_Threaded]" = weakref.WeakSet()

@@ -2,6 +2,7 @@
 with its syslog priority, so `journalctl -p warning` shows what went wrong; anywhere else
 nothing is prefixed."""
 import os
+import select
 
 import pytest
 
@@ -50,3 +51,27 @@ def test_nothing_is_prefixed_elsewhere(tmp_path, journal_stream, monkeypatch):
     written = lines_written(tmp_path / "out", journal_stream, monkeypatch)
     assert written[0] == "step 3 loss 0.5" and written[-2] == "guardrun: giving up: restarts used up (3)"
     assert not any(line.startswith(("<4>", "<6>")) for line in written)
+
+
+def test_lines_the_journal_did_not_take_are_a_warning(monkeypatch):
+    """A journal that stops reading (a pipe here: its device:inode named the same way) costs
+    the oldest of the job's lines; the notice that says so is a warning."""
+    read_end, write_end = os.pipe()
+    stream = os.fdopen(write_end, "w")
+    try:
+        info = os.fstat(write_end)
+        monkeypatch.setenv("JOURNAL_STREAM", f"{info.st_dev}:{info.st_ino}")
+        console = Console(stream, tty=False)
+        for number in range(50_000):  # ~3 MB: far more than the pipe holds
+            console.output("[1] ", f"line {number} " + "x" * 50)
+        console.say("the verdict")
+        text = b""
+        while b"the verdict\n" not in text and select.select([read_end], [], [], 20)[0]:
+            text += os.read(read_end, 1 << 16)  # the reader comes back
+    finally:
+        stream.close()
+        os.close(read_end)
+    lines = text.decode().splitlines()
+    notices = [line for line in lines if "not shown on this terminal" in line]
+    assert notices and all(line.startswith("<4>guardrun: ") for line in notices), notices
+    assert all(line.startswith("<6>") or line in notices for line in lines), lines[:3]
