@@ -21,6 +21,7 @@ from guardrun.launcher import dsconfig, kvargs
 from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
 from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.launchdiff import changes, fingerprint
+from guardrun.launcher.nodes import describe as describe_nodes
 from guardrun.launcher.plan import SWITCHES, Plan
 from guardrun.launcher.preflight import (
     Fit,
@@ -68,6 +69,7 @@ def render(view: View, rung: int | None = None, show_all: bool = False) -> list[
     lines = [f"job {recipe.name}: {len(view.plans) - 1} rung(s) from {source}"]
     lines += [f"warning: {w} (plan runs nothing; `guardrun run` needs it)" for w in recipe.warnings]
     lines += _trainer_lines(recipe)
+    lines += [describe_nodes(recipe.node)] if recipe.node.multi else []
     lines += _model_lines(view)
     if recipe.checkpoints:
         lines.append(f"resume: {view.resume or 'no valid checkpoint yet: starts from scratch'}")

@@ -168,3 +168,21 @@ def test_run_says_a_missing_or_wrong_node_rank_and_exits_2(tmp_path, monkeypatch
     assert result.exit_code == 2, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output
+
+
+def test_plan_shows_the_node_view(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from guardrun.supervisor.cli.main import main
+    monkeypatch.setenv("GUARDRUN_NODE_RANK", "")
+    for name in ("SLURM_JOB_NODELIST", "SLURM_NNODES", "SLURM_NODEID"):
+        monkeypatch.delenv(name, raising=False)
+    path = _recipe(tmp_path, "nodes:\n  count: 2\n  rendezvous: node01:29400\n")
+    lines = CliRunner().invoke(main, ["plan", str(path)]).output.splitlines()
+    assert (f"nodes: 2, this is node rank 0; rendezvous node01:29400; shared_dir {tmp_path}/out/.guardrun; "
+            "barrier timeout 600s") in lines
+    assert any(line.startswith("warning: ") and "--node-rank N" in line for line in lines)
+    command = next(line for line in lines if line.startswith("   command: "))
+    assert "--nnodes 2 --node-rank 0 --master-addr node01 --master-port 29400" in command
+    single = CliRunner().invoke(main, ["plan", str(_recipe(tmp_path, ""))]).output
+    assert "nodes:" not in single
