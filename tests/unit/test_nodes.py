@@ -186,3 +186,33 @@ def test_plan_shows_the_node_view(tmp_path, monkeypatch):
     assert "--nnodes 2 --node-rank 0 --master-addr node01 --master-port 29400" in command
     single = CliRunner().invoke(main, ["plan", str(_recipe(tmp_path, ""))]).output
     assert "nodes:" not in single
+
+
+def _fake_scontrol(folder: Path, body: str) -> None:
+    folder.mkdir(exist_ok=True)
+    (folder / "scontrol").write_text("#!/bin/sh\n" + body)
+    (folder / "scontrol").chmod(0o755)
+
+
+def test_hostnames_asks_scontrol_first_and_falls_back_when_it_fails(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    _fake_scontrol(tmp_path / "bin", 'echo "from-scontrol-a"; echo "from-scontrol-b"\n')
+    assert nodes.hostnames("n[1-2]") == ["from-scontrol-a", "from-scontrol-b"]
+    _fake_scontrol(tmp_path / "bin", 'echo "scontrol: error: no slurm.conf" >&2; exit 1\n')
+    assert nodes.hostnames("n[1-2]") == ["n1", "n2"]
+
+
+def test_tmux_hands_the_node_rank_to_the_run_in_its_session(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from guardrun.supervisor.cli.main import main
+    from guardrun.supervisor.unattended import tmux
+    monkeypatch.setenv("GUARDRUN_NODE_RANK", "")
+    monkeypatch.setenv("GUARDRUN_STATE_DIR", str(tmp_path / "state"))
+    made = []
+    monkeypatch.setattr(tmux, "has_session", lambda base, session: False)
+    monkeypatch.setattr(tmux, "create", lambda base, session, run, environ, cwd: made.append(dict(environ)))
+    path = _recipe(tmp_path, "nodes:\n  count: 2\n  rendezvous: h:1\n")
+    result = CliRunner().invoke(main, ["tmux", str(path), "--node-rank", "1", "--no-attach"])
+    assert result.exit_code == 0, result.output
+    assert made[0]["GUARDRUN_NODE_RANK"] == "1"
