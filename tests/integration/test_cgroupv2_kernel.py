@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from conftest import V2_TEST_PREFIX, wait_until
+from helpers_proc import alive
 from guardrun.supervisor.core import events
 from guardrun.supervisor.core.clock import MonotonicClock
 from guardrun.supervisor.watch import cgroupfs, cgroupv2, proc
@@ -40,14 +41,6 @@ def _base() -> tuple[Path | None, str]:
 
 BASE, WHY_NOT = _base()
 pytestmark = pytest.mark.skipif(BASE is None, reason=f"no writable cgroup v2: {WHY_NOT}")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
 
 
 @pytest.fixture
@@ -102,14 +95,14 @@ def test_an_escaped_tree_in_a_v2_cgroup_is_killed_completely_and_the_cgroup_remo
         else:  # what a kernel without cgroup.kill gets: SIGKILL member by member
             assert events.PROC_GROUP_KILLED not in _stop(launcher, group, way)
         assert launcher.returncode == -9
-        assert not _alive(worker) and group.procs() == []
+        assert not alive(worker) and group.procs() == []
         wait_until(lambda: cgroupfs.parse_keyed((own_cgroup / "cgroup.events").read_text())["populated"] == 0,
                    timeout=5, what="cgroup.events populated 0")
         assert group.remove() == []
         assert not own_cgroup.exists()
     finally:
         for pid in (launcher.pid, worker):
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, 9)
         launcher.wait(timeout=10)
 
@@ -140,7 +133,7 @@ def test_the_v2_job_layout_on_the_real_kernel(own_cgroup, tmp_path):
         assert not (state / cgroupfs.RECORD).exists()
     finally:
         for pid in (launcher.pid, worker):
-            if _alive(pid):
+            if alive(pid):
                 os.kill(pid, 9)
         launcher.wait(timeout=10)
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_until
+from helpers_proc import alive
 from guardrun.supervisor.watch import cgroupv1, proc
 from guardrun.supervisor.watch.memory import ProcfsMemory
 from test_supervise import GUARDRUN, JOBS, events, named, run_guardrun, write_recipe
@@ -21,16 +22,8 @@ WHY_NOT = cgroupv1.why_not()
 pytestmark = pytest.mark.skipif(bool(WHY_NOT), reason=f"no writable cgroup v1 memory: {WHY_NOT}")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 def _kill(pid: int | None) -> None:
-    if pid is not None and _alive(pid):
+    if pid is not None and alive(pid):
         os.kill(pid, signal.SIGKILL)
 
 
@@ -76,11 +69,11 @@ def test_a_worker_that_escaped_every_proc_handle_is_stopped_by_the_next_run(sess
         first.send_signal(signal.SIGKILL)
         first.wait(timeout=10)
         time.sleep(0.3)  # (not a wait on an event: a worker that died now would be the bug)
-        assert _alive(worker), "the worker did not survive its supervisor: no escape to test"
+        assert alive(worker), "the worker did not survive its supervisor: no escape to test"
         done.write_text("")
         second = run_guardrun(recipe, timeout=60)
         assert second.returncode == 0, second.stdout + second.stderr
-        assert not _alive(worker), "the escaped worker of the dead run is still running"
+        assert not alive(worker), "the escaped worker of the dead run is still running"
         [stopped] = named(events(state_dir), "leftovers.stopped")
         assert worker in stopped["pids"]
         assert "process(es) left by a previous supervisor" in second.stdout
@@ -130,7 +123,7 @@ def test_a_stop_reaches_every_member_of_the_attempt_cgroup(tmp_path, state_dir):
         run.send_signal(signal.SIGINT)
         out, _ = run.communicate(timeout=30)
         assert run.returncode == 130, out
-        assert not _alive(worker)
+        assert not alive(worker)
         [stopped] = named(events(state_dir), "attempt.stopped")
         assert stopped["left"] == []
     finally:
