@@ -32,7 +32,7 @@ from guardrun.launcher.spec import Recipe
 
 from ..core import events
 from ..core.context import Context
-from ..watch.seams import ProcessOps, RealProcesses
+from ..watch.seams import ProcessOps
 
 #: The name the untouched trainer_state.json is kept under when guardrun rewrites it.
 STATE_BACKUP = "trainer_state.json.guardrun-orig"
@@ -91,7 +91,7 @@ class Tools:
     folder, their processes through the seam, a stop request cutting them short."""
 
     attempt_dir: Path
-    processes: ProcessOps = RealProcesses()
+    processes: ProcessOps
 
     def run(self, argv: list[str], recipe: Recipe, log: Path, ctx: Context,
             timeout: float) -> tuple[int | None, float]:
