@@ -84,7 +84,7 @@ def stall_once(folder: Path, interval: float, pty: bool) -> tuple[float | None, 
         launcher: python
         script: {JOBS / 'chatty_grow.py'}
         args: [--marks, "{mark_file}", --mark-mb, "200", --max-mb, "600", --chunk-mb, "8"]
-        limits: {{host_memory: 200MiB}}
+        limits: {{host_memory: 200MiB, hard_memory: "off"}}  # guardrun's own stop, not the kernel's
         monitor: {{interval: {interval}}}
         stop_grace: 5s
         ladder: []
