@@ -177,7 +177,7 @@ def _set_aside(choice: CheckpointPick, resume_arg: str | None, ctx: Context) -> 
 
 def _adapt(chosen: Checkpoint, recipe: Recipe, plan: Plan, ctx: Context, tools: Tools) -> Resume:
     decided = adapt(checkpoints.inspect(chosen.path), plan, recipe.checkpoints.on_world_size_change,
-                    base_lr=recipe.lr.value if recipe.lr else None)
+                    base_lr=recipe.lr.value if recipe.lr else None, nodes=recipe.node.count)
     if decided.refuse:
         raise ResumeError(decided.refuse)
     for note in decided.notes:

@@ -31,22 +31,26 @@ from guardrun.supervisor.watch.proctree import environ_pids
 
 GUARDRUN = str(Path(sys.executable).parent / "guardrun")
 TRAINER = REPO / "tests" / "trainers" / "hf_lora_train.py"
+DS_ZERO3 = REPO / "tests" / "trainers" / "ds_zero3.json"
 NODE_MARK = "GUARDRUN_TEST_NODE"
 #: The job's name: the recipe's file name.
 JOB = "job"
 
 
-def two_node_recipe(tmp_path: Path, args: str, extra: str = "", timeout: str = "30s") -> Path:
-    """A torchrun recipe for 2 nodes × 2 CPU ranks of the HF Trainer, `args` added to its
-    args mapping, `extra` recipe lines (a ladder, limits) appended."""
+def two_node_recipe(tmp_path: Path, args: str, extra: str = "", timeout: str = "30s",
+                    deepspeed: bool = False) -> Path:
+    """A recipe for 2 nodes of the HF Trainer, `args` added to its args mapping, `extra` recipe
+    lines (a ladder, limits) appended: torchrun with 2 CPU ranks per node, or (`deepspeed`)
+    DeepSpeed's runner with ZeRO-3 and 1 rank per node."""
     shared = tmp_path / "shared"
+    launch = (f"launcher: deepspeed\ndeepspeed: {{config: {DS_ZERO3}}}\ngpus: 1\n" if deepspeed
+              else "launcher: torchrun\ngpus: 2\n")
+    cpu = "" if deepspeed else "use_cpu: true, "   # DeepSpeed brings its own CPU backend
     body = f"""
-        launcher: torchrun
         script: {TRAINER}
-        gpus: 2
-        args: {{output_dir: ./out, use_cpu: true, logging_steps: 1, report_to: none, save_steps: 2,
-                num_samples: 256, {args}}}
-        batch: {{per_device: 4, grad_accum: 1}}
+        args: {{output_dir: ./out, logging_steps: 1, report_to: none, save_steps: 2,
+                num_samples: 256, {cpu}{args}}}
+        batch: {{per_device: {2 if deepspeed else 4}, grad_accum: 1}}
         checkpoints: {{dir: ./out}}
         monitor: {{interval: 0.25}}
         stop_grace: 10s
@@ -54,7 +58,7 @@ def two_node_recipe(tmp_path: Path, args: str, extra: str = "", timeout: str = "
         nodes: {{count: 2, rendezvous: "127.0.0.1:{free_port()}", shared_dir: {shared}, timeout: {timeout}}}
         """
     path = tmp_path / f"{JOB}.yaml"
-    path.write_text(textwrap.dedent(body) + textwrap.dedent(extra))
+    path.write_text(launch + textwrap.dedent(body) + textwrap.dedent(extra))
     return path
 
 

@@ -101,3 +101,22 @@ def test_a_lost_node_is_named_within_the_timeout_and_nothing_runs_on(tmp_path, t
     assert noticed < 15 + 30, noticed              # nodes.timeout, plus the ranks' own failing
     assert len(two[0].events("attempt.started")) == 1           # never runs on alone
     assert_nothing_left(two)
+
+
+def test_a_two_node_zero3_checkpoint_resumes_on_two_nodes_without_conversion(tmp_path, two):
+    # DeepSpeed's runner per node (--no_ssh, a hostfile), ZeRO-3, 1 rank per node: the saved
+    # world size is 2 (nodes x ranks per node); a second run to more steps resumes it as it is.
+    recipe = two_node_recipe(tmp_path, "max_steps: 4", deepspeed=True, timeout="60s")
+    start_all(two, recipe)
+    assert [node.wait(300) for node in two] == [0, 0], [node.output()[-2000:] for node in two]
+    assert two[0].trainer_line(1)["world_size"] == "2"
+    start_all(two, recipe, {0: ("args.max_steps=6",), 1: ("args.max_steps=6",)})
+    assert [node.wait(300) for node in two] == [0, 0], [node.output()[-2000:] for node in two]
+    for node in two:
+        assert node.events("checkpoint.converted") == []
+        assert node.events("attempt.started")[-1]["load_universal"] is False
+    second = two[0].trainer_line(len(two[0].events("attempt.started")))
+    assert second["world_size"] == "2" and second["resume_from"] == str(tmp_path / "out" / "checkpoint-4")
+    state = trainer_state(tmp_path / "out", 6)
+    assert state["global_step"] == 6 and logged_steps(state) == list(range(1, 7))
+    assert_nothing_left(two)
