@@ -363,7 +363,7 @@ class Supervisor:
         spec = self.recipe.checkpoints
         if spec is None:
             return None
-        return CheckpointFollower(spec.dir, spec.pattern, ctx)
+        return CheckpointFollower(spec.dir, spec.pattern, ctx, nodes=self.recipe.node.count)
 
     def _status(self, number: int, plan: Plan, started: float, progress: Progress,
                 reading: MemoryReading | None, limits: MemoryLimits,
