@@ -191,7 +191,7 @@ def _describe_state(name: str, state: dict) -> str:
     lines += [f"  {key}: {state[key]}" for key in keys if state.get(key) not in (None, "")]
     if isinstance(state.get("root_cause"), dict):
         lines += ["  " + line for line in root_cause_lines(state["root_cause"])]
-    lines += nodeview.status_lines(state.get("recipe"))  # a multi-node job: every node's part
+    lines += nodeview.status_lines(name)  # a multi-node job: every node's part
     return "\n".join(lines)
 
 

@@ -1,16 +1,18 @@
 """`guardrun status` for a multi-node job (issue 16): every node's part, from the shared folder.
 
 Each node's guardrun keeps its own state dir; what one node knows of the others is what
-they wrote into `nodes.shared_dir` (run.nodes): per attempt, `stop-R.json` when node R
+they wrote into the job's folder in `nodes.shared_dir` (run.nodes): per attempt, `stop-R.json` when node R
 stopped its part, `node-R.json` when its part ended, `lost-R.json` when it gave the
 attempt up. `lines` decides what that reads as (pure); `status_lines` finds the files.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Mapping
 
-from guardrun.launcher.recipe import RecipeError, load_recipe
-
+from ..core import events
+from ..record.journal import job_dir
+from ..record.journalread import Skipped, read_events
 from ..record.shared import SharedDir, SharedDirError
 
 STEMS = ("node", "stop", "lost")
@@ -54,20 +56,19 @@ def read(shared: SharedDir, attempt: int) -> dict[int, dict[str, Any]]:
     return found
 
 
-def status_lines(recipe_path: Any) -> list[str]:
-    """The nodes' lines for the job run from `recipe_path` (state.json's `recipe`); none for a
-    one-machine job or a recipe that cannot be read now (status still shows the rest)."""
-    if not isinstance(recipe_path, str):
-        return []
+def status_lines(name: str) -> list[str]:
+    """The nodes' lines for job `name`, where its journal says it runs as a node of several
+    (its last `node.attempt`: this node's rank, the count, the job's shared folder); none for a
+    one-machine job. The shared folder's newest attempt is shown, the job's present."""
+    begun = None
+    for event in read_events(job_dir(name), Skipped(job_dir(name) / "events.jsonl")):
+        if event.get("event") == f"guardrun.{events.NODE_ATTEMPT}":
+            begun = event
     try:
-        recipe = load_recipe(recipe_path, missing_ok=True)
-    except (RecipeError, OSError):
+        folder, count, rank = Path(begun["shared_dir"]), int(begun["nodes"]), int(begun["node"])
+    except (TypeError, KeyError, ValueError):
         return []
-    node = recipe.node
-    if not node.multi or node.shared_dir is None:
-        return []
-    shared = SharedDir(node.shared_dir, recipe.name, node.count, node.rank)
+    shared = SharedDir(folder.parent, folder.name, count, rank)
     attempts = shared.attempts()
     attempt = attempts[-1] if attempts else None
-    return lines(attempt, node.count, node.rank, str(node.shared_dir),
-                 read(shared, attempt) if attempt is not None else {})
+    return lines(attempt, count, rank, str(folder), read(shared, attempt) if attempt is not None else {})

@@ -1,7 +1,7 @@
 """Issue 16: `guardrun status` shows every node's part of a multi-node job from the shared folder."""
 from __future__ import annotations
 
-import textwrap
+import json
 
 from guardrun.supervisor.cli.nodeview import lines, part, status_lines
 from guardrun.supervisor.record.shared import SharedDir
@@ -28,22 +28,25 @@ def test_every_node_has_a_line_even_the_silent_ones():
     assert lines(None, 2, 0, "/s", {})[1] == "  no attempt in the shared folder yet"
 
 
-def test_status_lines_read_the_recipe_and_the_shared_folder(tmp_path, monkeypatch):
-    monkeypatch.setenv("GUARDRUN_NODE_RANK", "0")
-    (tmp_path / "train.py").write_text("")
-    recipe = tmp_path / "job.yaml"
-    recipe.write_text(textwrap.dedent(f"""
-        launcher: torchrun
-        script: train.py
-        nodes: {{count: 2, rendezvous: "127.0.0.1:29400", shared_dir: {tmp_path / 'shared'}}}
-        """))
+def journal(root, *entries: dict) -> None:
+    (root / "job").mkdir(parents=True)
+    (root / "job" / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in entries))
+
+
+def test_status_lines_follow_the_journal_to_the_shared_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUARDRUN_STATE_DIR", str(tmp_path / "state"))
+    folder = tmp_path / "shared" / "job"
+    journal(tmp_path / "state", {"event": "guardrun.attempt.started", "attempt": 1},
+            {"event": "guardrun.node.attempt", "attempt": 1, "job_attempt": 1, "node": 1, "nodes": 2,
+             "shared_dir": str(folder)})
     SharedDir(tmp_path / "shared", "job", 2, 1).put(1, "stop", {"kind": "user_error", "evidence": "bad flag"})
-    assert status_lines(str(recipe))[1:] == ["  job attempt 1:", "    node 0: running (nothing written yet)",
-                                             "    node 1: stopping its part (user_error: bad flag)"]
+    assert status_lines("job") == [f"  nodes: 2, this is node 1; shared_dir {folder}", "  job attempt 1:",
+                                   "    node 0: running (nothing written yet)",
+                                   "    node 1: stopping its part (user_error: bad flag)"]
 
 
-def test_no_node_lines_for_one_machine_or_a_recipe_gone(tmp_path):
-    (tmp_path / "train.py").write_text("")
-    (tmp_path / "one.yaml").write_text("launcher: python\nscript: train.py\n")
-    assert status_lines(str(tmp_path / "one.yaml")) == []
-    assert status_lines(str(tmp_path / "gone.yaml")) == [] and status_lines(None) == []
+def test_no_node_lines_for_one_machine_or_no_journal(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUARDRUN_STATE_DIR", str(tmp_path / "state"))
+    assert status_lines("job") == []
+    journal(tmp_path / "state", {"event": "guardrun.attempt.started", "attempt": 1})
+    assert status_lines("job") == []
