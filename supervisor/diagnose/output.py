@@ -112,6 +112,10 @@ class OutputReader:
             self._rank_logs = RankLogs(self._rank_logs_dir, self._rank_line).start()
         return self
 
+    def stopping(self) -> None:
+        """guardrun is stopping the attempt: the launcher's traceback for that signal is folded."""
+        self._fold.arm()
+
     def join(self, timeout: float) -> bool:
         """Wait for EOF (and the rank files' ends); False if the pipe is still open after `timeout`."""
         self._thread.join(timeout)

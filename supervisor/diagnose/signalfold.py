@@ -10,6 +10,8 @@ the traceback was; output.log keeps every line, and root causes are read from it
 written at once) until its first unindented line, its exception: a signal's, the one line;
 any other exception, every held line as it was. Lines of another tag (`[default0]:` of a
 worker) pass while one is held. Held lines are bounded (MAX_HELD): past it, they go out.
+Only once guardrun is stopping the attempt itself (`arm`) is anything held: a signal
+someone else sent, or a KeyboardInterrupt of the job's own, is shown whole.
 """
 from __future__ import annotations
 
@@ -30,13 +32,18 @@ def is_signal_exception(line: str) -> bool:
 class SignalFold:
     """Lines in, the lines to show out (see the module doc)."""
 
-    def __init__(self) -> None:
+    def __init__(self, armed: bool = False) -> None:
         self._tag: str | None = None  # the held traceback's prefix ('' when untagged)
         self._held: list[str] = []
+        self._armed = armed           # set by the watch loop's thread, read by the reader's
+
+    def arm(self) -> None:
+        """guardrun is about to signal the launcher: its signal's traceback is folded from now."""
+        self._armed = True
 
     def feed(self, line: str) -> list[str]:
         if self._tag is None:
-            header = _HEADER.match(line)
+            header = _HEADER.match(line) if self._armed else None
             if header is None:
                 return [line]
             self._tag, self._held = header.group(1), [line]

@@ -22,6 +22,7 @@ from ..core import events
 from ..core.context import Context
 from ..diagnose.output import MAX_LOG, OutputReader, Progress
 from ..diagnose.patterns import Patterns
+from ..record import levels
 from ..record.console import Console
 from ..record.spacewatch import SpaceWatch
 from ..watch.cgroupfs import Group
@@ -166,6 +167,8 @@ class Attempt:
         # the compiler also goes into the root cause). Cleared once the tree is gone.
         extensions = extensions_root(self.env)
         builds = find_builds(extensions, self.tree.pids(popen.pid))
+        if running:
+            self.reader.stopping()
         _stop(popen, self.tree, watch, number, running,
               hurry=watched.interrupted and watch.ctx.requests.kill_now, group=self.group)
         kernel_oom = _kernel_oom(self.group, watch)
@@ -293,7 +296,7 @@ def _stop(popen: Launched, tree: Tree, watch: Watch, number: int, running: bool,
     watch.ctx.emit(events.ATTEMPT_STOPPED, attempt=number, was_running=running,
                killed=list(report.killed), left=list(report.left), took=round(report.took, 3))
     if report.left:
-        watch.ctx.say("processes survived SIGKILL: " + ", ".join(map(str, report.left)))
+        watch.ctx.say(levels.warning("processes survived SIGKILL: " + ", ".join(map(str, report.left))))
 
 
 def describe_reading(reading: MemoryReading | None, limits: MemoryLimits) -> str:

@@ -14,8 +14,8 @@ SIGTERM = (Path(__file__).parents[1] / "data" / "signalfold" / "torchrun_sigterm
 LAST = "torch.distributed.elastic.multiprocessing.api.SignalException: Process 13739 got signal: 15"
 
 
-def shown(lines):
-    fold = SignalFold()
+def shown(lines, armed=True):
+    fold = SignalFold(armed)
     out = [line for each in lines for line in fold.feed(each)]
     return out + fold.end()
 
@@ -28,8 +28,9 @@ def test_torchruns_sigterm_traceback_is_one_line():
 def test_the_console_gets_one_line_and_output_log_all(tmp_path):
     sink = io.StringIO()
     data = (SIGTERM + "after\n").encode()
-    reader = OutputReader(io.BytesIO(data), tmp_path / "output.log", Console(sink, tty=False), "[1] ").start()
-    assert reader.join(timeout=5)
+    reader = OutputReader(io.BytesIO(data), tmp_path / "output.log", Console(sink, tty=False), "[1] ")
+    reader.stopping()  # guardrun stops the attempt: the signal's traceback is its own doing
+    assert reader.start().join(timeout=5)
     console = sink.getvalue().splitlines()
     assert len(console) == 5 and console[3] == f"[1] {LAST} (its 29-line traceback is in output.log)"
     assert console[4] == "[1] after"
@@ -55,3 +56,9 @@ def test_keyboard_interrupt_of_a_worker_with_other_ranks_between():
 ])
 def test_what_cannot_be_folded_is_shown_as_it_was(lines):
     assert shown(lines) == lines
+
+
+def test_a_signal_guardrun_did_not_send_is_shown_whole():
+    """Before guardrun stops the attempt (someone else's SIGTERM, the job's own ^C) nothing is folded."""
+    lines = SIGTERM.splitlines()
+    assert shown(lines, armed=False) == lines
