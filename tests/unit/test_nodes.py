@@ -61,6 +61,8 @@ def test_hostnames_falls_back_to_the_parser_without_scontrol(monkeypatch):
     # the recipe's keys win over SLURM's; GUARDRUN_NODE_RANK over SLURM_NODEID
     (Nodes(rendezvous=("10.0.0.1", 12345), shared_dir=SHARED), {**SLURM, "GUARDRUN_NODE_RANK": "0"},
      NodeView(count=2, rank=0, rendezvous_host="10.0.0.1", rendezvous_port=12345, shared_dir=SHARED)),
+    # `count: 1` keeps a recipe on one machine inside a multi-node allocation
+    (Nodes(count=1), SLURM, NodeView()),
     # a one-node allocation is one machine
     (Nodes(), {"SLURM_NNODES": "1", "SLURM_JOB_NODELIST": "gpu07", "SLURM_NODEID": "0"}, NodeView()),
 ])
