@@ -177,3 +177,20 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except (OSError, IndexError):
         return False
+
+
+def left_running(root: Path | str) -> list[str]:
+    """Live processes that name `root` (a test's folder, a marker) in their command line or environment."""
+    left = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+            cmdline = (proc / "cmdline").read_bytes()
+            seen = cmdline + (proc / "environ").read_bytes()
+        except OSError:
+            continue
+        if str(root).encode() in seen and stat.split(") ")[1][0] != "Z":
+            left.append(proc.name + ": " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
+    return left

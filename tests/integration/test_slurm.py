@@ -34,23 +34,6 @@ def _srun(env: dict[str, str], *argv: str) -> list[str]:
     return done.stdout.splitlines()
 
 
-def _left_running(root: Path) -> list[str]:
-    """Live processes that name the test's folder in their command line or environment."""
-    left = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-            cmdline = (proc / "cmdline").read_bytes()
-            seen = cmdline + (proc / "environ").read_bytes()
-        except OSError:
-            continue
-        if str(root).encode() in seen and stat.split(") ")[1][0] != "Z":
-            left.append(proc.name + ": " + cmdline.replace(b"\0", b" ").decode(errors="replace"))
-    return left
-
-
 def test_srun_two_nodes_each_guardrun_resolves_its_part(tmp_path):
     (tmp_path / "train.py").write_text("")
     recipe = tmp_path / "job.yaml"
@@ -74,7 +57,7 @@ def test_srun_two_nodes_each_guardrun_resolves_its_part(tmp_path):
                 "barrier timeout 600s") in said
         command = next(line for line in said if line.startswith("   command: "))
         assert f"--nnodes 2 --node-rank {task} --master-addr n1 --master-port 29400" in command
-    assert _left_running(tmp_path) == []
+    assert slurmlocal.left_running(tmp_path) == []
 
 
 @pytest.mark.slow
@@ -106,4 +89,4 @@ def test_sbatch_of_the_example_trains_across_two_nodes(tmp_path):
     for rank in (0, 1):
         state = json.loads((tmp_path / f"state-{rank}/slurm-two-nodes/state.json").read_text())
         assert state["state"] == "finished", output[-3000:]
-    assert _left_running(tmp_path) == []
+    assert slurmlocal.left_running(tmp_path) == []
