@@ -38,7 +38,7 @@ from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..record.statusline import SEP, Field, StatusLine, gpu_summary
 from ..watch.containment import Containment, ContainmentRequired
 from ..watch.containment import prepare as prepare_containment
-from ..watch.fitcheck import preflight_plan
+from ..watch.fitcheck import measure, preflight_plan
 from ..watch.follow import CheckpointFollower
 from ..watch.follow import describe as describe_checkpoint
 from ..watch.gpu import GpuSource, open_gpu_source
@@ -50,6 +50,8 @@ from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_readin
 from .checkpointprep import AtTarget, ResumeError, Tools
 from .checkpointprep import prepare as prepare_resume
 from .diagnosis import Diagnosis, root_cause
+from .nodes import NodeFacts
+from .nodes import part as node_part
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
 from .snapshot import JobSnapshot, measured
 from .target import LastRun, already_finished, last_run
@@ -109,6 +111,7 @@ class Supervisor:
         self.gpu: GpuGuard | None = None
         self._vram: GpuMonitor | None = None
         self.containment: Containment | None = None  # made when the run starts (_contain)
+        self.nodes = node_part(recipe, clock, journal.emit, console.say)  # None on one machine
 
     # -- the loop ------------------------------------------------------------------------
     def run(self) -> int:
@@ -137,7 +140,8 @@ class Supervisor:
 
     def _run(self) -> int:
         limits = self._limits()
-        failures = [] if self.options.fresh else history(self.journal.dir, self.digest)
+        failures = [] if self.options.fresh else (self.nodes.history(self.digest) if self.nodes  # issue 16
+                                                  else history(self.journal.dir, self.digest))
         earlier = None if self.options.fresh else last_run(self.journal.dir)
         self.journal.emit(events.RUN_STARTED, recipe=str(self.recipe.path), digest=self.digest,
                           overrides=list(self.recipe.overrides),
@@ -193,6 +197,8 @@ class Supervisor:
             if failure.kind is Kind.USER_ERROR:
                 return self._give_up(f"user error, not retried: {failure.evidence}"
                                      + added_flag_rejected(self.recipe, plan, failure.evidence))
+            if failure.kind is Kind.NODE_LOST:  # issue 16: never run on with fewer nodes
+                return self._give_up(f"{failure.evidence}; the job is not run on without them")
             failures.append(failure)
             restarts += 1
             if restarts > self.recipe.restarts.max:
@@ -208,6 +214,9 @@ class Supervisor:
         unlaunchable = launch_problem(self.recipe, os.environ)
         if unlaunchable:  # issue 12 §6: `python:` or `command[0]` missing, said with file:line
             return self._give_up(unlaunchable, exits.USAGE)
+        unshared = self.nodes.problem() if self.nodes else ""
+        if unshared:  # issue 16: the nodes' one channel
+            return self._give_up(unshared, exits.USAGE)
         unmeetable = limits_problem(self.recipe, self.memory.host().total)
         if unmeetable:  # issue 13 §7: a limit at or above MemTotal
             return self._give_up(unmeetable, exits.USAGE)
@@ -219,6 +228,8 @@ class Supervisor:
     def _attempt(self, plan: Plan, limits: MemoryLimits, failures: list[Failure],
                  fresh: bool = False) -> Failure | None:
         number = self._next_attempt_number()
+        if self.nodes is not None:
+            self.nodes.begin(number)
         self._move(State.STARTING)
         attempt_dir = self.journal.attempt_dir(number)
         ctx = self.ctx.for_attempt(number)
@@ -233,7 +244,12 @@ class Supervisor:
             self._status(number, plan, started, progress, reading, limits, watch.checkpoints)))
         if self.gpu is not None:
             self.gpu.attempt_ended()
-        return self._classify(number, plan, ended, failures, attempt_dir, started)
+        failure = self._classify(number, plan, ended, failures, attempt_dir, started)
+        if self.nodes is None:
+            return failure
+        facts = NodeFacts.of(failure, measure(self.recipe, self.gpu.source if self.gpu else None, self.memory),
+                             exit_code=ended.end.exit_code, digest=self.digest, host_total=self.memory.host().total)
+        return self.nodes.settle(number, failure, facts, lambda: self.requests.stop)
 
     def _classify(self, number: int, plan: Plan, ended: Ended, failures: list[Failure],
                   attempt_dir: Path, started: float) -> Failure | None:
@@ -290,6 +306,8 @@ class Supervisor:
         self._move(State.RUNNING)
         watched = self._watch(attempt, status)
         running = attempt.running
+        if self.nodes is not None:  # issue 16: the others stop their part too
+            self.nodes.stopping(attempt.number, watched, None if running else attempt.popen.returncode)
         if running:
             self._move(State.STOPPING)
         return attempt.stop(watched, running)
@@ -302,6 +320,9 @@ class Supervisor:
                 self.console.status(status(look.progress, look.reading), self.clock.monotonic())
             if look.ended is not None:
                 return look.ended
+            peer = self.nodes.peer_stop() if self.nodes else None
+            if peer is not None:
+                return Watched(stopped_for=peer)
             self.clock.sleep(self.recipe.monitor.interval)
 
     # -- pieces --------------------------------------------------------------------------
