@@ -142,3 +142,18 @@ def test_a_rerun_continues_the_jobs_merged_history_from_the_shared_folder(tmp_pa
     assert code == 0, console
     assert "attempt 1: rung 1, 1 rank(s), micro-batch 4" in console
     assert [e["job_attempt"] for e in named(events, "node.attempt")] == [2]
+
+
+def test_a_stop_asked_for_on_node_1_stops_node_0_too(tmp_path, state_dir, monkeypatch):
+    clock = FakeClock()
+    one = peer(tmp_path)
+
+    def node_1_is_stopped():  # Ctrl-C on node 1: its guardrun writes its word and leaves
+        one.put(1, "stop", {"kind": "interrupted", "evidence": "stopped on request"})
+        one.put(1, "node", {**NODE_1, "kind": "interrupted", "evidence": "stopped on request"})
+    clock.at(3, node_1_is_stopped)
+    code, console, events, processes, _ = supervise(tmp_path, monkeypatch, Launch(runs_for=30.0), clock=clock)
+    assert code == 130
+    assert "the job's attempt 1 ended: interrupted (node 1: interrupted: stopped on request)" in console
+    assert clock.now - 1000 < 20 and len(processes.spawned) == 1  # stopped at once, not relaunched
+    assert processes.spawned[0].returncode is not None
