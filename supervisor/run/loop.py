@@ -6,6 +6,7 @@ module owns the clock, the processes, the journal and the terminal.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import os
 import signal
@@ -49,6 +50,7 @@ from ..watch.seams import MemorySource, ProcessOps, RealProcesses
 from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from .checkpointprep import AtTarget, ResumeError, Tools
 from .checkpointprep import prepare as prepare_resume
+from .jobcheckpoint import for_node as resume_for_node
 from .diagnosis import Diagnosis, root_cause
 from .nodes import NodeFacts
 from .nodes import part as node_part
@@ -343,12 +345,18 @@ class Supervisor:
 
     def _prepare_resume(self, plan: Plan, failures: list[Failure], attempt_dir: Path, ctx: Context,
                         fresh: bool = False) -> Resume:
-        """The checkpoint to resume, set aside what must not be picked, convert if needed."""
+        """The checkpoint to resume, set aside what must not be picked, convert if needed.
+        Several nodes: node 0 does that and writes its decision, the others resume it (issue 16)."""
         last = failures[-1] if failures else None
         # After a NaN, resume from before it: later checkpoints may hold NaN weights.
         before = last.step if last and last.kind is Kind.NAN_LOSS and last.step is not None else None
         tools = Tools(attempt_dir, self.processes)
-        return prepare_resume(self.recipe, plan, ctx, tools, before_step=before, fresh=fresh)
+        prepare = functools.partial(prepare_resume, self.recipe, plan, ctx, tools, before_step=before, fresh=fresh)
+        if self.nodes is None:
+            return prepare()
+        nodes = self.nodes.nodes
+        return resume_for_node(nodes.shared, self.nodes.attempt, prepare, self.clock, nodes.timeout, ctx.say,
+                               should_stop=lambda: self.requests.stop)
 
     def _announce(self, number: int, plan: Plan, resume_spec: Resume) -> None:
         resume = resume_spec.path
