@@ -121,6 +121,12 @@ class Node:
         assert match, text[-3000:]
         return dict(pair.split("=", 1) for pair in match.group(1).split())
 
+    def status(self) -> str:
+        """`guardrun status job` on this node, as its user would run it there."""
+        env = {**os.environ, "GUARDRUN_STATE_DIR": str(self.state_dir)}
+        done = subprocess.run([GUARDRUN, "status", JOB], capture_output=True, text=True, env=env, timeout=60)
+        return done.stdout + done.stderr
+
     def pids(self) -> set[int]:
         """This node's live processes: its guardrun, torchrun agent, ranks."""
         return environ_pids({f"{NODE_MARK}={self.mark}".encode()})
