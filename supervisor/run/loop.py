@@ -22,6 +22,7 @@ from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.ladder import added_flag_rejected, decide
 from guardrun.launcher.plan import Plan
+from guardrun.launcher.preflight import Resources
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
 
@@ -35,6 +36,7 @@ from ..record.console import Console
 from ..record import levels
 from ..record.journal import Journal, history
 from ..record.metrics import Textfile
+from ..record.shared import SharedDir, SharedDirError
 from ..record.spacewatch import RETRY_EVERY, SUSPENDED
 from ..record.statusline import SEP, Field, StatusLine, gpu_summary
 from ..watch.containment import Containment, ContainmentRequired
@@ -52,7 +54,7 @@ from .checkpointprep import AtTarget, ResumeError, Tools
 from .checkpointprep import prepare as prepare_resume
 from .jobcheckpoint import for_node as resume_for_node
 from .diagnosis import Diagnosis, root_cause
-from .nodes import NodeFacts
+from .nodes import NODE, NodeFacts
 from .nodes import part as node_part
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
 from .snapshot import JobSnapshot, measured
@@ -78,6 +80,18 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def others_free(shared: SharedDir, attempt: int) -> list[Resources]:
+    """The other nodes' free memory as they wrote it at the end of the job's `attempt` (issue
+    16: the tightest node decides the preflight); none before the first or where unreadable."""
+    found = []
+    for rank in sorted(shared.ranks(attempt, NODE) - {shared.rank}) if attempt else ():
+        try:
+            found.append(NodeFacts.from_json(shared.read(attempt, NODE, rank)).resources())
+        except (SharedDirError, TypeError, ValueError):
+            continue
+    return found
 
 
 #: Told of every state change: the new state, and the exit code when it is terminal.
@@ -180,7 +194,9 @@ class Supervisor:
             try:
                 # issue 7: skip rungs predicted not to fit the free GPU and host memory
                 plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
-                                      self.gpu.source if self.gpu else None, self.memory, self.ctx)
+                                      self.gpu.source if self.gpu else None, self.memory, self.ctx,
+                                      others=others_free(self.nodes.nodes.shared, self.nodes.attempt)
+                                      if self.nodes is not None else ())
                 attempts += 1
                 failure = self._attempt(plan, limits, failures, fresh=self.options.fresh and attempts == 1)
             except AtTarget as done:  # issue 13 §1: never resume at or past the end of training

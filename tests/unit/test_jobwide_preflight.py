@@ -9,6 +9,9 @@ from guardrun.launcher.ladder import walk
 from guardrun.launcher.preflight import Resources
 from guardrun.launcher.units import GIB
 from guardrun.supervisor.core.context import Context
+from guardrun.supervisor.record.shared import SharedDir
+from guardrun.supervisor.run.loop import others_free
+from guardrun.supervisor.run.nodes import NodeFacts
 from guardrun.supervisor.watch.fitcheck import preflight_plan, tightest
 
 
@@ -45,3 +48,13 @@ def test_the_tightest_node_picks_the_rung_of_every_node(tmp_path):
     plan = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx, others=[other])
     assert plan.rungs == (1, 2, 3) and (plan.per_device, plan.grad_accum) == (8, 2)
     assert said[0].startswith("skipping rung 0: ") and "usable of 24.0 GiB free on GPU 0" in said[0]
+
+
+def test_the_other_nodes_readings_come_from_their_facts_of_the_last_attempt(tmp_path):
+    me, other = SharedDir(tmp_path, "job", 3, 0), SharedDir(tmp_path, "job", 3, 1)
+    assert others_free(me, 0) == []                                 # before the job's first attempt
+    reading = Resources(gpu_free={0: 24 * GIB}, host_available=100 * GIB, host_limit=80 * GIB)
+    other.put(1, "node", NodeFacts.of(None, reading).as_json())
+    me.put(1, "node", NodeFacts.of(None, Resources(host_available=GIB)).as_json())   # this node's own: not another's
+    SharedDir(tmp_path, "job", 3, 2).put(1, "node", {"kind": "no such kind"})         # unreadable: left out
+    assert others_free(me, 1) == [reading]
