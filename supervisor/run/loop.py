@@ -82,11 +82,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def others_free(shared: SharedDir, attempt: int) -> list[Resources]:
-    """The other nodes' free memory as they wrote it at the end of the job's `attempt` (issue
-    16: the tightest node decides the preflight); none before the first or where unreadable."""
+def nodes_free(shared: SharedDir, attempt: int) -> list[Resources]:
+    """Every node's free memory as it wrote it at the end of the job's `attempt`, this node's
+    too (issue 16: the tightest node decides the preflight, every node from the same files);
+    none before the first attempt, and none of a node whose facts cannot be read."""
     found = []
-    for rank in sorted(shared.ranks(attempt, NODE) - {shared.rank}) if attempt else ():
+    for rank in sorted(shared.ranks(attempt, NODE)) if attempt else ():
         try:
             found.append(NodeFacts.from_json(shared.read(attempt, NODE, rank)).resources())
         except (SharedDirError, TypeError, ValueError):
@@ -195,8 +196,8 @@ class Supervisor:
                 # issue 7: skip rungs predicted not to fit the free GPU and host memory
                 plan = preflight_plan(self.recipe, failures, pick.ids, decision.plan,
                                       self.gpu.source if self.gpu else None, self.memory, self.ctx,
-                                      others=others_free(self.nodes.nodes.shared, self.nodes.attempt)
-                                      if self.nodes is not None else ())
+                                      nodes=nodes_free(self.nodes.nodes.shared, self.nodes.attempt)
+                                      if self.nodes is not None else None)
                 attempts += 1
                 failure = self._attempt(plan, limits, failures, fresh=self.options.fresh and attempts == 1)
             except AtTarget as done:  # issue 13 §1: never resume at or past the end of training

@@ -50,18 +50,20 @@ def measure(recipe: Recipe, gpus: GpuSource | None, memory: ProcfsMemory | None)
 
 def preflight_plan(recipe: Recipe, failures: Sequence[Failure], visible: Sequence[int] | None,
                    plan: Plan, gpus: GpuSource | None, memory: ProcfsMemory | None, ctx: Context,
-                   known: Known | None = None, others: Sequence[Resources] = ()) -> Plan:
+                   known: Known | None = None, nodes: Sequence[Resources] | None = None) -> Plan:
     """The plan to launch: `plan`, or a later rung when `plan` is predicted not to fit.
 
     Each skipped rung is one console line ("skipping rung 2: predicted 41.3 GiB per GPU
     > 35.6 GiB usable of 39.6 GiB free on GPU 0") and one `preflight.skipped` event.
-    `others`: the other nodes' readings of a multi-node job (their facts of the last
-    attempt): the tightest node decides (`tightest`).
+    `nodes`: a multi-node job's readings, every node's from its facts of the job's last
+    attempt (None: one machine, measured here now). The tightest node decides, and every node
+    decides alike, from the same files; before the first attempt there are none and nothing is
+    skipped: a node's own reading alone could pick another rung than the others' do.
     """
-    if not recipe.preflight or recipe.model is None:  # nothing to estimate: nothing to skip
-        return plan
+    if not recipe.preflight or recipe.model is None or (nodes is not None and not nodes):
+        return plan  # nothing to estimate (or nothing every node knows alike): nothing to skip
     known = known or gather(recipe)
-    resources = tightest(measure(recipe, gpus, memory), others)
+    resources = measure(recipe, gpus, memory) if nodes is None else tightest(nodes[0], nodes[1:])
     choice = decide_fitting(recipe, failures, known, resources, visible)
     chosen = choice.decision.plan
     if chosen is None or chosen.rungs[:len(plan.rungs)] != plan.rungs:

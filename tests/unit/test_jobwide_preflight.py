@@ -10,7 +10,7 @@ from guardrun.launcher.preflight import Resources
 from guardrun.launcher.units import GIB
 from guardrun.supervisor.core.context import Context
 from guardrun.supervisor.record.shared import SharedDir
-from guardrun.supervisor.run.loop import others_free
+from guardrun.supervisor.run.loop import nodes_free
 from guardrun.supervisor.run.nodes import NodeFacts
 from guardrun.supervisor.watch.fitcheck import preflight_plan, tightest
 
@@ -44,17 +44,22 @@ def test_the_tightest_node_picks_the_rung_of_every_node(tmp_path):
     memory = ScriptedMemory(total=PLENTY, readings=[(0, 0, PLENTY)])
     alone = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx)
     assert alone.rungs == () and said == []
+    mine = Resources(gpu_free={index: 80 * GIB for index in range(8)}, host_available=PLENTY)
     other = Resources(gpu_free={index: 24 * GIB for index in range(8)}, host_available=PLENTY)
-    plan = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx, others=[other])
+    plan = preflight_plan(recipe, [], None, walk(recipe)[0], here, memory, ctx, nodes=[mine, other])
     assert plan.rungs == (1, 2, 3) and (plan.per_device, plan.grad_accum) == (8, 2)
     assert said[0].startswith("skipping rung 0: ") and "usable of 24.0 GiB free on GPU 0" in said[0]
+    # before the job's first attempt no node knows the others' memory: none skips, all start alike
+    assert preflight_plan(recipe, [], None, walk(recipe)[0], FakeGpuSource(count=8, total=24 * GIB), memory,
+                          ctx, nodes=[]).rungs == ()
 
 
-def test_the_other_nodes_readings_come_from_their_facts_of_the_last_attempt(tmp_path):
+def test_every_nodes_reading_comes_from_its_facts_of_the_last_attempt(tmp_path):
     me, other = SharedDir(tmp_path, "job", 3, 0), SharedDir(tmp_path, "job", 3, 1)
-    assert others_free(me, 0) == []                                 # before the job's first attempt
+    assert nodes_free(me, 0) == []                                  # before the job's first attempt
     reading = Resources(gpu_free={0: 24 * GIB}, host_available=100 * GIB, host_limit=80 * GIB)
     other.put(1, "node", NodeFacts.of(None, reading).as_json())
-    me.put(1, "node", NodeFacts.of(None, Resources(host_available=GIB)).as_json())   # this node's own: not another's
-    SharedDir(tmp_path, "job", 3, 2).put(1, "node", {"kind": "no such kind"})         # unreadable: left out
-    assert others_free(me, 1) == [reading]
+    mine = Resources(host_available=GIB)
+    me.put(1, "node", NodeFacts.of(None, mine).as_json())       # this node's own, from the file too
+    SharedDir(tmp_path, "job", 3, 2).put(1, "node", {"kind": "no such kind"})   # unreadable: left out
+    assert nodes_free(me, 1) == [mine, reading]
