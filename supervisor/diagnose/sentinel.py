@@ -18,6 +18,9 @@ from ..core.clock import Clock
 from . import stacks
 from .logs import Event, split_rank
 
+#: guardrun is on no package index, so `pip install 'guardrun[diagnosis]'` finds nothing.
+PY_SPY_INSTALL = "pip install py-spy; in a guardrun clone: pip install '.[diagnosis]'"
+
 
 @dataclass
 class NanTracker:
@@ -136,9 +139,8 @@ class Sentinel:
         py_spy = stacks.find_py_spy()
         python_pids = [pid for pid in pids if stacks.is_python(pid)]
         if py_spy is None:
-            self.emit(events.STACKS_SKIPPED, why="py-spy not found (pip install 'guardrun[diagnosis]')",
-                      pids=python_pids)
-            self.say("hang: no py-spy to dump the stacks with (pip install 'guardrun[diagnosis]')")
+            self.emit(events.STACKS_SKIPPED, why=f"py-spy not found ({PY_SPY_INSTALL})", pids=python_pids)
+            self.say(f"hang: no py-spy to dump the stacks with ({PY_SPY_INSTALL})")
             return
         folder = self.attempt_dir / "stacks"
         started = self.clock.monotonic()

@@ -101,7 +101,7 @@ def test_a_hang_without_py_spy_is_noted_and_still_stopped(tmp_path, state_dir, m
         """)
     result = run_guardrun(recipe)
     assert result.returncode == 1
-    assert "hang: no py-spy to dump the stacks with (pip install 'guardrun[diagnosis]')" in result.stdout
+    assert "hang: no py-spy to dump the stacks with (pip install py-spy; in a guardrun clone: pip install '.[diagnosis]')" in result.stdout
     [skipped] = named(events(state_dir), "stacks.skipped")
     assert len(skipped["pids"]) == 1
     assert not (state_dir / "job" / "attempts" / "1" / "stacks").exists()

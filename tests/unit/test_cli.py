@@ -68,6 +68,8 @@ CASES = [
     (["stauts", "done"], 2, "No such command 'stauts'"),
     (["stauts", "done"], 2, "'status'"),
     (["lst"], 2, "No such command 'lst'. Did you mean 'list'?"),
+    (["example"], 0, "llava_lora"),
+    (["example", "llava"], 2, "no example 'llava' (did you mean 'llava_lora'?)"),
     # an existing file, or a name ending in .yaml, is `run` it
     (["typo.yaml"], 2, "typo.yaml:3: gpu: unknown key 'gpu' (did you mean 'gpus'?)"),
     (["missing.yaml"], 2, "missing.yaml:1: recipe: cannot read the file"),
