@@ -22,7 +22,7 @@ from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
 from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.launchdiff import changes, fingerprint
 from guardrun.launcher.nodes import describe as describe_nodes
-from guardrun.launcher.plan import SWITCHES, Plan
+from guardrun.launcher.plan import SWITCHES, Plan, batch_words
 from guardrun.launcher.preflight import (
     Fit,
     Known,
@@ -128,7 +128,8 @@ def table(view: View) -> list[str]:
     for index, (plan, verdict) in enumerate(zip(view.plans, view.verdicts)):
         stage, opt, params = zero_settings(view.recipe, plan, view.known)
         on = "-" if index == 0 else ",".join(map(str, ladder[index - 1].on))
-        global_batch = "-" if plan.global_batch is None else str(plan.global_batch) + (
+        job_batch = None if plan.global_batch is None else plan.global_batch * view.recipe.node.count
+        global_batch = "-" if job_batch is None else str(job_batch) + (
             "*" if plan.global_batch != plan.target_global_batch else "")
         estimate = verdict.estimate
         deepspeed = _uses_deepspeed(view.recipe, plan)
@@ -190,7 +191,7 @@ def details(view: View, index: int, first: int | None) -> list[str]:
     what = "the recipe as written" if index == 0 else "on " + ", ".join(map(str, ladder[index - 1].on))
     fitted = view.verdicts[index].estimate is not None
     tag = " (the first that fits)" if index == first and fitted else ""
-    lines = [f"== rung {index}{tag}: {what}", "   " + summary(plan)]
+    lines = [f"== rung {index}{tag}: {what}", "   " + summary(plan, recipe.node.count)]
     lines += [f"   note: {note}" for note in plan.notes
               if note.startswith((f"rung {index}:", f"skipped: rung {index} "))]
     argv, env, cwd, ds_lines = _launch(recipe, plan, view.resume)
@@ -239,14 +240,13 @@ def _args_start(recipe: Recipe, argv: list[str]) -> int:
     return argv.index(str(recipe.script)) + 1
 
 
-def summary(plan: Plan) -> str:
+def summary(plan: Plan, nodes: int = 1) -> str:
     """The rung's configuration in words (what `guardrun plan` always printed)."""
     parts = [f"ranks {plan.ranks}"]
     if plan.gpu_ids is not None:
         parts.append("gpus " + ",".join(map(str, plan.gpu_ids)))
     if plan.per_device is not None:
-        parts.append(f"micro-batch {plan.per_device} × accumulation {plan.grad_accum} × ranks "
-                     f"{plan.ranks} = global {plan.global_batch}")
+        parts.append(batch_words(plan, nodes))
     if plan.lr is not None:
         parts.append(f"lr {plan.lr:g}")
     for field in SWITCHES:

@@ -21,7 +21,7 @@ from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.ladder import added_flag_rejected, decide
-from guardrun.launcher.plan import Plan
+from guardrun.launcher.plan import Plan, batch_words
 from guardrun.launcher.preflight import Resources
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
@@ -32,8 +32,8 @@ from ..core.context import Context
 from ..core.states import TERMINAL, State, check_transition
 from ..diagnose.output import Progress
 from ..diagnose.rankcount import ranks_in_file
-from ..record.console import Console
 from ..record import levels
+from ..record.console import Console
 from ..record.journal import Journal, history
 from ..record.metrics import Textfile
 from ..record.shared import SharedDir, SharedDirError
@@ -52,8 +52,8 @@ from ..watch.seams import MemorySource, ProcessOps, RealProcesses
 from .attempt import Attempt, Ended, SpawnError, Watch, Watched, describe_reading
 from .checkpointprep import AtTarget, ResumeError, Tools
 from .checkpointprep import prepare as prepare_resume
-from .jobcheckpoint import for_node as resume_for_node
 from .diagnosis import Diagnosis, root_cause
+from .jobcheckpoint import for_node as resume_for_node
 from .nodes import NODE, NodeFacts
 from .nodes import part as node_part
 from .policy import AttemptEnd, MemoryLimits, MemoryReading, backoff, classify
@@ -377,11 +377,12 @@ class Supervisor:
 
     def _announce(self, number: int, plan: Plan, resume_spec: Resume) -> None:
         resume = resume_spec.path
-        batch = (f", micro-batch {plan.per_device} × accumulation {plan.grad_accum} × "
-                 f"{plan.ranks} = global {plan.global_batch}" if plan.per_device else "")
+        nodes = self.recipe.node.count
+        batch = f", {batch_words(plan, nodes)}" if plan.per_device else ""
+        job_batch = None if plan.global_batch is None else plan.global_batch * nodes  # every node's
         self.journal.emit(events.ATTEMPT_STARTED, attempt=number, rung=plan.rung, rungs=list(plan.rungs),
                           ranks=plan.ranks, gpus=plan.gpu_ids, per_device=plan.per_device,
-                          grad_accum=plan.grad_accum, global_batch=plan.global_batch,
+                          grad_accum=plan.grad_accum, global_batch=job_batch,
                           lr=plan.lr, notes=list(plan.notes),
                           resume_from=str(resume) if resume else None,
                           load_universal=resume_spec.load_universal,
@@ -392,7 +393,7 @@ class Supervisor:
             self.console.say(note)
         self._snapshot.update(attempt=number, rung=plan.rung, ranks=plan.ranks,
                               per_device=plan.per_device, grad_accum=plan.grad_accum,
-                              global_batch=plan.global_batch,
+                              global_batch=job_batch,
                               resume_from=str(resume) if resume else None)
 
     def _choose_gpus(self) -> Pick:

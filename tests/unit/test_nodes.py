@@ -218,3 +218,13 @@ def test_tmux_hands_the_node_rank_to_the_run_in_its_session(tmp_path, monkeypatc
     result = CliRunner().invoke(main, ["tmux", str(path), "--node-rank", "1", "--no-attach"])
     assert result.exit_code == 0, result.output
     assert made[0]["GUARDRUN_NODE_RANK"] == "1"
+
+
+def test_the_global_batch_said_and_journaled_is_every_nodes():
+    """The plan's arithmetic is per node (each node runs the same plan); what the user reads
+    (the attempt line, `plan`) and what the journal keeps is the job's: × nodes."""
+    from guardrun.launcher.plan import Plan, batch_words
+    plan = Plan(rungs=(), ranks=2, gpu_ids=None, per_device=4, grad_accum=2, global_batch=16,
+                target_global_batch=16)
+    assert batch_words(plan) == "micro-batch 4 × accumulation 2 × 2 = global 16"
+    assert batch_words(plan, 2) == "micro-batch 4 × accumulation 2 × 2 × 2 nodes = global 32"
