@@ -23,7 +23,9 @@ import os
 import threading
 from pathlib import Path
 
-from guardrun.supervisor.watch import cgroupv1
+from guardrun.supervisor.core.clock import MonotonicClock
+from guardrun.supervisor.watch import cgroupv1, leftovers
+from guardrun.supervisor.watch.containment import leftover_members
 
 POLL = 0.02  # s between reads of the subtree's counters
 _numbers = itertools.count(1)
@@ -88,10 +90,7 @@ class KernelCap:
         if self._thread.is_alive():
             self._thread.join(timeout=5)
         self._read()
-        try:
-            self.group.kill()
-        except cgroupv1.CgroupError as err:  # a member stuck in the kernel: remove() names it
-            left = [str(err)]
-        else:
-            left = []
+        # guardrun's own stop of a cgroup's members (SIGKILL at once, re-asked until none is left)
+        report = leftovers.stop(leftover_members(self.group.path), grace=0.0, clock=MonotonicClock())
+        left = [f"{self.group.path}: pid {pid} survived SIGKILL" for pid in report.left]
         return left + self.group.remove()

@@ -324,12 +324,18 @@ class Supervisor:
         self._snapshot.update(launcher_pid=pid, launcher_start=process_start_time(pid))
         self._move(State.RUNNING)
         watched = self._watch(attempt, status)
-        running = attempt.running
-        if self.nodes is not None:  # issue 16: the others stop their part too
-            self.nodes.stopping(attempt.number, watched, None if running else attempt.popen.returncode)
-        if running:
+        if attempt.running:  # guardrun stops it: the other nodes stop their part too (issue 16)
+            self._tell_nodes(attempt.number, watched, None)
             self._move(State.STOPPING)
-        return attempt.stop(watched, running)
+            return attempt.stop(watched, True)
+        ended = attempt.stop(watched, False)
+        if not ended.end.reached_target:  # a launcher's error in teardown after the target is no stop
+            self._tell_nodes(attempt.number, watched, attempt.popen.returncode)
+        return ended
+
+    def _tell_nodes(self, number: int, watched: Watched, exit_code: int | None) -> None:
+        if self.nodes is not None:
+            self.nodes.stopping(number, watched, exit_code)
 
     def _watch(self, attempt: Attempt, status: Callable[[Progress, MemoryReading], str]) -> Watched:
         """Look at the attempt every monitor interval until it ends or must be stopped."""

@@ -32,6 +32,7 @@ from ..core import events
 from ..core.clock import Clock
 from ..record.shared import SharedDir, SharedDirError
 from .attempt import Watched
+from .jobcheckpoint import STEM as CHECKPOINT
 
 NODE, STOP, LOST = "node", "stop", "lost"
 _SUCCESS = "success"
@@ -222,7 +223,9 @@ class Nodes:
                 or self.shared.ranks(attempt, NODE) >= set(range(self.shared.count)))
 
     def _own_files(self, attempt: int) -> bool:
-        return any(self.rank in self.shared.ranks(attempt, stem) for stem in (NODE, STOP))
+        """Whether this node wrote anything of `attempt` (node 0's checkpoint decision too: a
+        node 0 that died right after it must not let a rerun read that stale decision)."""
+        return any(self.rank in self.shared.ranks(attempt, stem) for stem in (NODE, STOP, CHECKPOINT))
 
     def _try_read(self, attempt: int, rank: int) -> dict[str, Any] | None:
         try:

@@ -12,14 +12,6 @@ import pytest
 from multinode import assert_nothing_left, logged_steps, nodes, start_all, trainer_state, two_node_recipe
 
 pytestmark = pytest.mark.slow
-#: Seen here at 12:43: the trainer reached step 4/4, then node 1's torchrun exited 1 (a rank
-#: dying in gloo's teardown, FIELD_NOTES); node 1 called its part a success but still wrote its
-#: stop mark (its launcher exited with an error), so node 0's part ended peer_stopped, the merge
-#: made the job's attempt peer_stopped and both relaunched. Timing-dependent: the teardown
-#: does not always crash. The fix belongs to run/nodes.py (no stop mark, and no peer_stopped
-#: win over a success, for a part that reached its target).
-TEARDOWN_STOP_MARK = pytest.mark.xfail(strict=False, reason="a part that succeeded but exited non-zero "
-                                       "still writes a stop mark (run/nodes.py)")
 
 
 @pytest.fixture
@@ -31,7 +23,6 @@ def two(tmp_path):
         node.remove_cgroups()
 
 
-@TEARDOWN_STOP_MARK
 def test_clean_two_node_run_trains_one_job_at_world_four(tmp_path, two):
     recipe = two_node_recipe(tmp_path, "max_steps: 4")
     start_all(two, recipe)

@@ -157,3 +157,19 @@ def test_a_stop_asked_for_on_node_1_stops_node_0_too(tmp_path, state_dir, monkey
     assert "the job's attempt 1 ended: interrupted (node 1: interrupted: stopped on request)" in console
     assert clock.now - 1000 < 20 and len(processes.spawned) == 1  # stopped at once, not relaunched
     assert processes.spawned[0].returncode is not None
+
+
+def test_a_launcher_that_errs_in_teardown_after_the_target_tells_no_node_to_stop(tmp_path, state_dir, monkeypatch):
+    """gloo's teardown can end torchrun with 1 after the trainer finished: that part reached
+    its target, so no stop mark goes out (the other node would end its part peer_stopped
+    and the job would relaunch a finished run)."""
+    clock = FakeClock()
+    one = peer(tmp_path)
+    clock.at(1, lambda: one.put(1, "node", {**NODE_1, "kind": "success", "exit_code": 0}))
+    code, console, events, processes, _ = supervise(
+        tmp_path, monkeypatch, Launch(output="100%|##########| 10/10 [00:01<00:00]\n", code=1, runs_for=2.0),
+        clock=clock)
+    assert code == 0, console
+    assert one.ranks(1, "stop") == set()
+    assert [e["kind"] for e in named(events, "node.settled")] == ["success"]
+    assert all(p.returncode is not None for p in processes.spawned)
