@@ -60,7 +60,7 @@ test: $(VENV)/.test $(EXTENSIONS)/.built $(LF_VENV)/.built
 
 # bench/sampling.py, checkpoints.py, overhead.py, scenarios.py and faults.py (about 12 minutes on 2 cores);
 # writes bench/RESULTS.md with the machine, the versions and the tables. Fails if a run left a process.
-bench: $(VENV)/.test $(EXTENSIONS)/.built
+bench: $(VENV)/.test $(EXTENSIONS)/.built $(LF_VENV)/.built
 	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) bench/results.py
 
 clean:

@@ -9,7 +9,7 @@ turns the same history into the same rung on every node.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Collection, Mapping
 
 from .failures import Failure, Kind
 
@@ -22,8 +22,13 @@ PRECEDENCE = (Kind.USER_ERROR, Kind.INTERRUPTED, Kind.NODE_LOST, Kind.HOST_OOM, 
               Kind.PEER_STOPPED)
 
 
-def merge(by_node: Mapping[int, Failure | None]) -> Failure | None:
-    """The attempt's failure for the whole job (None: every node's part succeeded).
+def merge(by_node: Mapping[int, Failure | None], finished: Collection[int] = ()) -> Failure | None:
+    """The attempt's failure for the whole job (None: it succeeded).
+
+    A node in `finished` saw the training reach its end and its part succeed: the job's
+    training is done, whatever the others' parts did after (only global rank 0's node
+    prints the progress, so another node whose launcher errs in gloo's teardown cannot
+    tell its part reached the end: `unknown` there is no failure of the job).
 
     The node whose kind comes first in PRECEDENCE names it (the lowest rank among equals),
     its evidence prefixed with the node (`node 1: ...`); the step is the lowest any failing
@@ -32,7 +37,7 @@ def merge(by_node: Mapping[int, Failure | None]) -> Failure | None:
     most any node saw over the node count, rounded up.
     """
     failed = {rank: failure for rank, failure in by_node.items() if failure is not None}
-    if not failed:
+    if not failed or any(by_node.get(rank, False) is None for rank in finished):
         return None
     rank, cause = min(failed.items(), key=lambda item: (PRECEDENCE.index(item[1].kind), item[0]))
     steps = [f.step for f in failed.values() if f.step is not None]

@@ -267,7 +267,8 @@ class Supervisor:
         if self.nodes is None:
             return failure
         facts = NodeFacts.of(failure, measure(self.recipe, self.gpu.source if self.gpu else None, self.memory),
-                             exit_code=ended.end.exit_code, digest=self.digest, host_total=self.memory.host().total)
+                             exit_code=ended.end.exit_code, reached_target=bool(ended.end.reached_target),
+                             digest=self.digest, host_total=self.memory.host().total)
         return self.nodes.settle(number, failure, facts, lambda: self.requests.stop)
 
     def _classify(self, number: int, plan: Plan, ended: Ended, failures: list[Failure],

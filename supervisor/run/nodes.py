@@ -48,6 +48,7 @@ class NodeFacts:
     exit_code: int | None = None
     step: int | None = None
     ranks_seen: int | None = None
+    reached_target: bool = False       # this part saw the training reach its end (policy.target_of)
     host_available: int | None = None  # MemAvailable when the part ended, bytes
     host_total: int | None = None      # MemTotal, bytes
     host_limit: int | None = None      # limits.host_memory resolved on this node, bytes
@@ -174,7 +175,8 @@ class Nodes:
         missing = sorted(set(range(self.shared.count)) - set(read))
         if missing or self._lost_by(attempt):  # one that gave up first ended it for every node
             return Settled(self._lost(attempt, missing or self._lost_by(attempt)), read)
-        return Settled(merge({rank: f.failure(attempt) for rank, f in read.items()}), read)
+        finished = {rank for rank, f in read.items() if f.kind == _SUCCESS and f.reached_target}
+        return Settled(merge({rank: f.failure(attempt) for rank, f in read.items()}, finished), read)
 
     def history(self, digest: str) -> list[Failure]:
         """The job's failures so far, oldest first, as every node reads them from the shared

@@ -69,3 +69,14 @@ def test_ranks_seen_are_per_node(seen, expected):
 
 def test_no_evidence_is_the_kind_and_the_node():
     assert merge({0: f(K.PEER_STOPPED), 1: Failure(K.HANG)}).evidence == "node 1: hang"
+
+
+def test_a_node_that_saw_the_training_end_makes_the_attempt_a_success():
+    """Only global rank 0's node prints the progress: node 1's launcher erring in gloo's
+    teardown is `unknown` there, but node 0 saw the last step and succeeded."""
+    teardown = Failure(Kind.UNKNOWN, "exit code 1")
+    assert merge({0: None, 1: teardown}, finished={0}) is None
+    assert merge({0: None, 1: teardown}).kind is Kind.UNKNOWN  # no node saw the end: not done
+    # a node that saw the end but failed itself (a save after the end broke) finishes nothing
+    broken = Failure(Kind.SAVE_FAILED, "checkpoint-12 is incomplete")
+    assert merge({0: broken, 1: teardown}, finished={0}).kind is Kind.SAVE_FAILED
