@@ -58,7 +58,7 @@ test: $(VENV)/.test $(EXTENSIONS)/.built $(LF_VENV)/.built
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no test (exit 5): failing" >&2; fi; \
 	exit $$rc
 
-# bench/sampling.py, checkpoints.py, overhead.py, scenarios.py and faults.py (about 12 minutes on 2 cores);
+# bench/sampling.py, checkpoints.py, overhead.py, scenarios.py and faults.py (about 20 minutes on 2 cores);
 # writes bench/RESULTS.md with the machine, the versions and the tables. Fails if a run left a process.
 bench: $(VENV)/.test $(EXTENSIONS)/.built $(LF_VENV)/.built
 	TORCH_EXTENSIONS_DIR=$(EXTENSIONS) $(PY) bench/results.py
