@@ -56,6 +56,10 @@ def batch_words(plan: Plan, nodes: int = 1) -> str:
     """`micro-batch 4 × accumulation 2 × 2 = global 16` (× ranks), with `× 2 nodes` on more
     than one machine: the plan's arithmetic is per node (every node runs the same plan)."""
     per_node = "" if nodes == 1 else f" × {nodes} nodes"
-    total = None if plan.global_batch is None else plan.global_batch * nodes
     return (f"micro-batch {plan.per_device} × accumulation {plan.grad_accum} × {plan.ranks}"
-            f"{per_node} = global {total}")
+            f"{per_node} = global {job_global_batch(plan, nodes)}")
+
+
+def job_global_batch(plan: Plan, nodes: int) -> int | None:
+    """The whole job's global batch: the plan's (per node) times the nodes."""
+    return None if plan.global_batch is None else plan.global_batch * nodes

@@ -22,7 +22,7 @@ from guardrun.launcher.command import DERIVED_DS_CONFIG, Resume, build, set_arg
 from guardrun.launcher.ladder import effective_ladder, walk
 from guardrun.launcher.launchdiff import changes, fingerprint
 from guardrun.launcher.nodes import describe as describe_nodes
-from guardrun.launcher.plan import SWITCHES, Plan, batch_words
+from guardrun.launcher.plan import SWITCHES, Plan, batch_words, job_global_batch
 from guardrun.launcher.preflight import (
     Fit,
     Known,
@@ -128,7 +128,7 @@ def table(view: View) -> list[str]:
     for index, (plan, verdict) in enumerate(zip(view.plans, view.verdicts)):
         stage, opt, params = zero_settings(view.recipe, plan, view.known)
         on = "-" if index == 0 else ",".join(map(str, ladder[index - 1].on))
-        job_batch = None if plan.global_batch is None else plan.global_batch * view.recipe.node.count
+        job_batch = job_global_batch(plan, view.recipe.node.count)
         global_batch = "-" if job_batch is None else str(job_batch) + (
             "*" if plan.global_batch != plan.target_global_batch else "")
         estimate = verdict.estimate

@@ -21,7 +21,7 @@ from guardrun.launcher.executable import launch_problem
 from guardrun.launcher.failures import Failure, Kind
 from guardrun.launcher.hostfit import limits_problem
 from guardrun.launcher.ladder import added_flag_rejected, decide
-from guardrun.launcher.plan import Plan, batch_words
+from guardrun.launcher.plan import Plan, batch_words, job_global_batch
 from guardrun.launcher.preflight import Resources
 from guardrun.launcher.spec import Recipe
 from guardrun.launcher.units import format_elapsed
@@ -386,7 +386,7 @@ class Supervisor:
         resume = resume_spec.path
         nodes = self.recipe.node.count
         batch = f", {batch_words(plan, nodes)}" if plan.per_device else ""
-        job_batch = None if plan.global_batch is None else plan.global_batch * nodes  # every node's
+        job_batch = job_global_batch(plan, nodes)  # every node's
         self.journal.emit(events.ATTEMPT_STARTED, attempt=number, rung=plan.rung, rungs=list(plan.rungs),
                           ranks=plan.ranks, gpus=plan.gpu_ids, per_device=plan.per_device,
                           grad_accum=plan.grad_accum, global_batch=job_batch,
