@@ -25,7 +25,7 @@ PRECEDENCE = (Kind.USER_ERROR, Kind.INTERRUPTED, Kind.NODE_LOST, Kind.HOST_OOM, 
 def merge(by_node: Mapping[int, Failure | None], finished: Collection[int] = ()) -> Failure | None:
     """The attempt's failure for the whole job (None: it succeeded).
 
-    A node in `finished` saw the training reach its end and its part succeed: the job's
+    A node in `finished` saw the training reach its end; if its part also succeeded, the job's
     training is done, whatever the others' parts did after (only global rank 0's node
     prints the progress, so another node whose launcher errs in gloo's teardown cannot
     tell its part reached the end: `unknown` there is no failure of the job).

@@ -175,7 +175,7 @@ class Nodes:
         missing = sorted(set(range(self.shared.count)) - set(read))
         if missing or self._lost_by(attempt):  # one that gave up first ended it for every node
             return Settled(self._lost(attempt, missing or self._lost_by(attempt)), read)
-        finished = {rank for rank, f in read.items() if f.kind == _SUCCESS and f.reached_target}
+        finished = {rank for rank, f in read.items() if f.reached_target}  # merge: and succeeded
         return Settled(merge({rank: f.failure(attempt) for rank, f in read.items()}, finished), read)
 
     def history(self, digest: str) -> list[Failure]:
